@@ -1,0 +1,50 @@
+"""Data: corpora read from local sources, tokenizers, and windows of tokens for the models.
+
+Typical use::
+
+    corpus = load_corpus("stdlib")                      # or a path: file, dir, .jsonl, ...
+    tokenizer = CharTokenizer.from_text(corpus.text)    # or ByteTokenizer(), HFTokenizer.from_file
+    split = train_val_split(tokenizer.encode_tensor(corpus.text), seq_len=128)
+    batch = random_windows(split.train, 128, batch_size=32, generator=torch.Generator().manual_seed(0))
+    eval_windows = sequential_windows(split.val, 128)   # (window, pos)
+
+Checkpoints store ``tokenizer.to_json()`` and ``corpus.metadata()`` (with its fingerprint).
+Nothing here touches the network.
+"""
+
+from workbench.data.corpus import DOCUMENT_SEPARATOR, Corpus, CorpusError
+from workbench.data.loaders import detect_kind, load_corpus
+from workbench.data.records import load_hf_dataset, load_jsonl, load_parquet
+from workbench.data.text_files import STDLIB_MAX_CHARS, load_stdlib, load_text_dir, load_text_file
+from workbench.data.tokenizers import (
+    ByteTokenizer,
+    CharTokenizer,
+    HFTokenizer,
+    Tokenizer,
+    make_tokenizer,
+)
+from workbench.data.windows import TokenSplit, random_windows, sequential_windows, train_val_split
+
+__all__ = [
+    "DOCUMENT_SEPARATOR",
+    "STDLIB_MAX_CHARS",
+    "ByteTokenizer",
+    "CharTokenizer",
+    "Corpus",
+    "CorpusError",
+    "HFTokenizer",
+    "TokenSplit",
+    "Tokenizer",
+    "detect_kind",
+    "load_corpus",
+    "load_hf_dataset",
+    "load_jsonl",
+    "load_parquet",
+    "load_stdlib",
+    "load_text_dir",
+    "load_text_file",
+    "make_tokenizer",
+    "random_windows",
+    "sequential_windows",
+    "train_val_split",
+]
