@@ -28,7 +28,7 @@ def load_jsonl(
     encoding: str = "utf-8",
     errors: str = "strict",
 ) -> Corpus:
-    """One JSON object per line; each line's ``text_field`` is a document. Blank lines are skipped."""
+    """One JSON object per line; each line's ``text_field`` is a document. Skips blank lines."""
     path = Path(path)
     lines = read_text(path, encoding, errors).split("\n")
     documents = _jsonl_texts(path, lines, text_field)
@@ -100,7 +100,10 @@ def load_parquet(
             "load it as another kind."
         ) from exc
     _check_column(parquet.schema_arrow, text_field, str(path))
-    batches = (b.column(0).to_pylist() for b in parquet.iter_batches(_BATCH_ROWS, [text_field]))
+    batches = (
+        b.column(0).to_pylist()
+        for b in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=[text_field])
+    )
     return Corpus(
         documents=take_documents(_row_texts(batches, text_field, str(path)), max_chars),
         kind="parquet",
@@ -142,7 +145,7 @@ def load_hf_dataset(
     split: str | None = None,
     max_chars: int | None = None,
 ) -> Corpus:
-    """A directory written by ``datasets``' ``save_to_disk``; each row's ``text_field`` is a document.
+    """A directory saved by ``datasets``' ``save_to_disk``; each row's ``text_field`` is a document.
 
     For a saved ``DatasetDict``, ``split`` names the split; it may be left out when there is
     only one. (The corpus is split into train/validation later, from its token stream.)

@@ -84,9 +84,7 @@ def random_windows(
     return tokens[starts[:, None] + offsets]  # (batch, pos)
 
 
-def sequential_windows(
-    tokens: Int[Tensor, " n_tokens"], seq_len: int
-) -> Int[Tensor, "window pos"]:
+def sequential_windows(tokens: Int[Tensor, " n_tokens"], seq_len: int) -> Int[Tensor, "window pos"]:
     """Non-overlapping windows ``tokens[i*seq_len : (i+1)*seq_len]``, in order.
 
     For evaluation and probing: each token is seen once, deterministically. The tail of

@@ -7,7 +7,7 @@ A variant subclass says how slots are fed (`_forward_slots`) and how one decodin
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -73,12 +73,22 @@ class HookedAOModel(HookedRootModule):
         self,
         tokens: Int[Tensor, "batch pos"],
         order: Int[Tensor, "batch step"] | None = None,
-    ) -> Float[Tensor, "batch pos d_vocab"]:
-        """Logits for every position under generation order `order` (default left-to-right)."""
+        return_type: Literal["logits", "loss", "both"] = "logits",
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits [batch, pos, d_vocab] for every position under generation order `order`
+        (default left-to-right); `return_type="loss"` gives the mean NLL in nats (a scalar, as
+        TransformerLens's `run_with_cache(..., incl_bwd=True)` needs), "both" gives (logits, loss).
+        """
+        if return_type not in ("logits", "loss", "both"):
+            raise ValueError(f"return_type must be 'logits', 'loss' or 'both', got {return_type!r}.")
         tokens, order = self.check_inputs(tokens, order)
         order = self.hook_order(order)
         logits = self._forward_slots(tokens.gather(1, order), order)  # [batch, step, d_vocab]
-        return slots_to_positions(logits, order, self.logit_stream)
+        logits = slots_to_positions(logits, order, self.logit_stream)
+        if return_type == "logits":
+            return logits
+        loss = _token_nll(logits, tokens).mean()
+        return loss if return_type == "loss" else (logits, loss)
 
     def nll(
         self,
@@ -87,8 +97,7 @@ class HookedAOModel(HookedRootModule):
     ) -> Float[Tensor, "batch pos"]:
         """Per-token negative log-likelihood in nats, in sequence-position coordinates."""
         tokens, order = self.check_inputs(tokens, order)
-        logits = self(tokens, order)
-        return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten(), reduction="none").view(tokens.shape)
+        return _token_nll(self(tokens, order), tokens)
 
     def check_inputs(self, tokens: object, order: object) -> tuple[Tensor, Tensor]:
         """Validate tokens and order (clear errors for every bad input); returns int64 tensors."""
@@ -149,3 +158,7 @@ class HookedAOModel(HookedRootModule):
                 "model.tokenizer = workbench.data.ByteTokenizer() (or a CharTokenizer) first."
             )
         return self.tokenizer
+
+
+def _token_nll(logits: Tensor, tokens: Tensor) -> Tensor:
+    return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten(), reduction="none").view(tokens.shape)
