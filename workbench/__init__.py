@@ -7,8 +7,9 @@ Public surface:
     workbench.hook_name(activation, layer, stream)  -- the hook name of an activation
 """
 
+from workbench.checkpoint import list_checkpoints, load
 from workbench.config import AOConfig
 from workbench.hook_names import hook_name
 from workbench.models import HookedAOModel, from_config
 
-__all__ = ["AOConfig", "HookedAOModel", "from_config", "hook_name"]
+__all__ = ["AOConfig", "HookedAOModel", "from_config", "hook_name", "list_checkpoints", "load"]
