@@ -58,9 +58,12 @@ def save(
     training: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path:
     """Write `model` (and its tokenizer) to `directory`, atomically: a reader never sees half a
     checkpoint. `dtype` stores the weights in another float type (e.g. float16 to halve the size).
+    `extra_files` (name -> bytes) are written inside the same atomic swap: a training run's
+    optimiser state (safetensors + JSON) and its validation text.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -77,8 +80,11 @@ def save(
         for name, p in model.state_dict().items()
     }
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
     save_file(tensors, str(staging / WEIGHTS), metadata={"format": FORMAT})
     (staging / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    for name, content in (extra_files or {}).items():
+        (staging / name).write_bytes(content)
     if directory.exists():  # swap: move the old one aside, the new one in, then delete the old
         old = directory.with_name(f".{directory.name}.old")
         os.replace(directory, old)

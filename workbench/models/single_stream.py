@@ -12,6 +12,8 @@ how the target position reaches the model:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
@@ -21,6 +23,16 @@ from workbench.components.hook_sets import LN_HOOKS, add_hook_points
 from workbench.components.kv_cache import KVCache
 from workbench.config import AOConfig
 from workbench.models.base import HookedAOModel
+
+
+def sinusoidal_table(n_pos: int, d_model: int) -> Tensor:
+    """[n_pos, d_model] sin/cos position codes with unit RMS."""
+    pos = torch.arange(n_pos, dtype=torch.float64)[:, None]
+    freqs = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+    table = torch.zeros(n_pos, d_model, dtype=torch.float64)
+    table[:, 0::2] = (pos * freqs).sin()
+    table[:, 1::2] = (pos * freqs[: d_model // 2]).cos()
+    return (table * math.sqrt(2)).float()
 
 
 class SingleStreamModel(HookedAOModel):
@@ -39,6 +51,14 @@ class SingleStreamModel(HookedAOModel):
             self.hook_pos_embed = HookPoint()  # [batch, slot, d_model]
             self.hook_target_embed = HookPoint()  # [batch, slot, d_model]
         self._init_weights()
+        if cfg.variant == "sigma_gpt":
+            # Learned tables, initialised sinusoidally (Vaswani et al. 2017) at the scale of the
+            # token embeddings: with a random init, nearness of positions must be learned from
+            # scratch and any-order training sits on a long plateau first.
+            with torch.no_grad():
+                table = sinusoidal_table(cfg.n_ctx, cfg.d_model) * cfg.init_range
+                self.W_pos.copy_(table)
+                self.W_target.copy_(table)
         self.setup()
 
     def _forward_slots(self, ordered: Tensor, order: Tensor) -> Tensor:
