@@ -9,21 +9,24 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Variant = Literal["two_stream", "decoupled_rope", "sigma_gpt"]
-VARIANTS: tuple[str, ...] = ("two_stream", "decoupled_rope", "sigma_gpt")
+Variant = Literal["two_stream", "decoupled_rope", "sigma_gpt", "xlnet"]
+VARIANTS: tuple[str, ...] = ("two_stream", "decoupled_rope", "sigma_gpt", "xlnet")
 
 
 @dataclass(frozen=True)
 class AOConfig:
     """Shape and positional details of an any-order autoregressive transformer.
 
-    Every variant is a pre-LayerNorm transformer over generation-order slots (docs/coordinates.md).
+    Every variant is a transformer over generation-order slots (docs/coordinates.md); all are
+    pre-LayerNorm except `xlnet`, which is post-LayerNorm like XLNet.
     """
 
     variant: Variant
     """`two_stream` (XLNet-style content + query streams), `decoupled_rope` (one stream, queries
-    rotated by the target position) or `sigma_gpt` (one stream, summed token / own-position /
-    target-position embeddings; σ-GPT, Pannatier et al. 2024)."""
+    rotated by the target position), `sigma_gpt` (one stream, summed token / own-position /
+    target-position embeddings; σ-GPT, Pannatier et al. 2024) or `xlnet` (two streams with
+    XLNet's post-LN relative attention, Yang et al. 2019; built by `workbench.convert.from_hf_xlnet`
+    from a Hugging Face XLNet, see docs/xlnet.md)."""
     n_layers: int
     d_model: int
     n_heads: int
@@ -42,6 +45,9 @@ class AOConfig:
     """Std of the normal init of every weight matrix (GPT-2's choice)."""
     seed: int | None = None
     """Seed for weight init when building a fresh model; None leaves torch's global RNG alone."""
+    clamp_len: int = -1
+    """xlnet only: relative distances are clamped to [-clamp_len, clamp_len] before XLNet's
+    sinusoidal relative encoding; <= 0 means no clamping (Hugging Face's `XLNetConfig.clamp_len`)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -53,8 +59,17 @@ class AOConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{name}={value!r} must be a positive integer")
-        if isinstance(self.d_head, int) and self.d_head % 2:
+        if isinstance(self.d_head, int) and self.d_head % 2 and self.variant != "xlnet":
             problems.append(f"d_head={self.d_head} must be even (RoPE rotates pairs of dimensions)")
+        if not isinstance(self.clamp_len, int) or isinstance(self.clamp_len, bool):
+            problems.append(f"clamp_len={self.clamp_len!r} must be an integer (<= 0: no clamping)")
+        elif self.variant != "xlnet" and self.clamp_len != -1:
+            problems.append(f"clamp_len={self.clamp_len} is XLNet's; variant={self.variant!r} uses RoPE, leave it at -1")
+        if self.variant == "xlnet":
+            if isinstance(self.d_model, int) and self.d_model % 2:
+                problems.append(f"d_model={self.d_model} must be even (XLNet's sinusoidal relative encoding has sin and cos halves)")
+            if self.rotary_dim is not None:
+                problems.append("rotary_dim must be None for xlnet, which has relative attention, not RoPE")
         if self.rotary_dim is not None and (
             not isinstance(self.rotary_dim, int)
             or self.rotary_dim <= 0
@@ -78,7 +93,7 @@ class AOConfig:
 
     @property
     def n_streams(self) -> int:
-        return 2 if self.variant == "two_stream" else 1
+        return 2 if self.variant in ("two_stream", "xlnet") else 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
