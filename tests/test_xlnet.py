@@ -342,3 +342,29 @@ def test_from_config_and_validation():
         AOConfig(variant="two_stream", n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=8, n_ctx=10, d_vocab=7, clamp_len=4)
     with pytest.raises(ValueError, match="token_type_ids has shape"):
         model(torch.zeros(2, 10, dtype=torch.long), token_type_ids=torch.zeros(2, 9, dtype=torch.long))
+
+
+def test_probe_reference_on_converted_xlnet(model):
+    """The probe definition (`pattern_stats`) runs on XLNet's hooked patterns with the two-stream
+    layout: every probed row counted once, and the null key takes all of the first-generated
+    query row's mass and nothing else."""
+    kernels = pytest.importorskip("workbench.kernels")
+    from workbench.orders import probe_layout
+
+    n_seq, n_pos = 3, 9
+    tokens, order = batch(model.cfg.d_vocab, n_seq, n_pos, seed=8)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, order, names_filter=lambda n: n.endswith("hook_pattern"))
+    for layer in range(model.cfg.n_layers):
+        for stream in model.stream_names:
+            layout = probe_layout(order, stream)
+            stats = kernels.pattern_stats(
+                cache[hook_name("pattern", layer, stream)], layout.key_pos, layout.row_ref, layout.row_own,
+                recency_offset=layout.recency_offset, r=1, w=2,
+            )
+            assert stats.n_rows.item() == n_seq * n_pos  # content: the null row is not probed
+            rows = torch.full((model.cfg.n_heads,), float(n_seq * n_pos), dtype=torch.float64)
+            torch.testing.assert_close(stats.parts_mass.sum(-1), rows)
+            torch.testing.assert_close(stats.sem_mass.sum(-1), rows)
+            null_mass = stats.sem_mass[:, 0]  # bin 0: the null key
+            torch.testing.assert_close(null_mass, torch.full_like(null_mass, n_seq if stream == "query" else 0.0))
