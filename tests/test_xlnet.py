@@ -368,3 +368,44 @@ def test_probe_reference_on_converted_xlnet(model):
             torch.testing.assert_close(stats.sem_mass.sum(-1), rows)
             null_mass = stats.sem_mass[:, 0]  # bin 0: the null key
             torch.testing.assert_close(null_mass, torch.full_like(null_mass, n_seq if stream == "query" else 0.0))
+
+
+@pytest.mark.parametrize("segments", [False, True])
+def test_probe_qk_reproduces_the_pattern(model, segments):
+    """`probe_qk` factorises XLNet's score into plain q.k, so the q/k-based probe path (the kernel
+    and its PyTorch reference) sees exactly the hooked pattern."""
+    n_seq, n_pos = 2, 40
+    tokens, order = batch(model.cfg.d_vocab, n_seq, n_pos, seed=9)
+    seg = torch.randint(0, 2, tokens.shape, generator=torch.Generator().manual_seed(2)) if segments else None
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, order, token_type_ids=seg)
+    for layer in range(model.cfg.n_layers):
+        for stream in model.stream_names:
+            q, k, scale = model.probe_qk(cache, layer, stream, order, seg)
+            n_rows, n_keys = q.shape[2], k.shape[2]
+            scores = (q.double() @ k.double().transpose(-1, -2)) * scale
+            causal = torch.arange(n_keys)[None, :] > torch.arange(n_rows)[:, None]
+            pattern = scores.masked_fill(causal, float("-inf")).softmax(-1)
+            assert report(f"probe_qk layer {layer} {stream}", pattern, cache[hook_name("pattern", layer, stream)].double()) < ATOL
+    kernels = pytest.importorskip("workbench.kernels")
+    from workbench.orders import probe_layout
+
+    layout = probe_layout(order, "query")
+    q, k, scale = model.probe_qk(cache, 1, "query", order, seg)
+    from_qk = kernels.reference_probe_stats(
+        q, k, layout.key_pos, layout.row_ref, recency_offset=layout.recency_offset, r=2, w=4, scale=scale
+    )
+    from_pattern = kernels.pattern_stats(
+        cache[hook_name("pattern", 1, "query")], layout.key_pos, layout.row_ref, recency_offset=layout.recency_offset, r=2, w=4
+    )
+    torch.testing.assert_close(from_qk.parts_mass, from_pattern.parts_mass, atol=1e-4, rtol=0)
+    torch.testing.assert_close(from_qk.sem_mass, from_pattern.sem_mass, atol=1e-4, rtol=0)
+
+
+def test_probe_qk_refuses_a_biting_clamp():
+    model = from_hf_xlnet(make_hf("odd-head-clamp"))  # clamp_len=3
+    tokens, order = batch(model.cfg.d_vocab, 1, 7, seed=0)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, order)
+    with pytest.raises(NotImplementedError, match="clamp_len=3.*hook_pattern"):
+        model.probe_qk(cache, 0, "query", order)

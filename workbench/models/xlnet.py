@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import einops
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
@@ -233,6 +234,76 @@ class HookedXLNet(HookedAOModel):
         inv_freq = 1 / torch.pow(10000, freq_seq / self.cfg.d_model)
         angles = dist[:, None] * inv_freq  # [rel, d_model / 2]
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+    def probe_qk(
+        self,
+        cache: dict[str, Tensor],
+        layer: int,
+        stream: str,
+        order: Int[Tensor, "batch step"],
+        token_type_ids: Int[Tensor, "batch pos"] | None = None,
+    ) -> tuple[Float[Tensor, "batch head row d_probe"], Float[Tensor, "batch head key d_probe"], float]:
+        """(q, k, scale) whose plain causal attention -- softmax(q k^T * scale), row i seeing keys
+        0..i, as the probe kernel computes it -- is this layer's and stream's `hook_pattern`.
+
+        XLNet's score is not a dot product of q and k, but each term factorises: the position
+        term through sin/cos(a - b) = products of sin/cos a and sin/cos b, the segment term
+        through one-hot segment features (less a per-row constant, which softmax ignores), and
+        the null key's invisibility to rows >= 1 through one feature worth -1e4 after scaling.
+        The features are [q + u | position (d_model) | segments (one per id) | null]; scale is
+        1/sqrt(d_head). Needs `cache` to hold this stream's `hook_q` and `hook_k` at `layer`.
+        Exact up to float round-off, except that a clamp_len shorter than the sequence breaks
+        the factorisation (then it raises: use the patterns instead).
+        """
+        from workbench.hook_names import hook_name
+        from workbench.orders import slot_positions
+
+        n_pos = order.shape[1]
+        if 0 < self.cfg.clamp_len < n_pos - 1:
+            raise NotImplementedError(
+                f"clamp_len={self.cfg.clamp_len} clamps distances in sequences of {n_pos}, which does not "
+                "factorise into q and k; compute probe statistics from hook_pattern instead."
+            )
+        attn = self.blocks[layer].attn
+        q, k = cache[hook_name("q", layer, stream)].double(), cache[hook_name("k", layer, stream)].double()
+        batch, n_rows, n_heads, _ = q.shape
+        n_keys = k.shape[1]
+        row_pos, key_pos = slot_positions(order, stream, "row"), slot_positions(order, stream, "key")
+        n_freq = self.cfg.d_model // 2
+        freq_seq = torch.arange(0, self.cfg.d_model, 2.0, dtype=torch.int64, device=q.device).float()
+        inv_freq = (1 / torch.pow(10000, freq_seq / self.cfg.d_model)).double()
+
+        def sin_cos(pos: Tensor) -> tuple[Tensor, Tensor]:  # [batch, slot, 1, freq]; 0 for the null slot
+            angles = pos.clamp(min=0).double()[..., None, None] * inv_freq
+            real = (pos >= 0).double()[..., None, None]
+            return angles.sin() * real, angles.cos() * real
+
+        a = einops.einsum(q + attn.b_pos.double(), attn.W_R.double(), "b s h e, h m e -> b s h m")
+        a_sin, a_cos = a[..., :n_freq], a[..., n_freq:]
+        s_i, c_i = sin_cos(row_pos)
+        s_j, c_j = sin_cos(key_pos)
+        q_parts = [q + attn.b_content.double(), a_sin * s_i + a_cos * c_i, a_cos * s_i - a_sin * c_i]
+        k_parts = [k, c_j.expand(-1, -1, n_heads, -1), s_j.expand(-1, -1, n_heads, -1)]
+        if token_type_ids is not None:
+            seg = _check_segments(token_type_ids, order).gather(1, order)
+            null = torch.full_like(seg[:, :1], -1)
+            key_seg = torch.cat([null, seg], 1)
+            row_seg = key_seg if stream == "content" else seg
+            n_ids = int(seg.max()) + 1
+            qb = q + attn.b_seg.double()
+            same, different = (einops.einsum(qb, attn.W_seg[c].double(), "b s h e, h e -> b s h") for c in (0, 1))
+            onehot_row = torch.nn.functional.one_hot(row_seg.clamp(min=0), n_ids).double() * (row_seg >= 0)[..., None]
+            onehot_key = torch.nn.functional.one_hot(key_seg.clamp(min=0), n_ids).double() * (key_seg >= 0)[..., None]
+            q_parts.append((same - different)[..., None] * onehot_row[:, :, None])
+            k_parts.append(onehot_key[:, :, None].expand(-1, -1, n_heads, -1))
+        big = 100.0
+        row_index = torch.arange(n_rows, device=q.device)
+        q_parts.append((row_index >= 1).double().view(1, n_rows, 1, 1).expand(batch, -1, n_heads, -1) * big)
+        key_null = (torch.arange(n_keys, device=q.device) == 0).double().view(1, n_keys, 1, 1)
+        k_parts.append(key_null.expand(batch, -1, n_heads, -1) * (-big * self.cfg.d_head**0.5))
+        q_probe = torch.cat(q_parts, -1).transpose(1, 2).float()
+        k_probe = torch.cat(k_parts, -1).transpose(1, 2).float()
+        return q_probe.contiguous(), k_probe.contiguous(), attn.scale
 
     def unembed(self, x: Float[Tensor, "batch step d_model"], hooks: nn.Module | None = None) -> Tensor:
         """XLNet's LM head reads the query stream directly: there is no final LayerNorm."""
