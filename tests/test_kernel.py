@@ -1,0 +1,388 @@
+"""Probe-statistics kernel: contract, reference and the fused Triton kernel agree.
+
+Tiers: everything here runs on CPU (the Triton kernel through TRITON_INTERPRET=1, float16 and
+float32 only: the interpreter's bfloat16 dot is wrong); tests marked `gpu` run on the device
+machine (bfloat16 too, and larger sizes). Each comparison prints its differences before asserting.
+
+TRITON_INTERPRET must be set before the kernel module's @triton.jit decorators run, so it is set
+here, before the import, when no CUDA device is present (workbench.kernels.probe_stats does the
+same on import; see its header).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from workbench.kernels import (  # noqa: E402
+    EDGES,
+    N_BINS,
+    ProbeStats,
+    distance_bin,
+    pattern_stats,
+    reference_probe_stats,
+)
+from workbench.kernels.probe_stats import probe_stats  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs: the three stream layouts of docs/coordinates.md
+# ----------------------------------------------------------------------------------------------
+
+
+def make_case(B, H, T, D, dtype, stream, seed=0, device=DEVICE, orders="random", pad=False, qk_std=1.5):
+    """q, k and positions of one stream for random orders of T positions.
+
+    stream: "content" (T+1 rows, keys = the content slots, recency offset 0), "query" (T rows,
+    offset 1) or "main" (single stream: T rows and keys, own positions, offset 0). pad: the last
+    sequence is shorter (its extra rows are not probed and its extra keys are null).
+    """
+    g = torch.Generator().manual_seed(seed)
+    if orders == "left_to_right":
+        order = torch.arange(T).expand(B, T).clone()
+    else:
+        order = torch.stack([torch.randperm(T, generator=g) for _ in range(B)])
+    bos = torch.full((B, 1), -1, dtype=torch.int64)
+    own = None
+    if stream == "content":
+        key_pos, row_ref, off = torch.cat([bos, order], 1), torch.cat([bos, order], 1), 0
+    elif stream == "query":
+        key_pos, row_ref, off = torch.cat([bos, order], 1), order.clone(), 1
+    elif stream == "main":
+        key_pos, row_ref, off = torch.cat([bos, order[:, :-1]], 1), order.clone(), 0
+        own = torch.cat([bos, order[:, :-1]], 1)
+    else:
+        raise ValueError(stream)
+    R, K = row_ref.shape[1], key_pos.shape[1]
+    if pad and B > 1 and T > 2:
+        n = T // 2  # the last sequence has n real slots
+        row_ref[-1, n:] = -1
+        key_pos[-1, n + 1:] = -1
+        if own is not None:
+            own[-1, n:] = -1
+    q = (torch.randn(B, H, R, D, generator=g) * qk_std).to(dtype).to(device)
+    k = torch.randn(B, H, K, D, generator=g).to(dtype).to(device)
+    pos = [t.to(device) if t is not None else None for t in (key_pos, row_ref, own)]
+    return q, k, *pos, off
+
+
+STAT_FIELDS = (
+    "sem_mass", "sem_chance", "rec_mass", "rec_chance", "own_mass", "own_chance",
+    "parts_mass", "parts_chance", "entropy",
+    "step_parts_mass", "step_parts_chance", "step_entropy", "step_rows", "n_rows", "n_own_rows",
+)
+
+
+def scale_of(s: ProbeStats, name: str, n_keys: int) -> float:
+    """The natural scale of a field: rows summed over (times log2 |V| for entropies)."""
+    rows = float(s.n_own_rows if name.startswith("own") else s.n_rows)
+    if name.startswith("step"):
+        rows = float(s.step_rows.max()) if s.n_steps else 1.0
+    if "entropy" in name:
+        rows *= max(1.0, math.log2(n_keys))
+    return max(rows, 1.0)
+
+
+def compare(got: ProbeStats, want: ProbeStats, n_keys: int, tol: float = 1e-4, label: str = "") -> None:
+    """Print every field's max |difference| relative to its scale, then assert all are <= tol."""
+    assert (got.r, got.w, got.recency_offset) == (want.r, want.w, want.recency_offset)
+    worst, lines = 0.0, []
+    for name in STAT_FIELDS:
+        a, b = getattr(got, name), getattr(want, name)
+        assert (a is None) == (b is None), f"{name}: one side is None"
+        if a is None:
+            continue
+        assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} vs {tuple(b.shape)}"
+        assert torch.isfinite(a).all(), f"{name}: non-finite values {a}"
+        diff = (a.double().cpu() - b.double().cpu()).abs().max().item() if a.numel() else 0.0
+        rel = diff / scale_of(want, name, n_keys)
+        worst = max(worst, rel)
+        lines.append(f"    {name:18s} max|diff| {diff:.3e}  relative {rel:.3e}")
+    print(f"\n[{label}] worst relative difference {worst:.3e} (tol {tol:g})")
+    print("\n".join(lines))
+    assert worst <= tol, f"{label}: worst relative difference {worst:.3e} > {tol}"
+
+
+def run_both(case, r, w, **kernel_kw):
+    q, k, key_pos, row_ref, own, off = case
+    got = probe_stats(q, k, key_pos, row_ref, row_own=own, recency_offset=off, r=r, w=w, **kernel_kw)
+    want = reference_probe_stats(q, k, key_pos, row_ref, row_own=own, recency_offset=off, r=r, w=w)
+    return got, want
+
+
+# ----------------------------------------------------------------------------------------------
+# Bins and the definition
+# ----------------------------------------------------------------------------------------------
+
+
+def _bin_py(d: int) -> int:
+    if d < 0:
+        return 0
+    if d == 0:
+        return 1
+    return min(N_BINS - 1, 2 + math.ceil(math.log2(d)))
+
+
+def test_distance_bin_matches_the_contract():
+    d = torch.tensor([-1, 0, 1, 2, 3, 4, 5, 8, 9, 16, 17, 2**14, 2**14 + 1, 2**15, 10**6])
+    want = [0, 1, 2, 3, 4, 4, 5, 5, 6, 6, 7, 16, 17, 17, 17]
+    got = distance_bin(d).tolist()
+    print("\nbins", list(zip(d.tolist(), got)))
+    assert got == want
+    ds = torch.arange(-1, 3000)
+    assert distance_bin(ds).tolist() == [_bin_py(x) for x in ds.tolist()]
+    # every edge is the inclusive top of its bin
+    for b, e in enumerate(EDGES, start=1):
+        assert _bin_py(e) == b and (e == 0 or _bin_py(e + 1) == b + 1)
+
+
+def _brute_force_stats(pattern, key_pos, row_ref, row_own, off, r, w):
+    """The probe contract, literally, one row and key at a time (python floats)."""
+    B, H, R, K = pattern.shape
+    z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+    out = dict(sem_mass=z(H, N_BINS), sem_chance=z(H, N_BINS), rec_mass=z(H, N_BINS), rec_chance=z(H, N_BINS),
+               own_mass=z(H, N_BINS), own_chance=z(H, N_BINS), parts_mass=z(H, 4), parts_chance=z(H, 4),
+               entropy=z(H), step_parts_mass=z(H, R, 4), step_parts_chance=z(H, R, 4), step_entropy=z(H, R),
+               step_rows=z(R), n_rows=z(()), n_own_rows=z(()))
+    for b in range(B):
+        for i in range(R):
+            ref = int(row_ref[b, i])
+            if ref < 0:
+                continue
+            own = int(row_own[b, i]) if row_own is not None else -1
+            out["step_rows"][i] += 1
+            out["n_rows"] += 1
+            out["n_own_rows"] += own >= 0
+            for h in range(H):
+                ent = 0.0
+                parts_m, parts_c = [0.0] * 4, [0.0] * 4
+                for j in range(i + 1):
+                    p, c = float(pattern[b, h, i, j]), 1.0 / (i + 1)
+                    if p > 0:
+                        ent -= p * math.log2(p)
+                    pos = int(key_pos[b, j])
+                    if pos < 0:  # the null key
+                        sb = rb = ob = 0
+                        in_s = in_r = False
+                    else:
+                        sb, rb = _bin_py(abs(pos - ref)), _bin_py(i - j + off)
+                        ob = _bin_py(abs(pos - own)) if own >= 0 else None
+                        in_s, in_r = abs(pos - ref) <= r, i - j + off <= w
+                    out["sem_mass"][h, sb] += p
+                    out["sem_chance"][h, sb] += c
+                    out["rec_mass"][h, rb] += p
+                    out["rec_chance"][h, rb] += c
+                    if own >= 0:
+                        out["own_mass"][h, ob] += p
+                        out["own_chance"][h, ob] += c
+                    part = 2 if in_s and in_r else 0 if in_s else 1 if in_r else 3
+                    parts_m[part] += p
+                    parts_c[part] += c
+                for x in range(4):
+                    out["step_parts_mass"][h, i, x] += parts_m[x]
+                    out["step_parts_chance"][h, i, x] += parts_c[x]
+                out["step_entropy"][h, i] += ent
+    out["parts_mass"] = out["step_parts_mass"].sum(1)
+    out["parts_chance"] = out["step_parts_chance"].sum(1)
+    out["entropy"] = out["step_entropy"].sum(1)
+    if row_own is None:
+        out["own_mass"] = out["own_chance"] = None
+    return ProbeStats(r=r, w=w, recency_offset=off, **out)
+
+
+@pytest.mark.parametrize("stream", ["content", "query", "main"])
+def test_pattern_stats_equals_brute_force(stream):
+    B, H, T = 3, 2, 9
+    q, k, key_pos, row_ref, own, off = make_case(B, H, T, 16, torch.float32, stream, seed=1, device="cpu", pad=True)
+    R, K = row_ref.shape[1], key_pos.shape[1]
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(B, H, R, K, generator=g) * 2
+    i, j = torch.arange(R)[:, None], torch.arange(K)[None, :]
+    pattern = torch.softmax(logits.masked_fill(j > i, float("-inf")), -1)
+    pattern = pattern + (j > i) * 0.3  # junk above the diagonal must be ignored
+    for r, w in [(2, 3), (0, 0), (5, 1), (-1, 100)]:
+        want = _brute_force_stats(pattern, key_pos, row_ref, own, off, r, w)
+        got = pattern_stats(pattern, key_pos, row_ref, own, recency_offset=off, r=r, w=w)
+        compare(got, want, K, tol=1e-12, label=f"pattern_stats vs brute force, {stream}, r={r} w={w}")
+        # and in two chunks of rows, summed
+        half = R // 2
+        chunks = [pattern_stats(pattern[:, :, a:b], key_pos, row_ref[:, a:b], None if own is None else own[:, a:b],
+                                recency_offset=off, r=r, w=w, row_start=a, n_steps=R) for a, b in [(0, half), (half, R)]]
+        compare(sum(chunks), want, K, tol=1e-12, label="chunked")
+
+
+def test_chance_equals_brute_force_count():
+    """Chance values from the kernel and the reference equal |set| / |V| counted key by key."""
+    B, H, T = 2, 1, 40
+    case = make_case(B, H, T, 16, torch.float32, "main", seed=3, pad=True)
+    q, k, key_pos, row_ref, own, off = case
+    r, w = 3, 6
+    kp, rr, ow = key_pos.cpu(), row_ref.cpu(), own.cpu()
+    sem = torch.zeros(N_BINS, dtype=torch.float64)
+    rec, owh, parts = sem.clone(), sem.clone(), torch.zeros(4, dtype=torch.float64)
+    for b in range(B):
+        for i in range(rr.shape[1]):
+            if rr[b, i] < 0:
+                continue
+            n_v = i + 1
+            keys = range(n_v)
+            count = lambda pred: sum(1 for j in keys if pred(j))  # noqa: E731
+            real = lambda j: kp[b, j] >= 0  # noqa: E731
+            d = lambda j: abs(int(kp[b, j]) - int(rr[b, i]))  # noqa: E731
+            for bin_ in range(N_BINS):
+                sem[bin_] += count(lambda j: (_bin_py(d(j)) if real(j) else 0) == bin_) / n_v
+                rec[bin_] += count(lambda j: (_bin_py(i - j + off) if real(j) else 0) == bin_) / n_v
+                if ow[b, i] >= 0:
+                    owh[bin_] += count(lambda j: (_bin_py(abs(int(kp[b, j]) - int(ow[b, i]))) if real(j) else 0)
+                                       == bin_) / n_v
+            s_ = count(lambda j: real(j) and d(j) <= r)
+            r_ = count(lambda j: real(j) and i - j + off <= w)
+            both = count(lambda j: real(j) and d(j) <= r and i - j + off <= w)
+            parts += torch.tensor([s_ - both, r_ - both, both, n_v - s_ - r_ + both], dtype=torch.float64) / n_v
+    got, want = run_both(case, r, w)
+    for name, x in [("sem_chance", sem), ("rec_chance", rec), ("own_chance", owh), ("parts_chance", parts)]:
+        dk = (getattr(got, name)[0].cpu() - x).abs().max().item()
+        dr = (getattr(want, name)[0].cpu() - x).abs().max().item()
+        print(f"{name:14s} kernel - count {dk:.2e}   reference - count {dr:.2e}")
+        assert dk < 1e-5 and dr < 1e-10
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernel against the reference
+# ----------------------------------------------------------------------------------------------
+
+CASES = [  # (T, B, H, D, dtype, stream, r, w, extra)
+    (1, 3, 2, 32, torch.float32, "query", 1, 1, {}),
+    (1, 3, 2, 32, torch.float16, "content", 0, 0, {}),
+    (1, 3, 1, 64, torch.float32, "main", 2, 2, {}),
+    (97, 3, 2, 64, torch.float16, "query", 4, 4, {}),
+    (97, 1, 3, 32, torch.float32, "content", 3, 5, {"pad": True}),
+    (97, 3, 1, 128, torch.float16, "main", 16, 1, {"pad": True}),
+    (97, 3, 2, 64, torch.float32, "query", 2, 16, {"orders": "left_to_right"}),
+    (257, 1, 2, 64, torch.float32, "query", 1, 16, {}),
+    (257, 3, 1, 32, torch.float16, "main", 8, 4, {}),
+    (257, 1, 1, 48, torch.float16, "content", -1, 300, {"qk_std": 4.0}),
+    (1025, 1, 1, 64, torch.float16, "query", 4, 4, {}),
+]
+
+
+@pytest.mark.parametrize("T,B,H,D,dtype,stream,r,w,extra", CASES,
+                         ids=[f"T{c[0]}-B{c[1]}-H{c[2]}-D{c[3]}-{str(c[4])[6:]}-{c[5]}-r{c[6]}w{c[7]}"
+                              + ("-" + "-".join(f"{k}" for k in c[8]) if c[8] else "") for c in CASES])
+def test_kernel_matches_reference(T, B, H, D, dtype, stream, r, w, extra):
+    case = make_case(B, H, T, D, dtype, stream, seed=T + B + D, **extra)
+    got, want = run_both(case, r, w)
+    compare(got, want, case[2].shape[1], label=f"kernel vs reference T={T} {stream} {dtype}")
+
+
+def test_masses_sum_to_one_per_row():
+    case = make_case(3, 2, 97, 32, torch.float16, "main", seed=5, pad=True)
+    got, _ = run_both(case, 4, 4)
+    n, n_own = got.n_rows.item(), got.n_own_rows.item()
+    for name in ("sem_mass", "sem_chance", "rec_mass", "rec_chance", "parts_mass", "parts_chance"):
+        dev = (getattr(got, name).sum(-1) - n).abs().max().item()
+        print(f"{name:14s} sum - n_rows: {dev:.2e}")
+        assert dev < 1e-4 * n
+    for name in ("own_mass", "own_chance"):
+        dev = (getattr(got, name).sum(-1) - n_own).abs().max().item()
+        print(f"{name:14s} sum - n_own_rows: {dev:.2e}")
+        assert dev < 1e-4 * n_own
+    for name in ("step_parts_mass", "step_parts_chance"):
+        dev = (getattr(got, name).sum(-1) - got.step_rows).abs().max().item()
+        print(f"{name:18s} per-row sum - step_rows: {dev:.2e}")
+        assert dev < 1e-5
+    assert n == 3 * 97 - (97 - 97 // 2)  # one padded sequence
+    assert (got.entropy >= 0).all()
+
+
+def test_results_do_not_depend_on_block_sizes():
+    case = make_case(2, 2, 150, 32, torch.float32, "content", seed=6, pad=True)
+    q, k, key_pos, row_ref, own, off = case
+    runs = {
+        (bm, bn): probe_stats(q, k, key_pos, row_ref, recency_offset=off, r=2, w=8, block_m=bm, block_n=bn)
+        for bm, bn in [(16, 16), (32, 64), (64, 16), (128, 32)]
+    }
+    base = runs[(64, 16)]
+    for cfg, s in runs.items():
+        compare(s, base, key_pos.shape[1], tol=2e-6, label=f"blocks {cfg} vs (64, 16)")
+
+
+def test_noncontiguous_inputs_and_explicit_scale():
+    B, H, T, D = 2, 3, 50, 32
+    q_, k_, key_pos, row_ref, own, off = make_case(B, H, T, D, torch.float16, "query", seed=7)
+    q = q_.transpose(1, 2).contiguous().transpose(1, 2)  # [B, H, R, D] view of a [B, R, H, D] tensor
+    k = k_.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not q.is_contiguous()
+    got = probe_stats(q, k, key_pos, row_ref, recency_offset=off, r=4, w=4, scale=0.3)
+    want = reference_probe_stats(q_, k_, key_pos, row_ref, recency_offset=off, r=4, w=4, scale=0.3)
+    compare(got, want, T + 1, label="strided q/k, scale 0.3")
+
+
+# ----------------------------------------------------------------------------------------------
+# The container
+# ----------------------------------------------------------------------------------------------
+
+
+def test_stats_accumulate_and_round_trip():
+    q, k, key_pos, row_ref, own, off = make_case(4, 2, 30, 16, torch.float32, "main", seed=8, device="cpu")
+    args = dict(recency_offset=off, r=2, w=3)
+    whole = reference_probe_stats(q, k, key_pos, row_ref, row_own=own, **args)
+    halves = [reference_probe_stats(q[s], k[s], key_pos[s], row_ref[s], row_own=own[s], **args)
+              for s in (slice(0, 1), slice(1, 4))]
+    compare(sum(halves), whole, 31, tol=1e-12, label="sum of batch shards")
+    compare(whole.from_flat(whole.to_flat().clone()), whole, 31, tol=0, label="flat round trip")
+    compare(ProbeStats.from_dict(whole.to_dict()), whole, 31, tol=0, label="dict round trip")
+    shorter = reference_probe_stats(q[:, :, :20], k[:, :, :20], key_pos[:, :20], row_ref[:, :20],
+                                    row_own=own[:, :20], **args)
+    padded = whole + shorter  # per-step arrays of different lengths: the shorter is zero-padded
+    assert padded.step_rows.shape == (30,) and padded.n_rows == whole.n_rows + shorter.n_rows
+    with pytest.raises(ValueError, match="different"):
+        whole + reference_probe_stats(q, k, key_pos, row_ref, row_own=own, recency_offset=off, r=5, w=3)
+
+
+def test_errors_say_what_is_wrong():
+    q, k, key_pos, row_ref, own, off = make_case(1, 1, 10, 16, torch.float32, "query", device="cpu")
+    with pytest.raises(ValueError, match="rows"):
+        reference_probe_stats(k, q, key_pos, row_ref, recency_offset=1, r=1, w=1)  # 11 rows, 10 keys
+    with pytest.raises(TypeError, match="dtype"):
+        reference_probe_stats(q, k.half(), key_pos, row_ref, recency_offset=1, r=1, w=1)
+    with pytest.raises(ValueError, match="row_ref"):
+        reference_probe_stats(q, k, key_pos, row_ref[:, :5], recency_offset=1, r=1, w=1)
+    with pytest.raises(TypeError, match="integer"):
+        reference_probe_stats(q, k, key_pos.float(), row_ref, recency_offset=1, r=1, w=1)
+    with pytest.raises(ValueError, match="recency_offset"):
+        probe_stats(q.to(DEVICE), k.to(DEVICE), key_pos.to(DEVICE), row_ref.to(DEVICE), recency_offset=-1, r=1, w=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU (device machine): bfloat16, bigger sizes
+# ----------------------------------------------------------------------------------------------
+
+GPU_CASES = [
+    (97, 3, 4, 64, "query"), (1025, 3, 4, 64, "main"), (1025, 2, 3, 128, "content"),
+    (2049, 1, 2, 32, "query"), (4097, 1, 2, 64, "main"),
+]
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("T,B,H,D,stream", GPU_CASES, ids=[f"T{c[0]}-B{c[1]}-H{c[2]}-D{c[3]}-{c[4]}" for c in GPU_CASES])
+def test_kernel_matches_reference_gpu(T, B, H, D, stream, dtype):
+    case = make_case(B, H, T, D, dtype, stream, seed=T + D, pad=True)
+    got, want = run_both(case, 4, 16)
+    compare(got, want, case[2].shape[1], label=f"GPU {dtype} T={T} {stream}")
+    again, _ = run_both(case, 4, 16)
+    assert all(torch.equal(getattr(again, n), getattr(got, n)) for n in STAT_FIELDS if getattr(got, n) is not None), \
+        "two runs on the same inputs differ: the reduction is not deterministic"

@@ -1,0 +1,403 @@
+"""The probe statistics: bins, the `ProbeStats` container, and `pattern_stats` on a materialised pattern.
+
+This module is the executable form of the probe contract in docs/coordinates.md. Everything that
+computes probe statistics -- the hooks-based reference (from `hook_pattern`), the chunked PyTorch
+reference (`workbench.kernels.reference`) and the fused Triton kernel (`workbench.kernels.probe_stats`)
+-- returns the same `ProbeStats`, and `pattern_stats` is the definition the other two are tested
+against.
+
+Conventions (one attention row i of one sequence and head; slot coordinates):
+
+- visible keys V = {0..i}; row i's chance weight of each visible key is 1 / (i + 1).
+- a key j with `key_pos[j] < 0` is a **null key** (key 0, the BOS / learned null key): it has no
+  distance and no recency, sits in bin 0 of every histogram and in the part "neither".
+- **semantic distance** |key_pos[j] - row_ref[i]|; **own distance** |key_pos[j] - row_own[i]|;
+  **recency** i - j + recency_offset (0 for the content stream and single streams, 1 for the query
+  stream).
+- rows with `row_ref < 0` are not probed (the content stream's BOS row, padding). Rows with
+  `row_own < 0` are left out of the own-distance histograms only.
+- S_r = {non-null visible j : distance <= r}, R_w = {non-null visible j : recency <= w}; the four
+  parts are (S only, R only, both, neither), in that order.
+- histogram bins (`distance_bin`): 0 null key; 1 d = 0; 2 d = 1; b >= 3: 2^(b-3) < d <= 2^(b-2);
+  d > 2^14 all land in the last bin, N_BINS - 1 = 17.
+
+Every sum in `ProbeStats` is over batch and probed rows, so a histogram row sums to the number of
+probed rows and stats from several batches (or ranks) simply add.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+N_BINS = 18
+"""Histogram bins: null key, d = 0, d = 1, then (2^(b-3), 2^(b-2)] up to 2^14 < d (the last bin)."""
+
+N_PARTS = 4
+PARTS = ("S_only", "R_only", "both", "neither")
+
+# Upper (inclusive) edges of bins 1..16: bin b >= 1 holds EDGES[b-2] < d <= EDGES[b-1]; bin 17 the rest.
+EDGES: tuple[int, ...] = (0,) + tuple(2**k for k in range(15))
+assert len(EDGES) == N_BINS - 2
+
+
+def distance_bin(d: Tensor) -> Tensor:
+    """Log2 bin of integer distances / recencies `d` (any shape); d < 0 marks the null key (bin 0).
+
+    bin 0: null; 1: d = 0; 2: d = 1; b >= 3: 2^(b-3) < d <= 2^(b-2); d > 2^14: bin 17.
+    For d >= 1 this is 2 + ceil(log2 d), capped at N_BINS - 1.
+    """
+    if d.is_floating_point():
+        raise TypeError(f"distance_bin takes integer distances, got {d.dtype}")
+    edges = torch.tensor(EDGES, dtype=d.dtype, device=d.device)
+    b = 1 + torch.bucketize(d.contiguous(), edges, right=False)  # 1 + #{edges < d}
+    return torch.where(d < 0, torch.zeros_like(b), b)
+
+
+def n_thresholds(max_distance: int) -> int:
+    """How many cumulative edges (EDGES[0..n-1]) separate all bins that distances <= max_distance reach.
+
+    Bins above bin n + 1 are then empty, and bin n + 1 is "the rest". Used by the kernel to skip
+    edges no key can cross.
+    """
+    if max_distance <= 0:
+        return 1
+    return min(N_BINS - 2, 1 + math.ceil(math.log2(max_distance)))
+
+
+# ----------------------------------------------------------------------------------------------
+# The container
+# ----------------------------------------------------------------------------------------------
+
+_TENSOR_FIELDS = (
+    "n_rows", "n_own_rows",
+    "sem_mass", "sem_chance", "rec_mass", "rec_chance", "own_mass", "own_chance",
+    "parts_mass", "parts_chance", "entropy",
+    "step_parts_mass", "step_parts_chance", "step_entropy", "step_rows",
+)
+_OPTIONAL = ("own_mass", "own_chance")
+_STEP_FIELDS = ("step_parts_mass", "step_parts_chance", "step_entropy", "step_rows")
+
+
+@dataclass
+class ProbeStats:
+    """Probe statistics of one (layer, stream), summed over batch and probed rows, per head.
+
+    All tensors are float64 on the device they were computed on. Shapes (H heads, R rows of the
+    stream, i.e. generation steps in slot coordinates):
+
+    | field | shape | what |
+    |---|---|---|
+    | `n_rows` | [] | probed rows (row_ref >= 0) |
+    | `n_own_rows` | [] | probed rows with an own position (row_own >= 0); 0 without row_own |
+    | `sem_mass`, `sem_chance` | [H, N_BINS] | attention / chance mass per semantic-distance bin |
+    | `rec_mass`, `rec_chance` | [H, N_BINS] | the same per recency bin |
+    | `own_mass`, `own_chance` | [H, N_BINS] or None | the same per own-distance bin |
+    | `parts_mass`, `parts_chance` | [H, 4] | (S only, R only, both, neither) at (r, w) |
+    | `entropy` | [H] | sum of row entropies, bits |
+    | `step_parts_mass`, `step_parts_chance` | [H, R, 4] | the parts per row index |
+    | `step_entropy` | [H, R] | entropy per row index |
+    | `step_rows` | [R] | probed rows per row index |
+
+    Histograms (except own) and parts sum to `n_rows` per head; own histograms to `n_own_rows`.
+    Chance values do not depend on the head; they are stored per head for a uniform layout.
+    """
+
+    r: int
+    w: int
+    recency_offset: int
+    n_rows: Tensor
+    n_own_rows: Tensor
+    sem_mass: Tensor
+    sem_chance: Tensor
+    rec_mass: Tensor
+    rec_chance: Tensor
+    own_mass: Tensor | None
+    own_chance: Tensor | None
+    parts_mass: Tensor
+    parts_chance: Tensor
+    entropy: Tensor
+    step_parts_mass: Tensor
+    step_parts_chance: Tensor
+    step_entropy: Tensor
+    step_rows: Tensor
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    # -- shape facts ---------------------------------------------------------------------------
+    @property
+    def n_heads(self) -> int:
+        return self.sem_mass.shape[0]
+
+    @property
+    def n_steps(self) -> int:
+        return self.step_rows.shape[0]
+
+    @property
+    def has_own(self) -> bool:
+        return self.own_mass is not None
+
+    # -- derived readings ----------------------------------------------------------------------
+    def mean(self, name: str) -> Tensor:
+        """A histogram / parts / entropy field divided by the rows it was summed over."""
+        rows = self.n_own_rows if name.startswith("own") else self.n_rows
+        return getattr(self, name) / rows.clamp(min=1)
+
+    def lift(self, name: str) -> Tensor:
+        """mass / chance for 'sem', 'rec', 'own' or 'parts' (NaN where chance is 0)."""
+        mass, chance = getattr(self, f"{name}_mass"), getattr(self, f"{name}_chance")
+        return mass / chance
+
+    # -- accumulation --------------------------------------------------------------------------
+    def _check_compatible(self, other: ProbeStats) -> None:
+        if (self.r, self.w, self.recency_offset) != (other.r, other.w, other.recency_offset):
+            raise ValueError(
+                "cannot add ProbeStats computed with different (r, w, recency_offset): "
+                f"{(self.r, self.w, self.recency_offset)} vs {(other.r, other.w, other.recency_offset)}"
+            )
+        if self.n_heads != other.n_heads:
+            raise ValueError(f"cannot add ProbeStats of {self.n_heads} and {other.n_heads} heads")
+        if self.has_own != other.has_own:
+            raise ValueError("cannot add ProbeStats with and without own-distance histograms")
+
+    def __add__(self, other: ProbeStats) -> ProbeStats:
+        if not isinstance(other, ProbeStats):
+            return NotImplemented
+        self._check_compatible(other)
+        n_steps = max(self.n_steps, other.n_steps)
+        a, b = self._padded(n_steps), other._padded(n_steps)
+        out = {}
+        for name in _TENSOR_FIELDS:
+            x, y = getattr(a, name), getattr(b, name)
+            out[name] = None if x is None else x + y.to(x.device)
+        return ProbeStats(r=self.r, w=self.w, recency_offset=self.recency_offset, meta=dict(self.meta), **out)
+
+    def __radd__(self, other):  # lets sum([...]) start from 0
+        if isinstance(other, int) and other == 0:
+            return self
+        return NotImplemented
+
+    def _padded(self, n_steps: int) -> ProbeStats:
+        """Per-step arrays zero-padded to n_steps rows (sums over shorter sequences stay exact)."""
+        pad = n_steps - self.n_steps
+        if pad == 0:
+            return self
+        fields = {}
+        for name in _STEP_FIELDS:
+            x = getattr(self, name)
+            axis = 0 if x.ndim == 1 else 1
+            shape = list(x.shape)
+            shape[axis] = pad
+            fields[name] = torch.cat([x, x.new_zeros(shape)], dim=axis)
+        return dataclasses.replace(self, **fields)
+
+    # -- flat view for torch.distributed -------------------------------------------------------
+    def to_flat(self) -> Tensor:
+        """All tensors, flattened and concatenated in a fixed order: one float64 vector.
+
+        `torch.distributed.all_reduce(flat)` followed by `stats.from_flat(flat)` combines shards
+        (every rank must have the same heads, rows, own-ness and (r, w)).
+        """
+        parts = [getattr(self, n).reshape(-1).double() for n in _TENSOR_FIELDS if getattr(self, n) is not None]
+        return torch.cat(parts)
+
+    def from_flat(self, flat: Tensor) -> ProbeStats:
+        """A ProbeStats with this one's layout and values read from `flat` (see `to_flat`)."""
+        out, offset = {}, 0
+        for name in _TENSOR_FIELDS:
+            x = getattr(self, name)
+            if x is None:
+                out[name] = None
+                continue
+            n = x.numel()
+            out[name] = flat[offset : offset + n].reshape(x.shape).to(x.dtype)
+            offset += n
+        if offset != flat.numel():
+            raise ValueError(f"flat vector has {flat.numel()} values, this layout needs {offset}")
+        return dataclasses.replace(self, **out)
+
+    def all_reduce(self, group=None) -> ProbeStats:
+        """Sum over the ranks of a torch.distributed group (a no-op when not initialised)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        flat = self.to_flat()
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        return self.from_flat(flat)
+
+    # -- saving --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict: numpy float64 arrays, python ints for r / w / recency_offset (None for no own)."""
+        d: dict[str, Any] = {"r": self.r, "w": self.w, "recency_offset": self.recency_offset}
+        for name in _TENSOR_FIELDS:
+            x = getattr(self, name)
+            d[name] = None if x is None else x.detach().double().cpu().numpy()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], device: torch.device | str | None = None) -> ProbeStats:
+        missing = [n for n in ("r", "w", "recency_offset", *_TENSOR_FIELDS) if n not in d and n not in _OPTIONAL]
+        if missing:
+            raise KeyError(f"ProbeStats.from_dict: missing fields {missing}")
+        tensors = {
+            n: None if d.get(n) is None else torch.as_tensor(np.asarray(d[n]), dtype=torch.float64, device=device)
+            for n in _TENSOR_FIELDS
+        }
+        return cls(r=int(d["r"]), w=int(d["w"]), recency_offset=int(d["recency_offset"]), **tensors)
+
+    def to(self, device: torch.device | str) -> ProbeStats:
+        return dataclasses.replace(
+            self, **{n: None if getattr(self, n) is None else getattr(self, n).to(device) for n in _TENSOR_FIELDS}
+        )
+
+    def cpu(self) -> ProbeStats:
+        return self.to("cpu")
+
+
+def empty_stats(
+    n_heads: int, n_steps: int, *, has_own: bool, r: int, w: int, recency_offset: int, device=None
+) -> ProbeStats:
+    """All-zero ProbeStats (the identity of `+`)."""
+    z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=device)  # noqa: E731
+    return ProbeStats(
+        r=r, w=w, recency_offset=recency_offset,
+        n_rows=z(()), n_own_rows=z(()),
+        sem_mass=z(n_heads, N_BINS), sem_chance=z(n_heads, N_BINS),
+        rec_mass=z(n_heads, N_BINS), rec_chance=z(n_heads, N_BINS),
+        own_mass=z(n_heads, N_BINS) if has_own else None, own_chance=z(n_heads, N_BINS) if has_own else None,
+        parts_mass=z(n_heads, N_PARTS), parts_chance=z(n_heads, N_PARTS), entropy=z(n_heads),
+        step_parts_mass=z(n_heads, n_steps, N_PARTS), step_parts_chance=z(n_heads, n_steps, N_PARTS),
+        step_entropy=z(n_heads, n_steps), step_rows=z(n_steps),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics of a materialised pattern
+# ----------------------------------------------------------------------------------------------
+
+
+def check_positions(
+    key_pos: Tensor, row_ref: Tensor, row_own: Tensor | None, batch: int, n_rows: int, n_keys: int
+) -> None:
+    """Shapes and dtypes of the position arguments shared by every probe-stats entry point."""
+    for name, t, shape in (("key_pos", key_pos, (batch, n_keys)), ("row_ref", row_ref, (batch, n_rows)),
+                           ("row_own", row_own, (batch, n_rows))):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor) or t.is_floating_point() or t.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer tensor of positions, got {type(t).__name__} "
+                            f"{getattr(t, 'dtype', '')}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)} ([batch, {'key' if name == 'key_pos' else 'row'}]),"
+                             f" got {list(t.shape)}")
+
+
+def pattern_stats(
+    pattern: Tensor,
+    key_pos: Tensor,
+    row_ref: Tensor,
+    row_own: Tensor | None = None,
+    *,
+    recency_offset: int,
+    r: int,
+    w: int,
+    row_start: int = 0,
+    n_steps: int | None = None,
+) -> ProbeStats:
+    """Probe statistics of a materialised attention pattern (the definition; float64, exact).
+
+    pattern: [batch, head, row, key] attention probabilities of rows row_start .. row_start + row - 1
+        (slot coordinates, e.g. `hook_pattern`, or one chunk of it). Only the visible keys j <= i
+        are read; entries above the causal diagonal are ignored.
+    key_pos: [batch, key] int, negative for the null key. row_ref / row_own: [batch, row] int for
+        the rows of this chunk (negative: not probed / no own position).
+    row_start, n_steps: where this chunk's rows sit in the stream and how many rows the stream has
+        (per-step arrays are [.., n_steps, ..]; default row_start + row). Summing the ProbeStats of
+        all chunks gives the stats of the whole pattern.
+    """
+    if pattern.dim() != 4:
+        raise ValueError(f"pattern must be [batch, head, row, key], got shape {list(pattern.shape)}")
+    B, H, Rc, K = pattern.shape
+    check_positions(key_pos, row_ref, row_own, B, Rc, K)
+    if row_start + Rc > K:
+        raise ValueError(f"rows {row_start}..{row_start + Rc - 1} see keys 0..i, but there are only {K} keys")
+    n_steps = row_start + Rc if n_steps is None else n_steps
+    dev = pattern.device
+    f64 = torch.float64
+    key_pos, row_ref = key_pos.to(dev, torch.int64), row_ref.to(dev, torch.int64)
+
+    i = torch.arange(row_start, row_start + Rc, device=dev)  # global row index   [Rc]
+    j = torch.arange(K, device=dev)  # [K]
+    vis = j[None, :] <= i[:, None]  # [Rc, K]
+    null = key_pos < 0  # [B, K]
+    real = vis[None] & ~null[:, None, :]  # non-null visible keys          [B, Rc, K]
+    probed = row_ref >= 0  # [B, Rc]
+    n_vis = (i + 1).to(f64)  # |V|                                       [Rc]
+
+    p = pattern.to(f64) * vis  # [B, H, Rc, K]
+    chance = (vis.to(f64) / n_vis[:, None])[None, None].expand(B, 1, Rc, K)  # [B, 1, Rc, K]
+
+    def bins_of(dist: Tensor) -> Tensor:  # [B, Rc, K] int, null keys -> bin 0
+        return torch.where(null[:, None, :], 0, distance_bin(dist))
+
+    def hist(bins: Tensor, weights: Tensor, rows: Tensor) -> Tensor:  # -> [heads, N_BINS]
+        h = weights.shape[1]
+        out = torch.zeros(B, h, Rc, N_BINS, dtype=f64, device=dev)
+        out.scatter_add_(-1, bins[:, None].expand(B, h, Rc, K), weights.expand(B, h, Rc, K))
+        return (out * rows[:, None, :, None]).sum((0, 2))
+
+    rows = probed.to(f64)
+    sem_dist = (key_pos[:, None, :] - row_ref[:, :, None]).abs()  # [B, Rc, K]
+    sem_bins = bins_of(sem_dist)
+    rec = (i[:, None] - j[None, :] + recency_offset).expand(B, Rc, K)
+    rec_bins = bins_of(rec)
+
+    stats: dict[str, Any] = {}
+    stats["sem_mass"], stats["sem_chance"] = hist(sem_bins, p, rows), hist(sem_bins, chance, rows).expand(H, -1)
+    stats["rec_mass"], stats["rec_chance"] = hist(rec_bins, p, rows), hist(rec_bins, chance, rows).expand(H, -1)
+    if row_own is not None:
+        row_own = row_own.to(dev, torch.int64)
+        own_rows = (probed & (row_own >= 0)).to(f64)
+        own_bins = bins_of((key_pos[:, None, :] - row_own[:, :, None]).abs())
+        stats["own_mass"] = hist(own_bins, p, own_rows)
+        stats["own_chance"] = hist(own_bins, chance, own_rows).expand(H, -1)
+        stats["n_own_rows"] = own_rows.sum()
+    else:
+        stats["own_mass"] = stats["own_chance"] = None
+        stats["n_own_rows"] = torch.zeros((), dtype=f64, device=dev)
+
+    # The four parts, per row: [B, h, Rc, 4].
+    in_s = (real & (sem_dist <= r)).to(f64)[:, None]
+    in_r = (real & (rec <= w)).to(f64)[:, None]
+
+    def parts(weights: Tensor) -> Tensor:
+        s, rr = (weights * in_s).sum(-1), (weights * in_r).sum(-1)
+        both = (weights * in_s * in_r).sum(-1)
+        total = weights.sum(-1)
+        return torch.stack([s - both, rr - both, both, total - s - rr + both], dim=-1)
+
+    def per_step(x: Tensor) -> Tensor:  # [B, h, Rc, ...] -> [h, n_steps, ...], probed rows only
+        x = (x * rows.view(B, 1, Rc, *([1] * (x.dim() - 3)))).sum(0)
+        out = x.new_zeros(x.shape[0], n_steps, *x.shape[2:])
+        out[:, row_start : row_start + Rc] = x
+        return out
+
+    stats["step_parts_mass"] = per_step(parts(p))
+    stats["step_parts_chance"] = per_step(parts(chance)).expand(H, -1, -1)
+    plogp = torch.where(p > 0, p * torch.log2(p.clamp(min=torch.finfo(f64).tiny)), torch.zeros((), dtype=f64, device=dev))
+    stats["step_entropy"] = per_step(-plogp.sum(-1))
+    stats["parts_mass"] = stats["step_parts_mass"].sum(1)
+    stats["parts_chance"] = stats["step_parts_chance"].sum(1)
+    stats["entropy"] = stats["step_entropy"].sum(1)
+    step_rows = torch.zeros(n_steps, dtype=f64, device=dev)
+    step_rows[row_start : row_start + Rc] = rows.sum(0)
+    stats["step_rows"] = step_rows
+    stats["n_rows"] = rows.sum()
+    stats = {k: v.contiguous() if isinstance(v, Tensor) else v for k, v in stats.items()}
+    return ProbeStats(r=int(r), w=int(w), recency_offset=int(recency_offset), **stats)

@@ -1,0 +1,504 @@
+"""Fused probe statistics: histograms and set masses straight from q and k, one pass, no B x H x T x T.
+
+`probe_stats(q, k, key_pos, row_ref, ...)` returns the same `ProbeStats` as
+`reference_probe_stats` / `pattern_stats` (workbench/kernels/contract.py, docs/coordinates.md),
+computed by a flash-attention-style kernel: each program owns BLOCK_M rows of one (batch, head),
+walks the visible key blocks with an online softmax, and bins every probability as it goes. Design
+notes, the cost model and measured numbers: docs/kernel.md.
+
+How the binning stays cheap (the binning, not the matmul, is the cost):
+
+- semantic / own distance (random positions, so per element): cumulative masses
+  "d <= EDGES[k]" for the n edges that positions can cross (n = 1 + ceil(log2 max distance));
+  each is one saturated add (`clamp(t + 1 - |d|, 0, 1)`, which ptxas folds to FADD.SAT) and one
+  FFMA per element. Bins are differences of cumulative masses, taken once per row at the end.
+- recency i - j + offset is constant along diagonals, so a whole tile away from the diagonal lies
+  in one recency bin: its row sums go to a running per-row total, flushed into the [rows, bins]
+  accumulator only when the bin changes. Tiles that straddle bin edges (a thin band near the
+  diagonal and at powers of two) compute the straddled edges per element.
+- the structural set R_w likewise: tiles fully inside add their row sums, tiles straddling w
+  compute it per element, tiles outside do nothing.
+- chance values need no softmax: the same kernel runs with p := 1 on visible keys (CHANCE=True),
+  once per batch rather than per head, and divides by |V| = i + 1.
+- deterministic: every program writes its own partial sums; the final reduction is a float64
+  torch sum in a fixed order. No atomics.
+
+Caveats:
+
+- Without a CUDA device this module sets TRITON_INTERPRET=1 *at import* (unless the variable is
+  already set), so that the kernel runs, slowly, in Triton's interpreter on CPU tensors (the tests
+  use this). Import it after choosing otherwise, or set TRITON_INTERPRET=0 to opt out.
+- One host-device sync per call: the largest position decides how many distance edges the kernel
+  evaluates (pass `max_distance=` to skip it).
+- float32 inputs use `tf32x3` dots (about float32 accuracy); float16 / bfloat16 use the tensor
+  cores directly. Triton's interpreter computes bfloat16 dots wrongly: test bf16 on a GPU.
+- q and k may be arbitrary strided views as long as d_head is contiguous; otherwise they are
+  copied. d_head any size from 16 to 256 (padded to a power of two inside the kernel).
+- Positions are exact in float32 up to 2^24; distances above 2^14 share the last bin.
+- The per-row (per-step) outputs are written per (batch, head, row) before the batch reduction:
+  20 bytes per row and head of scratch memory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    # Must happen before the @triton.jit decorators below run (see the header).
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from workbench.kernels.contract import (  # noqa: E402
+    EDGES,
+    N_BINS,
+    ProbeStats,
+    check_positions,
+    n_thresholds,
+)
+from workbench.kernels.reference import check_qk  # noqa: E402
+
+NBP = 32  # histogram bins padded to a power of two inside the kernel
+N_ROW_FIELDS = 5  # per-row outputs: S only, R only, both, neither, entropy (bits)
+N_ROW_FIELDS_C = tl.constexpr(N_ROW_FIELDS)
+
+S_EDGE, S_ALL, S_EXTRA, S_NONE = 0, 1, 2, 3  # how the semantic set S_r is read (see _s_mode)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _le(a, t):
+    """1.0 where a <= t, else 0.0, for integer-valued float a and integer t (one FADD.SAT)."""
+    return tl.minimum(tl.maximum((t + 1.0) - a, 0.0), 1.0)
+
+
+@triton.jit
+def _bin_of(x):
+    """Log2 bin of integer x >= 0 (scalar or tensor): 1 for 0, else 2 + ceil(log2 x), at most 17."""
+    xc = tl.maximum(x, 1)
+    # ceil(log2 x) = floor(log2(2x - 1)): the float exponent of 2x - 1 (exact below 2^23).
+    e = ((2 * xc - 1).to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 127
+    return tl.where(x <= 0, 1, tl.minimum(2 + e, 17))
+
+
+@triton.jit
+def _probe_tile(
+    j0, q, k_base, kpos_ptr, null_ptr, stride_kn, n_keys, qk_scale,
+    offs_m, offs_d, ref_f, own_f, rowf, i0, rec_off, r, w,
+    # running state (online softmax: every mass below is relative to 2^m_i)
+    m_i, l_i, ent, nul, sem, own, s_ex, r_mass, both, run, run_bin, rec_acc, m_rec,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    N_SEM: tl.constexpr, HAS_OWN: tl.constexpr, S_MODE: tl.constexpr, R_IDX: tl.constexpr,
+    MAX_REC_EDGES: tl.constexpr, NBP: tl.constexpr, MASKED: tl.constexpr, CHANCE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """One [BLOCK_M, BLOCK_N] tile: probabilities, then every statistic's contribution."""
+    offs_n = j0 + tl.arange(0, BLOCK_N)
+    if MASKED:
+        key_ok = offs_n < n_keys
+        kpos = tl.load(kpos_ptr + offs_n, mask=key_ok, other=0)
+    else:
+        kpos = tl.load(kpos_ptr + offs_n)
+
+    # -- probabilities p (unnormalised, relative to 2^m_new) -------------------------------------
+    if CHANCE:  # chance: uniform weight 1 on every visible key, no softmax
+        # A (loop-invariant) dot of ones, so that p has the MMA layout like the softmax path:
+        # row sums then stay within a quad of lanes instead of crossing warps.
+        p = tl.dot(tl.full([BLOCK_M, 16], 1.0, tl.float16), tl.full([16, BLOCK_N], 0.0625, tl.float16))
+        if MASKED:
+            p = tl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
+        m_new = m_i
+        alpha = tl.full([BLOCK_M], 1.0, tl.float32)
+        rs = tl.sum(p, 1)
+        l_i = l_i + rs
+    else:
+        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
+        if MASKED:
+            k = tl.load(k_ptrs, mask=key_ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+        elif HEAD_DIM == D_PAD:
+            k = tl.load(k_ptrs)
+        else:
+            k = tl.load(k_ptrs, mask=(offs_d < HEAD_DIM)[None, :], other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        if MASKED:
+            qk = qk * qk_scale + tl.where(offs_m[:, None] >= offs_n[None, :], 0.0, -1.0e6)
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            x = qk - m_new[:, None]
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            x = qk * qk_scale - m_new[:, None]
+        p = tl.math.exp2(x)
+        alpha = tl.math.exp2(m_i - m_new)
+        rs = tl.sum(p, 1)
+        # entropy: ent = sum p * (s - m), kept relative to the running max (see docs/kernel.md)
+        ent = alpha * (ent + (m_i - m_new) * l_i) + tl.sum(p * x, 1)
+        l_i = l_i * alpha + rs
+
+    # -- null keys (key_pos < 0): no distance, no recency; one uniform branch per tile ---------
+    # (the per-block flag comes from the host: a tl.min over kpos would reduce across warps)
+    if tl.load(null_ptr + j0 // BLOCK_N) != 0:
+        p_nn = tl.where(kpos[None, :] >= 0, p, 0.0)
+        rs_nn = tl.sum(p_nn, 1)
+    else:
+        p_nn = p
+        rs_nn = rs
+    nul = nul * alpha + (rs - rs_nn)
+
+    # -- semantic distance: cumulative masses at EDGES[0..N_SEM-1] ------------------------------
+    kf = kpos.to(tl.float32)
+    ad = tl.abs(kf[None, :] - ref_f[:, None])
+    s_inc = tl.zeros([BLOCK_M], tl.float32)
+    new_sem = ()
+    for e in tl.static_range(N_SEM):
+        inc = tl.sum(p_nn * _le(ad, (1 << e) >> 1), 1)
+        new_sem = new_sem + (sem[e] * alpha + inc,)
+        if S_MODE == 0:
+            if e == R_IDX:
+                s_inc = inc
+    sem = new_sem
+    if S_MODE == 1:
+        s_inc = rs_nn
+    if S_MODE == 2:
+        s_inc = tl.sum(p_nn * _le(ad, r), 1)
+        s_ex = s_ex * alpha + s_inc
+
+    # -- own distance (single stream) ------------------------------------------------------------
+    if HAS_OWN:
+        ado = tl.abs(kf[None, :] - own_f[:, None])
+        new_own = ()
+        for e in tl.static_range(N_SEM):
+            new_own = new_own + (own[e] * alpha + tl.sum(p_nn * _le(ado, (1 << e) >> 1), 1),)
+        own = new_own
+
+    # -- recency: whole tiles in one bin go to `run`; straddled edges per element ---------------
+    rlo = i0 + rec_off - (j0 + BLOCK_N - 1)  # smallest recency in the tile
+    if MASKED:
+        rlo = tl.maximum(rlo, rec_off)  # ... among visible keys
+    rhi = i0 + BLOCK_M - 1 + rec_off - j0  # largest
+    blo = _bin_of(rlo)
+    bhi = _bin_of(rhi)
+    cols = tl.arange(0, NBP)[None, :]
+    run = run * alpha
+    if (blo != bhi) | (blo != run_bin):
+        # flush the running bin into the [rows, bins] accumulator, at the current scale
+        rec_acc = rec_acc * tl.math.exp2(m_rec - m_new)[:, None] + tl.where(cols == run_bin, run[:, None], 0.0)
+        m_rec = m_new
+        if blo == bhi:
+            run = rs_nn
+        else:
+            recf = rowf[:, None] - offs_n[None, :].to(tl.float32)
+            cm = tl.sum(p_nn * _le(recf, (1 << (blo - 1)) >> 1), 1)  # mass in bin blo
+            run = cm
+            for s in tl.static_range(1, MAX_REC_EDGES):
+                if blo + s < bhi:
+                    cm_s = tl.sum(p_nn * _le(recf, (1 << (blo + s - 1)) >> 1), 1)
+                    rec_acc += tl.where(cols == blo + s, (cm_s - cm)[:, None], 0.0)
+                    cm = cm_s
+            rec_acc += tl.where(cols == bhi, (rs_nn - cm)[:, None], 0.0)
+        run_bin = blo
+    else:
+        run = run + rs_nn
+
+    # -- structural set R_w, and S_r & R_w ----------------------------------------------------
+    r_mass = r_mass * alpha
+    both = both * alpha
+    if rhi <= w:  # the whole tile is recent enough
+        r_mass += rs_nn
+        both += s_inc
+    elif rlo <= w:  # the tile straddles w
+        recf = rowf[:, None] - offs_n[None, :].to(tl.float32)
+        pw = p_nn * _le(recf, w)
+        r_mass += tl.sum(pw, 1)
+        if S_MODE == 0 or S_MODE == 2:
+            both += tl.sum(pw * _le(ad, r), 1)
+        elif S_MODE == 1:
+            both += tl.sum(pw, 1)
+    return m_new, l_i, ent, nul, sem, own, s_ex, r_mass, both, run, run_bin, rec_acc, m_rec
+
+
+@triton.jit
+def _hist_from_cumulative(cum, nul, l_nn, BLOCK_M: tl.constexpr, N_SEM: tl.constexpr, NBP: tl.constexpr):
+    """[BLOCK_M, NBP] bins from cumulative masses cum[e] = mass(d <= EDGES[e]) and the null mass."""
+    cols = tl.arange(0, NBP)[None, :]
+    h = tl.where(cols == 0, nul[:, None], 0.0)
+    prev = tl.zeros([BLOCK_M], tl.float32)
+    for e in tl.static_range(N_SEM):
+        h = tl.where(cols == e + 1, (cum[e] - prev)[:, None], h)
+        prev = cum[e]
+    return tl.where(cols == N_SEM + 1, (l_nn - prev)[:, None], h)
+
+
+@triton.jit
+def _probe_stats_kernel(
+    Q, K, KPOS, NULL_BLK, REF, OWN, ROWS_OUT, HIST_OUT,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+    stride_pos_b, stride_null_b, stride_ref_b, stride_own_b,
+    n_heads, n_rows, n_keys, n_row_blocks, qk_scale, rec_off, r, w,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    N_SEM: tl.constexpr, HAS_OWN: tl.constexpr, S_MODE: tl.constexpr, R_IDX: tl.constexpr,
+    MAX_REC_EDGES: tl.constexpr, NBP: tl.constexpr, CHANCE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Grid (row blocks, batch * heads). Writes ROWS_OUT [B*H, 5, R] and HIST_OUT [B*H, blocks, 3, NBP]."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // n_heads).to(tl.int64)
+    h = (pid_bh % n_heads).to(tl.int64)
+    i0 = pid_m * BLOCK_M
+    offs_m = i0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    row_ok = offs_m < n_rows
+
+    ref = tl.load(REF + b * stride_ref_b + offs_m, mask=row_ok, other=-1)
+    probed = ref >= 0
+    ref_f = ref.to(tl.float32)
+    if HAS_OWN:
+        own_pos = tl.load(OWN + b * stride_own_b + offs_m, mask=row_ok, other=-1)
+        own_rows = probed & (own_pos >= 0)
+        own_f = own_pos.to(tl.float32)
+    else:
+        own_rows = probed
+        own_f = ref_f
+    rowf = (offs_m + rec_off).to(tl.float32)  # recency of key j is rowf - j
+
+    if CHANCE:
+        q = 0.0
+    else:
+        q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
+        q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+    k_base = K + b * stride_kb + h * stride_kh
+    kpos_ptr = KPOS + b * stride_pos_b
+    null_ptr = NULL_BLK + b * stride_null_b
+
+    # Key blocks: [0, lo) are visible to every row of the block, [lo, hi) need the causal mask;
+    # blocks past the last row are never visited, and a block with no probed row visits none.
+    any_probed = tl.max(probed.to(tl.int32), 0) > 0
+    hi = tl.where(any_probed, tl.minimum(i0 + BLOCK_M, n_keys), 0)
+    lo = tl.minimum((i0 + 1) // BLOCK_N * BLOCK_N, hi)
+
+    zero = tl.zeros([BLOCK_M], tl.float32)
+    m_i = zero - 1.0e30  # finite, so that (m_old - m_new) * l stays 0 * finite
+    l_i, ent, nul, s_ex, r_mass, both, run = zero, zero, zero, zero, zero, zero, zero
+    if CHANCE:
+        m_i = zero
+    sem = (zero,) * N_SEM
+    own = (zero,) * N_SEM if HAS_OWN else ()
+    run_bin = i0 * 0 - 1
+    rec_acc = tl.zeros([BLOCK_M, NBP], tl.float32)
+    m_rec = m_i
+
+    for j0 in range(0, lo, BLOCK_N):
+        m_i, l_i, ent, nul, sem, own, s_ex, r_mass, both, run, run_bin, rec_acc, m_rec = _probe_tile(
+            j0, q, k_base, kpos_ptr, null_ptr, stride_kn, n_keys, qk_scale,
+            offs_m, offs_d, ref_f, own_f, rowf, i0, rec_off, r, w,
+            m_i, l_i, ent, nul, sem, own, s_ex, r_mass, both, run, run_bin, rec_acc, m_rec,
+            HEAD_DIM, D_PAD, BLOCK_M, BLOCK_N, N_SEM, HAS_OWN, S_MODE, R_IDX, MAX_REC_EDGES, NBP,
+            False, CHANCE, DOT_PRECISION,
+        )
+    for j0 in range(lo, hi, BLOCK_N):
+        m_i, l_i, ent, nul, sem, own, s_ex, r_mass, both, run, run_bin, rec_acc, m_rec = _probe_tile(
+            j0, q, k_base, kpos_ptr, null_ptr, stride_kn, n_keys, qk_scale,
+            offs_m, offs_d, ref_f, own_f, rowf, i0, rec_off, r, w,
+            m_i, l_i, ent, nul, sem, own, s_ex, r_mass, both, run, run_bin, rec_acc, m_rec,
+            HEAD_DIM, D_PAD, BLOCK_M, BLOCK_N, N_SEM, HAS_OWN, S_MODE, R_IDX, MAX_REC_EDGES, NBP,
+            True, CHANCE, DOT_PRECISION,
+        )
+
+    # -- epilogue: normalise per row, sum the block's probed rows --------------------------------
+    cols = tl.arange(0, NBP)[None, :]
+    rec_acc = rec_acc * tl.math.exp2(m_rec - m_i)[:, None] + tl.where(cols == run_bin, run[:, None], 0.0)
+    l_safe = tl.maximum(l_i, 1e-30)  # rows never visited have l = 0; they are not probed (masked below)
+    inv_l = 1.0 / l_safe
+    l_nn = l_i - nul
+    hist_base = HIST_OUT + ((pid_bh * n_row_blocks + pid_m) * 3) * NBP + tl.arange(0, NBP)
+
+    hs = _hist_from_cumulative(sem, nul, l_nn, BLOCK_M, N_SEM, NBP)
+    tl.store(hist_base, tl.sum(tl.where(probed[:, None], hs * inv_l[:, None], 0.0), 0))
+    hr = rec_acc + tl.where(cols == 0, nul[:, None], 0.0)
+    tl.store(hist_base + NBP, tl.sum(tl.where(probed[:, None], hr * inv_l[:, None], 0.0), 0))
+    if HAS_OWN:
+        ho = _hist_from_cumulative(own, nul, l_nn, BLOCK_M, N_SEM, NBP)
+        tl.store(hist_base + 2 * NBP, tl.sum(tl.where(own_rows[:, None], ho * inv_l[:, None], 0.0), 0))
+    else:
+        tl.store(hist_base + 2 * NBP, tl.zeros([NBP], tl.float32))
+
+    if S_MODE == 0:
+        s_tot = sem[R_IDX]
+    elif S_MODE == 1:
+        s_tot = l_nn
+    elif S_MODE == 2:
+        s_tot = s_ex
+    else:
+        s_tot = zero
+    s_frac = s_tot * inv_l
+    r_frac = r_mass * inv_l
+    b_frac = both * inv_l
+    if CHANCE:
+        entropy = tl.math.log2(l_safe)
+    else:
+        entropy = tl.math.log2(l_safe) - ent * inv_l
+    row_base = ROWS_OUT + pid_bh.to(tl.int64) * N_ROW_FIELDS_C * n_rows + offs_m
+    tl.store(row_base, tl.where(probed, s_frac - b_frac, 0.0), mask=row_ok)
+    tl.store(row_base + n_rows, tl.where(probed, r_frac - b_frac, 0.0), mask=row_ok)
+    tl.store(row_base + 2 * n_rows, tl.where(probed, b_frac, 0.0), mask=row_ok)
+    tl.store(row_base + 3 * n_rows, tl.where(probed, 1.0 - s_frac - r_frac + b_frac, 0.0), mask=row_ok)
+    tl.store(row_base + 4 * n_rows, tl.where(probed, entropy, 0.0), mask=row_ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host side
+# ----------------------------------------------------------------------------------------------
+
+
+def _s_mode(r: int, n_sem: int, max_distance: int) -> tuple[int, int]:
+    """How the kernel reads the semantic set S_r: (mode, edge index)."""
+    if r < 0:
+        return S_NONE, 0
+    if r >= max_distance:
+        return S_ALL, 0  # every key's distance is <= r
+    if r in EDGES[:n_sem]:
+        return S_EDGE, EDGES.index(r)
+    return S_EXTRA, 0
+
+
+def _max_rec_edges(block_m: int, block_n: int) -> int:
+    """Most bin edges one tile's recency range [a, a + BLOCK_M + BLOCK_N - 2], a >= 0, can straddle."""
+    span = block_m + block_n - 2
+    return max(1, (1 if span == 0 else 2 + math.ceil(math.log2(span))) - 1)
+
+
+def default_config(n_rows: int, d_head: int, device: torch.device) -> dict[str, int]:
+    """Block sizes and launch parameters (see docs/kernel.md for how they were chosen)."""
+    if device.type != "cuda":  # interpreter: fewer, larger numpy ops
+        return dict(block_m=64, block_n=64, num_warps=4, num_stages=1)
+    block_m = 128 if n_rows > 64 else 64
+    return dict(block_m=block_m, block_n=64, num_warps=8 if block_m == 128 else 4, num_stages=2)
+
+
+def probe_stats(
+    q: Tensor,
+    k: Tensor,
+    key_pos: Tensor,
+    row_ref: Tensor,
+    *,
+    row_own: Tensor | None = None,
+    recency_offset: int,
+    r: int,
+    w: int,
+    scale: float | None = None,
+    max_distance: int | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+) -> ProbeStats:
+    """Probe statistics of softmax(q k^T * scale) under the top-left causal mask, fused.
+
+    q: [batch, head, row, d_head], k: [batch, head, key, d_head] (same dtype: float16, bfloat16 or
+    float32; rows <= keys; row i sees keys 0..i). key_pos: int [batch, key], negative for null keys.
+    row_ref: int [batch, row], negative for rows not probed. row_own: optional int [batch, row]
+    (own position of single-stream rows, negative for none) for the own-distance histograms.
+    Recency of key j for row i is i - j + recency_offset. (r, w) define S_r and R_w.
+    scale defaults to 1 / sqrt(d_head). max_distance (optional) bounds every |position difference|
+    and saves one device sync. block_m / block_n / num_warps / num_stages override the launch
+    configuration (results do not depend on them beyond float32 rounding).
+    """
+    B, H, R, K, D = check_qk(q, k)
+    check_positions(key_pos, row_ref, row_own, B, R, K)
+    if recency_offset < 0:
+        raise ValueError(f"recency_offset must be >= 0 (0: content / single stream, 1: query stream), got {recency_offset}")
+    dev = q.device
+    for name, t in (("key_pos", key_pos), ("row_ref", row_ref), ("row_own", row_own)):
+        if t is not None and t.device != dev:
+            raise ValueError(f"{name} is on {t.device} but q and k are on {dev}; move it with .to(q.device)")
+    if dev.type != "cuda" and not _interpreting():
+        raise RuntimeError(
+            "probe_stats runs a Triton kernel: it needs CUDA tensors, or TRITON_INTERPRET=1 set before "
+            "workbench.kernels.probe_stats is imported. On CPU use workbench.kernels.reference_probe_stats."
+        )
+    if not 16 <= D <= 256:
+        raise ValueError(f"d_head must be between 16 and 256, got {D}")
+
+    # The kernel reads d_head contiguously; any other strides are passed through.
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    k = k if k.stride(-1) == 1 else k.contiguous()
+    key_pos = key_pos.to(torch.int32).contiguous()
+    row_ref = row_ref.to(torch.int32).contiguous()
+    row_own_i = row_own.to(torch.int32).contiguous() if row_own is not None else row_ref
+    if max_distance is None:
+        maxima = [key_pos.max(), row_ref.max()] + ([row_own_i.max()] if row_own is not None else [])
+        max_distance = max(0, int(torch.stack(maxima).max().item()))  # |a - b| <= max(a, b) for a, b >= 0
+    n_sem = n_thresholds(max_distance)
+    s_mode, r_idx = _s_mode(int(r), n_sem, max_distance)
+
+    cfg = default_config(R, D, dev)
+    cfg.update({k_: v for k_, v in dict(block_m=block_m, block_n=block_n, num_warps=num_warps,
+                                          num_stages=num_stages).items() if v is not None})
+    bm, bn = cfg["block_m"], cfg["block_n"]
+    if bm < 16 or bn < 16 or bm & (bm - 1) or bn & (bn - 1):
+        raise ValueError(f"block_m and block_n must be powers of two >= 16, got {bm}, {bn}")
+    n_rb = triton.cdiv(R, bm)
+    n_kb = triton.cdiv(K, bn)
+    # which key blocks hold a null key (key_pos < 0): [batch, key blocks]
+    null_blk = torch.nn.functional.pad(key_pos < 0, (0, n_kb * bn - K)).view(B, n_kb, bn).any(-1).to(torch.int32)
+    d_pad = max(16, triton.next_power_of_2(D))
+    if q.dtype == torch.float32:
+        precision = "ieee" if _interpreting() else "tf32x3"
+    else:
+        precision = "tf32"  # ignored for 16-bit inputs
+    qk_scale = (1.0 / math.sqrt(D) if scale is None else float(scale)) * 1.4426950408889634  # log2(e)
+
+    common = dict(
+        HEAD_DIM=D, D_PAD=d_pad, BLOCK_M=bm, BLOCK_N=bn, N_SEM=n_sem, HAS_OWN=row_own is not None,
+        S_MODE=s_mode, R_IDX=r_idx, MAX_REC_EDGES=_max_rec_edges(bm, bn), NBP=NBP,
+        DOT_PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    args = (K, n_rb, qk_scale, int(recency_offset), int(r), int(w))
+
+    def launch(n_heads: int, chance: bool) -> tuple[Tensor, Tensor]:
+        rows_out = torch.empty(B * n_heads, N_ROW_FIELDS, R, dtype=torch.float32, device=dev)
+        hist_out = torch.empty(B * n_heads, n_rb, 3, NBP, dtype=torch.float32, device=dev)
+        _probe_stats_kernel[(n_rb, B * n_heads)](
+            q, k, key_pos, null_blk, row_ref, row_own_i, rows_out, hist_out,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            key_pos.stride(0), null_blk.stride(0), row_ref.stride(0), row_own_i.stride(0),
+            n_heads, R, *args, CHANCE=chance, **common,
+        )
+        # deterministic reduction over batch and row blocks, in float64
+        rows = rows_out.view(B, n_heads, N_ROW_FIELDS, R).double().sum(0)  # [h, 5, R]
+        hist = hist_out.view(B, n_heads, n_rb, 3, NBP).double().sum((0, 2))[..., :N_BINS]  # [h, 3, NB]
+        return rows, hist
+
+    rows_m, hist_m = launch(H, chance=False)
+    rows_c, hist_c = launch(1, chance=True)
+    rows_c, hist_c = rows_c.expand(H, -1, -1), hist_c.expand(H, -1, -1)
+
+    probed = (row_ref >= 0).double()
+    step_rows = probed.sum(0)
+    has_own = row_own is not None
+    n_own = ((row_ref >= 0) & (row_own_i >= 0)).double().sum() if has_own else torch.zeros((), dtype=torch.float64, device=dev)
+    step_pm = rows_m[:, :4].transpose(1, 2).contiguous()
+    step_pc = rows_c[:, :4].transpose(1, 2).contiguous()
+    return ProbeStats(
+        r=int(r), w=int(w), recency_offset=int(recency_offset),
+        n_rows=step_rows.sum(), n_own_rows=n_own,
+        sem_mass=hist_m[:, 0].contiguous(), sem_chance=hist_c[:, 0].contiguous(),
+        rec_mass=hist_m[:, 1].contiguous(), rec_chance=hist_c[:, 1].contiguous(),
+        own_mass=hist_m[:, 2].contiguous() if has_own else None,
+        own_chance=hist_c[:, 2].contiguous() if has_own else None,
+        parts_mass=step_pm.sum(1), parts_chance=step_pc.sum(1), entropy=rows_m[:, 4].sum(1),
+        step_parts_mass=step_pm, step_parts_chance=step_pc, step_entropy=rows_m[:, 4].contiguous(),
+        step_rows=step_rows,
+    )
