@@ -409,3 +409,17 @@ def test_probe_qk_refuses_a_biting_clamp():
         _, cache = model.run_with_cache(tokens, order)
     with pytest.raises(NotImplementedError, match="clamp_len=3.*hook_pattern"):
         model.probe_qk(cache, 0, "query", order)
+
+
+def test_probe_engine_reference_on_converted_xlnet(model):
+    """The probe runner's reference source (patterns through hooks) on a converted XLNet: every
+    head summarised; the null key ("sink") holds exactly the first-generated query row's mass."""
+    engine = pytest.importorskip("workbench.probing.engine")
+    n_seq, n_pos = 4, 16
+    tokens, order = batch(model.cfg.d_vocab, n_seq, n_pos, seed=10)
+    with torch.no_grad():  # as the runner's batch map calls it
+        shard = engine.ReferenceSource().collect(model, tokens, order, r=2, w=2)
+    heads = engine.summarise_heads(engine.pool([shard], model, n_pos))
+    assert len(heads) == model.cfg.n_layers * 2 * model.cfg.n_heads
+    for head in heads:
+        assert head.sink == pytest.approx(1 / n_pos if head.stream == "query" else 0.0, abs=1e-9)
