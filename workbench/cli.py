@@ -39,7 +39,7 @@ def _list_checkpoints(args: argparse.Namespace) -> None:
     if not names:
         print(f"no checkpoints in {root}")
         return
-    print(f"{'name':<28} {'variant':<15} {'n_ctx':>6} {'params':>9}  val any-order bits/token")
+    print(f"{'name':<28} {'variant':<15} {'n_ctx':>6} {'params':>9}  val bits/token (training-time eval)")
     for name in names:
         info = read_info(f"{root}/{name}")
         cfg = info.config

@@ -117,7 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, nargs="+", help="checkpoint names or paths")
     p.add_argument("--data", default=None, help="corpus spec (default: the checkpoint's bundled validation text)")
     p.add_argument("--orders", type=int, default=4, help="random orders per window (Monte Carlo)")
-    p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
+    p.add_argument("--max-windows", type=int, default=None, help="evaluate N evenly spaced windows")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -145,7 +145,9 @@ def validation_windows(model: HookedAOModel, data: str | None, max_windows: int 
         tokens = train_val_split(model.tokenizer.encode_tensor(corpus.text), seq_len,
                                  info.data.get("val_fraction", 0.1)).val
     windows = sequential_windows(tokens, seq_len)
-    return windows[:max_windows] if max_windows else windows
+    if max_windows and max_windows < len(windows):  # evenly spaced: an unbiased subset of the text
+        windows = windows[torch.linspace(0, len(windows) - 1, max_windows).round().long()]
+    return windows
 
 
 def _run(args: argparse.Namespace) -> None:
