@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -91,6 +93,22 @@ def _train_until(settings: TrainSettings, out_dir, stop_after: int) -> None:
             train(settings, out_dir, progress=False)
     finally:
         trainer._save = original
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_match_one(tmp_path, corpus_file):
+    """DDP over 2 CPU processes (gloo) splits the same global batch: same weights as 1 process."""
+    settings = tiny_settings(corpus_file, steps=12, eval_every=12, checkpoint_every=12)
+    single = train(settings, tmp_path / "one", progress=False)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.to_dict().items() if v is not None]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "workbench.cli", "train", "--out", str(tmp_path / "two"), "--no-progress", *flags]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = ckpt.load(tmp_path / "two" / "checkpoint")
+    worst = max((a - b).abs().max().item() for a, b in zip(single.model.state_dict().values(), two.state_dict().values()))
+    print(f"max |1 process - 2 processes| over weights: {worst:.2e}")
+    assert worst < 1e-5
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, corpus_file):

@@ -4,8 +4,8 @@ several GPUs through torchrun (DistributedDataParallel).
 
 A run directory holds `settings.json`, `metrics.jsonl` and `checkpoint/` (a loadable checkpoint
 plus the optimiser state). Calling `train` on a directory with a checkpoint resumes it. The batch
-of step s is drawn from a generator seeded by (seed, s, rank), so a resumed run sees exactly the
-batches and orders an uninterrupted one would.
+of step s is drawn from a generator seeded by (seed, s), so a resumed run sees exactly the
+batches and orders an uninterrupted one would, and N processes split the batch one would see.
 """
 
 from __future__ import annotations
@@ -82,12 +82,16 @@ def train(settings: TrainSettings, out_dir: str | Path, device: str | None = Non
     bar = tqdm(total=settings.steps, initial=start_step, disable=not progress or rank != 0, desc=settings.variant)
     t0, tokens_seen = time.perf_counter(), 0
     for step in range(start_step, settings.steps):
-        generator = torch.Generator().manual_seed(_step_seed(settings.seed, step, rank))
-        tokens = random_windows(split.train, settings.seq_len, per_rank, generator)
+        # Every process draws the same global batch and keeps its own slice, so N processes
+        # compute exactly the gradient one process would on the whole batch.
+        generator = torch.Generator().manual_seed(_step_seed(settings.seed, step))
+        tokens = random_windows(split.train, settings.seq_len, settings.batch_size, generator)
         if settings.order == "random":
-            order = random_orders(per_rank, settings.seq_len, generator)
+            order = random_orders(settings.batch_size, settings.seq_len, generator)
         else:
-            order = left_to_right(per_rank, settings.seq_len)
+            order = left_to_right(settings.batch_size, settings.seq_len)
+        mine = slice(rank * per_rank, (rank + 1) * per_rank)
+        tokens, order = tokens[mine], order[mine]
         lr = learning_rate(settings, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -114,6 +118,7 @@ def train(settings: TrainSettings, out_dir: str | Path, device: str | None = Non
     bar.close()
     if world > 1:
         dist.barrier()
+        dist.destroy_process_group()
     return RunResult(model.eval(), out_dir / "checkpoint", metrics)
 
 
@@ -195,8 +200,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
         write_bytes_atomic(path, "".join(l + "\n" for l in lines).encode())
 
 
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    return (seed * 1_000_003 + step) * 1009 + rank
+def _step_seed(seed: int, step: int) -> int:
+    return seed * 1_000_003 + step
 
 
 def _append_jsonl(path: Path, line: dict[str, Any]) -> None:
