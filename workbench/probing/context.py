@@ -1,0 +1,177 @@
+"""What a probe sees: the model, the data, the settings, and a resumable map over batches.
+
+Everything a probe computes per batch goes through `ctx.map_batches(key, fn)`: each batch's result
+(a dict of tensors) is written atomically to `<run dir>/.partial/<key>/<batch>.safetensors` before
+the next batch starts, and a resumed run loads the batches already done instead of recomputing
+them. Results are then combined in batch order, so a run killed and resumed gives exactly the
+table of an uninterrupted run.
+
+Every random draw is seeded from (seed, purpose, index) by a hash, never from a shared stream, so
+what sequence s sees does not depend on the batch size, on which probes run, or on a resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from workbench.models import HookedAOModel
+from workbench.results_io import write_bytes_atomic
+
+if TYPE_CHECKING:
+    from workbench.probing.engine import Pooled, StatsSource
+
+BatchFn = Callable[[int, Tensor, Tensor], dict[str, Tensor]]
+
+
+@dataclass
+class ProbeSettings:
+    """The knobs every probe can read (the runner fills them from the command line)."""
+
+    r: int = 4
+    """Radius of the semantic set S_r (keys with |pos - p_ref| <= r)."""
+    w: int = 4
+    """Window of the structural set R_w (keys with recency <= w)."""
+    seed: int = 0
+    batch_size: int = 8
+    causal_sequences: int = 32
+    """Sequences the causal probes (ablation, knockout) use: each costs many forward passes."""
+    heads: list[tuple[int, str, int]] | None = None
+    """(layer, stream, head) the knockout probe targets; None: the labelled heads (max_heads each)."""
+    max_heads: int = 2
+    """Without `heads`: knock out at most this many semantic and structural heads per stream."""
+    orders: str = "random"
+    """Generation orders of the probed sequences: "random" (one per sequence) or "left_to_right"."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Options for user probes (`--option key=value`)."""
+
+
+class ProbeContext:
+    """The model, the windows, the settings and the resumable batch map (see the module doc)."""
+
+    def __init__(
+        self,
+        model: HookedAOModel,
+        windows: Tensor,
+        settings: ProbeSettings,
+        *,
+        checkpoint: str = "model",
+        source: StatsSource | None = None,
+        workdir: Path | None = None,
+        progress: bool = True,
+        on_shard: Callable[[str, int], None] | None = None,
+    ):
+        from workbench.probing.engine import ReferenceSource
+
+        if windows.ndim != 2 or windows.shape[0] == 0:
+            raise ValueError(f"windows must be a non-empty [sequence, pos] tensor, got {tuple(windows.shape)}.")
+        self.model = model
+        self.windows = windows
+        self.settings = settings
+        self.checkpoint = checkpoint
+        self.source = source or ReferenceSource()
+        self.workdir = workdir
+        self.progress = progress
+        self.on_shard = on_shard
+        self.device = next(model.parameters()).device
+
+    # ---- data ------------------------------------------------------------------------------
+
+    @property
+    def n_sequences(self) -> int:
+        return self.windows.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.windows.shape[1]
+
+    def order(self, index: int) -> Tensor:
+        """The generation order of sequence `index` (seeded by (seed, index) alone)."""
+        if self.settings.orders == "left_to_right":
+            return torch.arange(self.seq_len)
+        return torch.randperm(self.seq_len, generator=self.generator("order", index))
+
+    def batch(self, index: int, n_sequences: int | None = None) -> tuple[Tensor, Tensor]:
+        """(tokens, order) of batch `index`, both [batch, pos], on the model's device."""
+        stop = min((index + 1) * self.settings.batch_size, n_sequences or self.n_sequences)
+        start = index * self.settings.batch_size
+        tokens = self.windows[start:stop]
+        order = torch.stack([self.order(s) for s in range(start, stop)])
+        return tokens.to(self.device), order.to(self.device)
+
+    def n_batches(self, n_sequences: int | None = None) -> int:
+        n = min(n_sequences or self.n_sequences, self.n_sequences)
+        return -(-n // self.settings.batch_size)
+
+    def generator(self, *purpose: object) -> torch.Generator:
+        """A CPU generator seeded from (seed, *purpose): independent streams by purpose."""
+        return torch.Generator().manual_seed(stable_seed(self.settings.seed, *purpose))
+
+    # ---- the resumable batch map -----------------------------------------------------------
+
+    def map_batches(
+        self, key: str, fn: BatchFn, n_sequences: int | None = None, desc: str | None = None
+    ) -> list[dict[str, Tensor]]:
+        """[fn(i, tokens, order) for each batch i], each result saved (and on resume, loaded)."""
+        n = self.n_batches(n_sequences)
+        shard_dir = self.workdir / key if self.workdir is not None else None
+        results: list[dict[str, Tensor] | None] = [None] * n
+        if shard_dir is not None:
+            for i in range(n):
+                path = shard_dir / f"{i:05d}.safetensors"
+                if path.is_file():
+                    results[i] = load_tensors(path.read_bytes())
+        done = sum(r is not None for r in results)
+        bar = tqdm(total=n, initial=done, desc=desc or key, disable=not self.progress or done == n, leave=False)
+        with torch.no_grad():
+            for i in range(n):
+                if results[i] is not None:
+                    continue
+                tokens, order = self.batch(i, n_sequences)
+                out = {name: t.detach().cpu().contiguous() for name, t in fn(i, tokens, order).items()}
+                if shard_dir is not None:
+                    write_bytes_atomic(shard_dir / f"{i:05d}.safetensors", save_tensors(out))
+                    if self.on_shard is not None:
+                        self.on_shard(key, i)
+                results[i] = out
+                bar.update(1)
+        bar.close()
+        return results  # type: ignore[return-value]
+
+    # ---- pooled attention statistics -------------------------------------------------------
+
+    @cached_property
+    def stats(self) -> dict[tuple[int, str], Pooled]:
+        """Attention statistics pooled over every sequence, per (layer, stream)."""
+        from workbench.probing.engine import pool
+
+        s = self.settings
+        shards = self.map_batches(
+            f"stats_{self.source.name}",
+            lambda i, tokens, order: self.source.collect(self.model, tokens, order, r=s.r, w=s.w),
+            desc=f"attention statistics ({self.source.name})",
+        )
+        return pool(shards, self.model, self.seq_len)
+
+    @cached_property
+    def heads(self):
+        """Per-head summary (index, label, masses...) as a list of HeadSummary, from `stats`."""
+        from workbench.probing.engine import summarise_heads
+
+        return summarise_heads(self.stats)
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from `parts`, the same on every machine and run (unlike hash())."""
+    digest = hashlib.sha256(repr(parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)

@@ -1,0 +1,468 @@
+"""Attention statistics of a model over a dataset: per (layer, stream, head), pooled over sequences,
+with what a confidence interval needs.
+
+A *statistics source* turns one batch into `ProbeStats` (workbench/kernels/contract.py) per
+(layer, stream) and sequence:
+
+- `ReferenceSource`: the patterns themselves, read at `hook_pattern` and reduced by
+  `workbench.kernels.pattern_stats` (the definition) inside the hook, so no more than one layer's
+  pattern is alive at a time.
+- `KernelSource` (`--fast`): rotated queries and keys captured at `hook_rot_q` / `hook_rot_k`
+  (`hook_q` / `hook_k` for sigma_gpt, which has no rotation) and reduced by the fused Triton kernel
+  `workbench.kernels.probe_stats`, never materialising a pattern. Needs CUDA; `make_source` falls
+  back to the reference with a warning line otherwise.
+
+Each sequence's statistics become a small vector per head (below, `FIELDS`), for all rows and for
+each step bucket (rows 0, 1, 2-3, 4-7, ... by slot index); a batch contributes the sums of those
+vectors and of their outer products, plus sums and sums of squares of the histograms. Pooled
+over batches these give every metric as a ratio of means, and its 95% confidence interval over
+sequences by the delta method (`Pooled.estimate`).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from workbench.hook_names import hook_name
+from workbench.kernels.contract import N_BINS, PARTS, ProbeStats, pattern_stats
+from workbench.models import HookedAOModel
+from workbench.orders import ProbeLayout, probe_layout
+from workbench.probing import specialisation
+from workbench.probing.table import Row
+
+Z_95 = 1.959964
+
+FIELDS = (
+    "rows",  # probed rows
+    "S_only_mass", "R_only_mass", "both_mass", "neither_mass",
+    "S_only_chance", "R_only_chance", "both_chance", "neither_chance",
+    "sink_mass",  # attention on the null key
+    "sink_chance",  # 1 / |V|
+    "entropy",  # bits
+    "uniform_entropy",  # log2 |V|: the entropy of uniform attention
+    "own_rows",  # probed rows with an own position (single stream)
+)
+F = {name: i for i, name in enumerate(FIELDS)}
+HISTS = ("semantic", "recency", "own")  # hist tensor rows: (attention, chance) per histogram
+ROW_CHUNK = 1 << 21  # pattern entries per pattern_stats call (bounds the float64 temporaries)
+
+
+def step_buckets(n_rows: int) -> list[int]:
+    """First slot index of each step bucket: 0, 1, 2, 4, 8, ... (< n_rows)."""
+    starts, s = [0], 1
+    while s < n_rows:
+        starts.append(s)
+        s *= 2
+    return starts
+
+
+def bucket_of(n_rows: int) -> Tensor:
+    """The step bucket of every slot index 0..n_rows-1 (0; 1; 2-3 -> 2; 4-7 -> 3; ...)."""
+    i = torch.arange(n_rows)
+    return torch.where(i == 0, 0, torch.floor(torch.log2(i.clamp(min=1).double())).long() + 1)
+
+
+# ---- sources ---------------------------------------------------------------------------------
+
+
+class StatsSource(Protocol):
+    name: str
+
+    def collect(self, model: HookedAOModel, tokens: Tensor, order: Tensor, *, r: int, w: int) -> dict[str, Tensor]:
+        """One batch's moment sums, keyed "L{layer}.{stream}.{what}" (see `Accumulator`)."""
+        ...
+
+
+class ReferenceSource:
+    """Patterns through `hook_pattern` -> `pattern_stats`, one sequence at a time."""
+
+    name = "reference"
+
+    def collect(self, model: HookedAOModel, tokens: Tensor, order: Tensor, *, r: int, w: int) -> dict[str, Tensor]:
+        layouts = {s: probe_layout(order, s) for s in model.stream_names}
+        names = _stream_hooks(model, "pattern")
+        out: dict[str, Tensor] = {}
+
+        def hook(pattern: Tensor, hook) -> None:  # [batch, head, row, key]
+            layer, stream = names[hook.name]
+            layout = layouts[stream]
+            acc = Accumulator(layout.row_ref.shape[1], pattern.shape[1])
+            for b in range(pattern.shape[0]):
+                stats = _chunked_pattern_stats(pattern[b : b + 1], _select(layout, b), r, w)
+                acc.add(stats, layout.row_ref[b], null_mass=pattern[b, :, :, 0])
+            out.update(acc.to_dict(f"L{layer}.{stream}"))
+
+        with model.hooks(fwd_hooks=[(lambda n: n in names, hook)]):
+            model(tokens, order)
+        return out
+
+
+class KernelSource:
+    """q and k through hooks -> the fused Triton kernel `probe_stats` (CUDA).
+
+    RoPE variants: the rotated q and k (`hook_rot_q`, `hook_rot_k`); sigma_gpt: `hook_q`, `hook_k`;
+    a model with its own `probe_qk` (XLNet's relative attention) factorises its scores into q.k.
+    """
+
+    name = "kernel"
+
+    def collect(self, model: HookedAOModel, tokens: Tensor, order: Tensor, *, r: int, w: int) -> dict[str, Tensor]:
+        from workbench.kernels.probe_stats import probe_stats  # the function (see the note in docs/probes.md)
+
+        own_qk = hasattr(model, "probe_qk")
+        rotated = not own_qk and getattr(model, "rotary", None) is not None
+        names = {**_stream_hooks(model, "rot_q" if rotated else "q"), **_stream_hooks(model, "rot_k" if rotated else "k")}
+        cache: dict[str, Tensor] = {}
+
+        def grab(x: Tensor, hook) -> None:  # [batch, slot, head, d_head]
+            cache[hook.name] = x.detach()
+
+        with model.hooks(fwd_hooks=[(lambda n: n in names, grab)]):
+            model(tokens, order)
+        out: dict[str, Tensor] = {}
+        for layer in range(model.cfg.n_layers):
+            for stream in model.stream_names:
+                if own_qk:
+                    q, k, scale = model.probe_qk(cache, layer, stream, order)
+                else:
+                    which = ("rot_q", "rot_k") if rotated else ("q", "k")
+                    q, k = (cache[hook_name(a, layer, stream)].transpose(1, 2) for a in which)  # [batch, head, slot, d_head]
+                    scale = model.blocks[layer].attn.scale
+                layout = probe_layout(order, stream)
+                acc = Accumulator(layout.row_ref.shape[1], q.shape[1])
+                for b in range(q.shape[0]):
+                    lay = _select(layout, b)
+                    stats = probe_stats(
+                        q[b : b + 1], k[b : b + 1], lay.key_pos, lay.row_ref, row_own=lay.row_own,
+                        recency_offset=lay.recency_offset, r=r, w=w, scale=scale,
+                    )
+                    acc.add(stats, layout.row_ref[b], null_mass=None)  # the kernel has no per-row null mass
+                out.update(acc.to_dict(f"L{layer}.{stream}"))
+        return out
+
+
+def make_source(fast: bool, device: torch.device | str) -> tuple[StatsSource, str]:
+    """(the source to use, a note for the metadata). `fast` without CUDA falls back, loudly."""
+    if not fast:
+        return ReferenceSource(), "reference: patterns through hook_pattern -> pattern_stats"
+    if torch.device(device).type != "cuda":
+        message = (
+            f"workbench probe: WARNING: --fast needs a CUDA device (the fused Triton kernel), but the "
+            f"run is on {torch.device(device)}; falling back to the reference path (patterns through "
+            "hooks). Results are the same, only slower."
+        )
+        print(message, file=sys.stderr, flush=True)
+        return ReferenceSource(), "reference (fallback: --fast asked for, no CUDA device)"
+    return KernelSource(), "kernel: rotated q, k through hooks -> workbench.kernels.probe_stats"
+
+
+def _stream_hooks(model: HookedAOModel, activation: str) -> dict[str, tuple[int, str]]:
+    return {
+        hook_name(activation, layer, stream): (layer, stream)
+        for layer in range(model.cfg.n_layers)
+        for stream in model.stream_names
+    }
+
+
+def _select(layout: ProbeLayout, b: int) -> ProbeLayout:
+    own = layout.row_own[b : b + 1] if layout.row_own is not None else None
+    return ProbeLayout(layout.key_pos[b : b + 1], layout.row_ref[b : b + 1], own, layout.recency_offset)
+
+
+def _chunked_pattern_stats(pattern: Tensor, layout: ProbeLayout, r: int, w: int) -> ProbeStats:
+    """pattern_stats of one sequence, over chunks of rows so the float64 temporaries stay small."""
+    _, n_heads, n_rows, n_keys = pattern.shape
+    chunk = max(1, ROW_CHUNK // max(1, n_heads * n_keys))
+    total = None
+    for start in range(0, n_rows, chunk):
+        stop = min(n_rows, start + chunk)
+        own = layout.row_own[:, start:stop] if layout.row_own is not None else None
+        stats = pattern_stats(
+            pattern[:, :, start:stop], layout.key_pos, layout.row_ref[:, start:stop], own,
+            recency_offset=layout.recency_offset, r=r, w=w, row_start=start, n_steps=n_rows,
+        )
+        total = stats if total is None else total + stats
+    return total
+
+
+# ---- per-sequence vectors and their moments ----------------------------------------------------
+
+
+class Accumulator:
+    """Sums over sequences of the per-head vectors u (FIELDS) and u u^T, for all rows (index 0)
+    and each step bucket (1..), and of the histograms and their squares."""
+
+    def __init__(self, n_rows: int, n_heads: int):
+        self.n_rows, self.n_heads = n_rows, n_heads
+        self.bucket = bucket_of(n_rows)
+        n_groups = 1 + len(step_buckets(n_rows))
+        k = len(FIELDS)
+        self.n_seq = 0
+        self.u_sum = torch.zeros(n_groups, n_heads, k, dtype=torch.float64)
+        self.u_outer = torch.zeros(n_groups, n_heads, k, k, dtype=torch.float64)
+        self.hist_sum = torch.zeros(n_heads, 2 * len(HISTS), N_BINS, dtype=torch.float64)
+        self.hist_sq = torch.zeros_like(self.hist_sum)
+        self.has_step_sink = True
+
+    def add(self, stats: ProbeStats, row_ref: Tensor, null_mass: Tensor | None) -> None:
+        """Add one sequence: its ProbeStats, its rows' reference positions [row] and, if known,
+        the attention on the null key per head and row [head, row]."""
+        stats = stats.cpu()
+        u = self._vectors(stats, row_ref.cpu(), None if null_mass is None else null_mass.detach().double().cpu())
+        self.has_step_sink = self.has_step_sink and null_mass is not None
+        self.u_sum += u
+        self.u_outer += u[..., :, None] * u[..., None, :]
+        zeros = torch.zeros_like(stats.sem_mass)
+        hist = torch.stack(
+            [stats.sem_mass, stats.sem_chance, stats.rec_mass, stats.rec_chance,
+             stats.own_mass if stats.has_own else zeros, stats.own_chance if stats.has_own else zeros],
+            dim=1,
+        )
+        self.hist_sum += hist
+        self.hist_sq += hist * hist
+        self.n_seq += 1
+
+    def _vectors(self, stats: ProbeStats, row_ref: Tensor, null_mass: Tensor | None) -> Tensor:
+        """u per (group, head): group 0 = all rows, group g >= 1 = step bucket g - 1."""
+        n_groups, H = self.u_sum.shape[0], self.n_heads
+        probed = (row_ref >= 0).double()  # [row]
+        visible = torch.arange(1, self.n_rows + 1, dtype=torch.float64)  # |V| = i + 1
+        per_row = torch.zeros(H, self.n_rows, len(FIELDS), dtype=torch.float64)
+        per_row[..., F["rows"]] = stats.step_rows
+        per_row[..., 1:5] = stats.step_parts_mass
+        per_row[..., 5:9] = stats.step_parts_chance
+        per_row[..., F["sink_mass"]] = 0.0 if null_mass is None else null_mass * probed
+        per_row[..., F["sink_chance"]] = probed / visible
+        per_row[..., F["entropy"]] = stats.step_entropy
+        per_row[..., F["uniform_entropy"]] = probed * torch.log2(visible)
+        per_row[..., F["own_rows"]] = 0.0
+        u = torch.zeros(n_groups, H, len(FIELDS), dtype=torch.float64)
+        u[1:].index_add_(0, self.bucket, per_row.transpose(0, 1))  # [bucket, head, field]
+        # All rows: from the whole-sequence fields (the null mass is the semantic histogram's bin 0,
+        # so it is known for every source).
+        u[0] = u[1:].sum(0)
+        u[0, :, F["sink_mass"]] = stats.sem_mass[:, 0]
+        u[0, :, F["own_rows"]] = stats.n_own_rows
+        return u
+
+    def to_dict(self, prefix: str) -> dict[str, Tensor]:
+        return {
+            f"{prefix}.n_seq": torch.tensor(float(self.n_seq), dtype=torch.float64),
+            f"{prefix}.u_sum": self.u_sum,
+            f"{prefix}.u_outer": self.u_outer,
+            f"{prefix}.hist_sum": self.hist_sum,
+            f"{prefix}.hist_sq": self.hist_sq,
+            f"{prefix}.step_sink": torch.tensor(float(self.has_step_sink), dtype=torch.float64),
+        }
+
+
+# ---- pooled over the dataset -------------------------------------------------------------------
+
+
+@dataclass
+class Pooled:
+    """One (layer, stream)'s statistics pooled over every sequence of a run."""
+
+    layer: int
+    stream: str
+    n_seq: int
+    bucket_starts: list[int]
+    u_sum: Tensor  # [1 + buckets, head, field]
+    u_outer: Tensor  # [1 + buckets, head, field, field]
+    hist_sum: Tensor  # [head, 6, N_BINS]: (attention, chance) for semantic, recency, own
+    hist_sq: Tensor
+    has_step_sink: bool = True
+    """Whether the null-key mass is known per step bucket (not from the kernel source)."""
+
+    @property
+    def n_heads(self) -> int:
+        return self.u_sum.shape[1]
+
+    @property
+    def has_own(self) -> bool:
+        return bool(self.u_sum[0, 0, F["own_rows"]] > 0)
+
+    def total(self, field: str, group: int = 0) -> Tensor:
+        """Sum over sequences of a FIELDS entry, per head."""
+        return self.u_sum[group, :, F[field]]
+
+    def estimate(self, fn: Callable[[Tensor], Tensor], group: int = 0) -> tuple[Tensor, Tensor]:
+        """(value, 95% CI half-width) per head of fn(mean u) (fn: [head, field] -> [head]),
+        the CI by the delta method over sequences (NaN with fewer than two sequences)."""
+        n = self.n_seq
+        mean = (self.u_sum[group] / n).clone().requires_grad_(True)
+        with torch.enable_grad():
+            value = fn(mean)
+            grad = torch.autograd.grad(torch.nan_to_num(value).sum(), mean, allow_unused=True)[0]
+        value = value.detach()
+        if n < 2 or grad is None:
+            return value, torch.full_like(value, math.nan)
+        m = mean.detach()
+        cov = (self.u_outer[group] / n - m[:, :, None] * m[:, None, :]) * n / (n - 1)
+        var = torch.einsum("hi,hij,hj->h", grad, cov, grad) / n
+        return value, Z_95 * var.clamp(min=0).sqrt()
+
+    def ratio(self, num: str, den: str, group: int = 0) -> tuple[Tensor, Tensor]:
+        return self.estimate(lambda u: u[:, F[num]] / u[:, F[den]], group)
+
+    def histogram(self, which: str) -> tuple[Tensor, Tensor, Tensor, float]:
+        """(attention, chance, CI) per head and bin, as mean mass per probed row, and the rows."""
+        i = 2 * HISTS.index(which)
+        rows = float(self.total("own_rows" if which == "own" else "rows")[0])
+        n = self.n_seq
+        attn, chance = self.hist_sum[:, i] / max(rows, 1), self.hist_sum[:, i + 1] / max(rows, 1)
+        if n < 2:
+            return attn, chance, torch.full_like(attn, math.nan), rows
+        mean = self.hist_sum[:, i] / n
+        var = (self.hist_sq[:, i] / n - mean**2).clamp(min=0) * n / (n - 1)
+        ci = Z_95 * (var / n).sqrt() / max(rows / n, 1e-12)
+        return attn, chance, ci, rows
+
+
+def pool(shards: list[dict[str, Tensor]], model: HookedAOModel, seq_len: int) -> dict[tuple[int, str], Pooled]:
+    """Sum the per-batch moment sums (in batch order, so a resumed run adds up identically)."""
+    out = {}
+    for layer in range(model.cfg.n_layers):
+        for stream in model.stream_names:
+            prefix = f"L{layer}.{stream}"
+            parts = [{k[len(prefix) + 1 :]: v for k, v in shard.items() if k.startswith(prefix + ".")} for shard in shards]
+            if not parts or any(not p for p in parts):
+                raise ValueError(f"statistics of {prefix} are missing from a saved batch; delete the run's .partial directory and run again.")
+            total = {name: parts[0][name].clone() for name in parts[0]}
+            for part in parts[1:]:
+                for name in total:
+                    total[name] += part[name]
+            n_rows = total["u_sum"].shape[0] - 1
+            out[(layer, stream)] = Pooled(
+                layer=layer,
+                stream=stream,
+                n_seq=int(total["n_seq"]),
+                bucket_starts=step_buckets(_rows_of(stream, seq_len))[:n_rows],
+                u_sum=total["u_sum"],
+                u_outer=total["u_outer"],
+                hist_sum=total["hist_sum"],
+                hist_sq=total["hist_sq"],
+                has_step_sink=bool(total["step_sink"] == len(parts)),
+            )
+    return out
+
+
+def _rows_of(stream: str, seq_len: int) -> int:
+    return seq_len + 1 if stream == "content" else seq_len
+
+
+# ---- per-head summary --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeadSummary:
+    layer: int
+    stream: str
+    head: int
+    index: float
+    index_ci: float
+    index_chance: float
+    label: str
+    s_only: float
+    r_only: float
+    both: float
+    sink: float
+    entropy: float
+    lift_s_only: float
+    lift_r_only: float
+    lift_both: float
+
+
+def index_fn(kind: str) -> Callable[[Tensor], Tensor]:
+    """The specialisation index of mean u, on masses ("mass") or chances ("chance")."""
+    s, r = F[f"S_only_{kind}"], F[f"R_only_{kind}"]
+    return lambda u: (u[:, s] - u[:, r]) / (u[:, s] + u[:, r])
+
+
+def summarise_heads(stats: dict[tuple[int, str], Pooled]) -> list[HeadSummary]:
+    """Index, label and the numbers behind the label, for every (layer, stream, head)."""
+    heads = []
+    for (layer, stream), pooled in stats.items():
+        index, index_ci = pooled.estimate(index_fn("mass"))
+        index_chance, _ = pooled.estimate(index_fn("chance"))
+        mean = {name: pooled.ratio(name, "rows")[0] for name in ("S_only_mass", "R_only_mass", "both_mass", "sink_mass", "entropy", "uniform_entropy")}
+        lift = {p: pooled.ratio(f"{p}_mass", f"{p}_chance")[0] for p in ("S_only", "R_only", "both")}
+        for h in range(pooled.n_heads):
+            numbers = dict(
+                index=float(index[h]),
+                sink_mass=float(mean["sink_mass"][h]),
+                lift_s_only=float(lift["S_only"][h]),
+                lift_r_only=float(lift["R_only"][h]),
+                lift_both=float(lift["both"][h]),
+                entropy=float(mean["entropy"][h]),
+                uniform_entropy=float(mean["uniform_entropy"][h]),
+            )
+            heads.append(  # noqa: PERF401
+                HeadSummary(
+                    layer=layer,
+                    stream=stream,
+                    head=h,
+                    index=numbers["index"],
+                    index_ci=float(index_ci[h]),
+                    index_chance=float(index_chance[h]),
+                    label=specialisation.label(**numbers),
+                    s_only=float(mean["S_only_mass"][h]),
+                    r_only=float(mean["R_only_mass"][h]),
+                    both=float(mean["both_mass"][h]),
+                    sink=numbers["sink_mass"],
+                    entropy=numbers["entropy"],
+                    lift_s_only=numbers["lift_s_only"],
+                    lift_r_only=numbers["lift_r_only"],
+                    lift_both=numbers["lift_both"],
+                )
+            )
+    return heads
+
+
+
+# ---- rows of the tidy table ----------------------------------------------------------------------
+
+
+def scalar_rows(
+    pooled: Pooled,
+    metric: str,
+    value: Callable[[Tensor], Tensor],
+    chance: Callable[[Tensor], Tensor] | float | None = None,
+    group: int = 0,
+    x: int = -1,
+) -> list[Row]:
+    """One Row per head: value (with its CI) and chance, both functions of mean u (see FIELDS)."""
+    v, ci = pooled.estimate(value, group)
+    if callable(chance):
+        c, _ = pooled.estimate(chance, group)
+    else:
+        c = torch.full_like(v, math.nan if chance is None else chance)
+    rows = pooled.u_sum[group, :, F["rows"]]
+    return [
+        Row(metric=metric, value=float(v[h]), layer=pooled.layer, stream=pooled.stream, head=h,
+            chance=float(c[h]), ci=float(ci[h]), n=int(rows[h]), x=x)
+        for h in range(pooled.n_heads)
+    ]
+
+
+def per_row(field: str) -> Callable[[Tensor], Tensor]:
+    """mean u -> a field's mass per probed row."""
+    return lambda u: u[:, F[field]] / u[:, F["rows"]]
+
+
+def lift(part: str) -> Callable[[Tensor], Tensor]:
+    """mean u -> mass / chance of a part (or of a sum of parts, e.g. "S_only+both")."""
+    names = part.split("+")
+    return lambda u: sum(u[:, F[f"{p}_mass"]] for p in names) / sum(u[:, F[f"{p}_chance"]] for p in names)
+
+
+def summed(fields: list[str]) -> Callable[[Tensor], Tensor]:
+    """mean u -> the sum of some fields per probed row."""
+    return lambda u: sum(u[:, F[f]] for f in fields) / u[:, F["rows"]]
