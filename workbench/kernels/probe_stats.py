@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -95,11 +96,101 @@ def _bin_of(x):
 
 
 @triton.jit
+def _rowsum(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Row sums of a [BLOCK_M, BLOCK_N] tile, left as 4 partial sums per row: [BLOCK_M, 4].
+
+    In the MMA accumulator layout a row's columns sit in the 4 lanes of a quad (column
+    8n + 2 * lane + e); summing over n and e stays inside each thread, so the cross-lane shuffles
+    of a full row sum are paid once per row block (`tl.sum(acc, 1)` at the end) rather than once
+    per tile and statistic. Any layout gives the same numbers; this one gives them for free.
+    """
+    return tl.sum(tl.sum(tl.reshape(x, [BLOCK_M, BLOCK_N // 8, 4, 2]), 1), 2)
+
+
+@triton.jit
+def _edge_mass(p, a, t, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """_rowsum(p * (a <= t)) for integer-valued a, t: one FADD.SAT and one FFMA per element.
+
+    (Written out rather than composed from _le and _rowsum: each nested @triton.jit call costs
+    milliseconds in the CPU interpreter, and this one runs once per edge per tile.)"""
+    m = tl.minimum(tl.maximum((t + 1.0) - a, 0.0), 1.0)
+    return tl.sum(tl.sum(tl.reshape(p * m, [BLOCK_M, BLOCK_N // 8, 4, 2]), 1), 2)
+
+
+@triton.jit
+def _lse_tile(j0, q, k_base, stride_kn, n_keys, qk_scale, offs_m, offs_d, m_i, l_i, ent,
+              HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    offs_n = j0 + tl.arange(0, BLOCK_N)
+    k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
+    if MASKED:
+        k = tl.load(k_ptrs, mask=(offs_n < n_keys)[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        qk = qk * qk_scale + tl.where(offs_m[:, None] >= offs_n[None, :], 0.0, -1.0e6)
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        x = qk - m_new[:, None]
+    else:
+        k = tl.load(k_ptrs, mask=(offs_d < HEAD_DIM)[None, :], other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        x = qk * qk_scale - m_new[:, None]
+    p = tl.math.exp2(x)
+    alpha = tl.math.exp2(m_i - m_new)
+    # entropy: ent = sum p * (s - m), kept relative to the running max (docs/kernel.md)
+    ent = alpha * (ent + (m_i - m_new) * l_i) + tl.sum(p * x, 1)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    return m_new, l_i, ent
+
+
+@triton.jit
+def _lse_kernel(
+    Q, K, REF, LSE, ROWS_OUT,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_ref_b,
+    n_heads, n_rows, n_keys, n_row_blocks, qk_scale,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Pass 1 (a flash-attention forward without V): per row LSE = m + log2(l), in log2 units,
+    and the entropy in bits. Writes LSE [B*H, R] and ROWS_OUT[:, 4, :] (entropy of probed rows, else 0)."""
+    pid = tl.program_id(0)
+    pid_m = pid % n_row_blocks  # row blocks fastest: consecutive programs share K in L2
+    pid_bh = pid // n_row_blocks
+    b = (pid_bh // n_heads).to(tl.int64)
+    h = (pid_bh % n_heads).to(tl.int64)
+    i0 = pid_m * BLOCK_M
+    offs_m = i0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    row_ok = offs_m < n_rows
+    probed = tl.load(REF + b * stride_ref_b + offs_m, mask=row_ok, other=-1) >= 0
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+                mask=row_ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+    k_base = K + b * stride_kb + h * stride_kh
+
+    hi = tl.where(tl.max(probed.to(tl.int32), 0) > 0, tl.minimum(i0 + BLOCK_M, n_keys), 0)
+    lo = tl.minimum((i0 + 1) // BLOCK_N * BLOCK_N, hi)
+    m_i = tl.zeros([BLOCK_M], tl.float32) - 1.0e30  # finite: (m_old - m_new) * l stays 0 * finite
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    ent = tl.zeros([BLOCK_M], tl.float32)
+    for j0 in range(0, lo, BLOCK_N):
+        m_i, l_i, ent = _lse_tile(j0, q, k_base, stride_kn, n_keys, qk_scale, offs_m, offs_d, m_i, l_i, ent,
+                                  HEAD_DIM, BLOCK_N, False, DOT_PRECISION)
+    for j0 in range(lo, hi, BLOCK_N):
+        m_i, l_i, ent = _lse_tile(j0, q, k_base, stride_kn, n_keys, qk_scale, offs_m, offs_d, m_i, l_i, ent,
+                                  HEAD_DIM, BLOCK_N, True, DOT_PRECISION)
+    l_safe = tl.maximum(l_i, 1e-30)  # rows never visited: not probed, masked below
+    # rows not probed get LSE = +inf, so that pass 2 sees p = 0 there whatever its block size
+    tl.store(LSE + pid_bh.to(tl.int64) * n_rows + offs_m, tl.where(probed, m_i + tl.math.log2(l_safe), float("inf")),
+             mask=row_ok)
+    entropy = tl.math.log2(l_safe) - ent / l_safe
+    tl.store(ROWS_OUT + (pid_bh.to(tl.int64) * N_ROW_FIELDS_C + 4) * n_rows + offs_m,
+             tl.where(probed, entropy, 0.0), mask=row_ok)
+
+
+@triton.jit
 def _probe_tile(
-    j0, q, k_base, kpos_ptr, null_ptr, stride_kn, n_keys, qk_scale,
+    j0, q, k_base, kpos_ptr, null_ptr, stride_kn, n_keys, qk_scale, lse,
     offs_m, offs_d, ref_f, own_f, rowf, i0, rec_off, r, w,
-    # running state (online softmax: every mass below is relative to 2^m_i)
-    m_i, l_i, ent, nul, sem, own, s_ex, r_mass, both, run, run_bin, rec_acc, m_rec,
+    # running sums, [BLOCK_M, 4] per-lane partials (see _rowsum); p is already normalised
+    tot, nul, sem, own, s_ex, r_mass, both, run, run_bin, rec_acc,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     N_SEM: tl.constexpr, HAS_OWN: tl.constexpr, S_MODE: tl.constexpr, R_IDX: tl.constexpr,
     MAX_REC_EDGES: tl.constexpr, NBP: tl.constexpr, MASKED: tl.constexpr, CHANCE: tl.constexpr,
@@ -113,17 +204,12 @@ def _probe_tile(
     else:
         kpos = tl.load(kpos_ptr + offs_n)
 
-    # -- probabilities p (unnormalised, relative to 2^m_new) -------------------------------------
-    if CHANCE:  # chance: uniform weight 1 on every visible key, no softmax
-        # A (loop-invariant) dot of ones, so that p has the MMA layout like the softmax path:
-        # row sums then stay within a quad of lanes instead of crossing warps.
+    # -- probabilities p ---------------------------------------------------------------------------
+    if CHANCE:  # chance: weight 1 on every visible key, no softmax
+        # A (loop-invariant) dot of ones, so that p has the MMA layout like the softmax path.
         p = tl.dot(tl.full([BLOCK_M, 16], 1.0, tl.float16), tl.full([16, BLOCK_N], 0.0625, tl.float16))
         if MASKED:
             p = tl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
-        m_new = m_i
-        alpha = tl.full([BLOCK_M], 1.0, tl.float32)
-        rs = tl.sum(p, 1)
-        l_i = l_i + rs
     else:
         k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
         if MASKED:
@@ -135,36 +221,30 @@ def _probe_tile(
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if MASKED:
             qk = qk * qk_scale + tl.where(offs_m[:, None] >= offs_n[None, :], 0.0, -1.0e6)
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            x = qk - m_new[:, None]
+            p = tl.math.exp2(qk - lse[:, None])
         else:
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            x = qk * qk_scale - m_new[:, None]
-        p = tl.math.exp2(x)
-        alpha = tl.math.exp2(m_i - m_new)
-        rs = tl.sum(p, 1)
-        # entropy: ent = sum p * (s - m), kept relative to the running max (see docs/kernel.md)
-        ent = alpha * (ent + (m_i - m_new) * l_i) + tl.sum(p * x, 1)
-        l_i = l_i * alpha + rs
+            p = tl.math.exp2(qk * qk_scale - lse[:, None])
+    rs = _rowsum(p, BLOCK_M, BLOCK_N)
+    tot += rs
 
     # -- null keys (key_pos < 0): no distance, no recency; one uniform branch per tile ---------
     # (the per-block flag comes from the host: a tl.min over kpos would reduce across warps)
     if tl.load(null_ptr + j0 // BLOCK_N) != 0:
         p_nn = tl.where(kpos[None, :] >= 0, p, 0.0)
-        rs_nn = tl.sum(p_nn, 1)
+        rs_nn = _rowsum(p_nn, BLOCK_M, BLOCK_N)
+        nul += rs - rs_nn
     else:
         p_nn = p
         rs_nn = rs
-    nul = nul * alpha + (rs - rs_nn)
 
     # -- semantic distance: cumulative masses at EDGES[0..N_SEM-1] ------------------------------
     kf = kpos.to(tl.float32)
     ad = tl.abs(kf[None, :] - ref_f[:, None])
-    s_inc = tl.zeros([BLOCK_M], tl.float32)
+    s_inc = rs * 0.0
     new_sem = ()
     for e in tl.static_range(N_SEM):
-        inc = tl.sum(p_nn * _le(ad, (1 << e) >> 1), 1)
-        new_sem = new_sem + (sem[e] * alpha + inc,)
+        inc = _edge_mass(p_nn, ad, (1 << e) >> 1, BLOCK_M, BLOCK_N)
+        new_sem = new_sem + (sem[e] + inc,)
         if S_MODE == 0:
             if e == R_IDX:
                 s_inc = inc
@@ -172,15 +252,15 @@ def _probe_tile(
     if S_MODE == 1:
         s_inc = rs_nn
     if S_MODE == 2:
-        s_inc = tl.sum(p_nn * _le(ad, r), 1)
-        s_ex = s_ex * alpha + s_inc
+        s_inc = _edge_mass(p_nn, ad, r, BLOCK_M, BLOCK_N)
+        s_ex += s_inc
 
     # -- own distance (single stream) ------------------------------------------------------------
     if HAS_OWN:
         ado = tl.abs(kf[None, :] - own_f[:, None])
         new_own = ()
         for e in tl.static_range(N_SEM):
-            new_own = new_own + (own[e] * alpha + tl.sum(p_nn * _le(ado, (1 << e) >> 1), 1),)
+            new_own = new_own + (own[e] + _edge_mass(p_nn, ado, (1 << e) >> 1, BLOCK_M, BLOCK_N),)
         own = new_own
 
     # -- recency: whole tiles in one bin go to `run`; straddled edges per element ---------------
@@ -191,59 +271,56 @@ def _probe_tile(
     blo = _bin_of(rlo)
     bhi = _bin_of(rhi)
     cols = tl.arange(0, NBP)[None, :]
-    run = run * alpha
     if (blo != bhi) | (blo != run_bin):
-        # flush the running bin into the [rows, bins] accumulator, at the current scale
-        rec_acc = rec_acc * tl.math.exp2(m_rec - m_new)[:, None] + tl.where(cols == run_bin, run[:, None], 0.0)
-        m_rec = m_new
+        # flush the running bin into the [rows, bins] accumulator
+        rec_acc += tl.where(cols == run_bin, tl.sum(run, 1)[:, None], 0.0)
         if blo == bhi:
             run = rs_nn
         else:
             recf = rowf[:, None] - offs_n[None, :].to(tl.float32)
-            cm = tl.sum(p_nn * _le(recf, (1 << (blo - 1)) >> 1), 1)  # mass in bin blo
+            cm = _edge_mass(p_nn, recf, (1 << (blo - 1)) >> 1, BLOCK_M, BLOCK_N)  # mass in bin blo
             run = cm
             for s in tl.static_range(1, MAX_REC_EDGES):
                 if blo + s < bhi:
-                    cm_s = tl.sum(p_nn * _le(recf, (1 << (blo + s - 1)) >> 1), 1)
-                    rec_acc += tl.where(cols == blo + s, (cm_s - cm)[:, None], 0.0)
+                    cm_s = _edge_mass(p_nn, recf, (1 << (blo + s - 1)) >> 1, BLOCK_M, BLOCK_N)
+                    rec_acc += tl.where(cols == blo + s, tl.sum(cm_s - cm, 1)[:, None], 0.0)
                     cm = cm_s
-            rec_acc += tl.where(cols == bhi, (rs_nn - cm)[:, None], 0.0)
+            rec_acc += tl.where(cols == bhi, tl.sum(rs_nn - cm, 1)[:, None], 0.0)
         run_bin = blo
     else:
-        run = run + rs_nn
+        run += rs_nn
 
     # -- structural set R_w, and S_r & R_w ----------------------------------------------------
-    r_mass = r_mass * alpha
-    both = both * alpha
     if rhi <= w:  # the whole tile is recent enough
         r_mass += rs_nn
         both += s_inc
     elif rlo <= w:  # the tile straddles w
         recf = rowf[:, None] - offs_n[None, :].to(tl.float32)
         pw = p_nn * _le(recf, w)
-        r_mass += tl.sum(pw, 1)
+        r_mass += _rowsum(pw, BLOCK_M, BLOCK_N)
         if S_MODE == 0 or S_MODE == 2:
-            both += tl.sum(pw * _le(ad, r), 1)
+            both += _rowsum(pw * _le(ad, r), BLOCK_M, BLOCK_N)
         elif S_MODE == 1:
-            both += tl.sum(pw, 1)
-    return m_new, l_i, ent, nul, sem, own, s_ex, r_mass, both, run, run_bin, rec_acc, m_rec
+            both += _rowsum(pw, BLOCK_M, BLOCK_N)
+    return tot, nul, sem, own, s_ex, r_mass, both, run, run_bin, rec_acc
 
 
 @triton.jit
 def _hist_from_cumulative(cum, nul, l_nn, BLOCK_M: tl.constexpr, N_SEM: tl.constexpr, NBP: tl.constexpr):
-    """[BLOCK_M, NBP] bins from cumulative masses cum[e] = mass(d <= EDGES[e]) and the null mass."""
+    """[BLOCK_M, NBP] bins from cumulative masses cum[e] = mass(d <= EDGES[e]) (per-lane partials)."""
     cols = tl.arange(0, NBP)[None, :]
     h = tl.where(cols == 0, nul[:, None], 0.0)
-    prev = tl.zeros([BLOCK_M], tl.float32)
+    prev = tl.zeros_like(nul)
     for e in tl.static_range(N_SEM):
-        h = tl.where(cols == e + 1, (cum[e] - prev)[:, None], h)
-        prev = cum[e]
+        c = tl.sum(cum[e], 1)
+        h = tl.where(cols == e + 1, (c - prev)[:, None], h)
+        prev = c
     return tl.where(cols == N_SEM + 1, (l_nn - prev)[:, None], h)
 
 
 @triton.jit
 def _probe_stats_kernel(
-    Q, K, KPOS, NULL_BLK, REF, OWN, ROWS_OUT, HIST_OUT,
+    Q, K, KPOS, NULL_BLK, REF, OWN, LSE, ROWS_OUT, HIST_OUT,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
     stride_pos_b, stride_null_b, stride_ref_b, stride_own_b,
     n_heads, n_rows, n_keys, n_row_blocks, qk_scale, rec_off, r, w,
@@ -251,9 +328,15 @@ def _probe_stats_kernel(
     N_SEM: tl.constexpr, HAS_OWN: tl.constexpr, S_MODE: tl.constexpr, R_IDX: tl.constexpr,
     MAX_REC_EDGES: tl.constexpr, NBP: tl.constexpr, CHANCE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Grid (row blocks, batch * heads). Writes ROWS_OUT [B*H, 5, R] and HIST_OUT [B*H, blocks, 3, NBP]."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    """Pass 2: the statistics, from p = 2^(s - LSE) (or p = 1 on visible keys when CHANCE).
+
+    1-D grid over (batch * heads) x row blocks, row blocks fastest (consecutive programs share K in
+    L2; no grid-dimension limit). Writes ROWS_OUT[:, 0:4, :] (parts per row; with CHANCE also field
+    4 = 0) and HIST_OUT [B*H, blocks, 3, NBP] (semantic / recency / own histograms of the block).
+    """
+    pid = tl.program_id(0)
+    pid_m = pid % n_row_blocks
+    pid_bh = pid // n_row_blocks
     b = (pid_bh // n_heads).to(tl.int64)
     h = (pid_bh % n_heads).to(tl.int64)
     i0 = pid_m * BLOCK_M
@@ -275,9 +358,11 @@ def _probe_stats_kernel(
 
     if CHANCE:
         q = 0.0
+        lse = ref_f
     else:
         q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
         q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+        lse = tl.load(LSE + pid_bh.to(tl.int64) * n_rows + offs_m, mask=row_ok, other=float("inf"))  # p = 0
     k_base = K + b * stride_kb + h * stride_kh
     kpos_ptr = KPOS + b * stride_pos_b
     null_ptr = NULL_BLK + b * stride_null_b
@@ -288,73 +373,68 @@ def _probe_stats_kernel(
     hi = tl.where(any_probed, tl.minimum(i0 + BLOCK_M, n_keys), 0)
     lo = tl.minimum((i0 + 1) // BLOCK_N * BLOCK_N, hi)
 
-    zero = tl.zeros([BLOCK_M], tl.float32)
-    m_i = zero - 1.0e30  # finite, so that (m_old - m_new) * l stays 0 * finite
-    l_i, ent, nul, s_ex, r_mass, both, run = zero, zero, zero, zero, zero, zero, zero
-    if CHANCE:
-        m_i = zero
+    zero = tl.zeros([BLOCK_M, 4], tl.float32)
+    tot, nul, s_ex, r_mass, both, run = zero, zero, zero, zero, zero, zero
     sem = (zero,) * N_SEM
     own = (zero,) * N_SEM if HAS_OWN else ()
     run_bin = i0 * 0 - 1
     rec_acc = tl.zeros([BLOCK_M, NBP], tl.float32)
-    m_rec = m_i
 
     for j0 in range(0, lo, BLOCK_N):
-        m_i, l_i, ent, nul, sem, own, s_ex, r_mass, both, run, run_bin, rec_acc, m_rec = _probe_tile(
-            j0, q, k_base, kpos_ptr, null_ptr, stride_kn, n_keys, qk_scale,
+        tot, nul, sem, own, s_ex, r_mass, both, run, run_bin, rec_acc = _probe_tile(
+            j0, q, k_base, kpos_ptr, null_ptr, stride_kn, n_keys, qk_scale, lse,
             offs_m, offs_d, ref_f, own_f, rowf, i0, rec_off, r, w,
-            m_i, l_i, ent, nul, sem, own, s_ex, r_mass, both, run, run_bin, rec_acc, m_rec,
+            tot, nul, sem, own, s_ex, r_mass, both, run, run_bin, rec_acc,
             HEAD_DIM, D_PAD, BLOCK_M, BLOCK_N, N_SEM, HAS_OWN, S_MODE, R_IDX, MAX_REC_EDGES, NBP,
             False, CHANCE, DOT_PRECISION,
         )
     for j0 in range(lo, hi, BLOCK_N):
-        m_i, l_i, ent, nul, sem, own, s_ex, r_mass, both, run, run_bin, rec_acc, m_rec = _probe_tile(
-            j0, q, k_base, kpos_ptr, null_ptr, stride_kn, n_keys, qk_scale,
+        tot, nul, sem, own, s_ex, r_mass, both, run, run_bin, rec_acc = _probe_tile(
+            j0, q, k_base, kpos_ptr, null_ptr, stride_kn, n_keys, qk_scale, lse,
             offs_m, offs_d, ref_f, own_f, rowf, i0, rec_off, r, w,
-            m_i, l_i, ent, nul, sem, own, s_ex, r_mass, both, run, run_bin, rec_acc, m_rec,
+            tot, nul, sem, own, s_ex, r_mass, both, run, run_bin, rec_acc,
             HEAD_DIM, D_PAD, BLOCK_M, BLOCK_N, N_SEM, HAS_OWN, S_MODE, R_IDX, MAX_REC_EDGES, NBP,
             True, CHANCE, DOT_PRECISION,
         )
 
-    # -- epilogue: normalise per row, sum the block's probed rows --------------------------------
+    # -- epilogue: per row (one cross-lane reduction per statistic), then sum the probed rows ------
     cols = tl.arange(0, NBP)[None, :]
-    rec_acc = rec_acc * tl.math.exp2(m_rec - m_i)[:, None] + tl.where(cols == run_bin, run[:, None], 0.0)
-    l_safe = tl.maximum(l_i, 1e-30)  # rows never visited have l = 0; they are not probed (masked below)
-    inv_l = 1.0 / l_safe
-    l_nn = l_i - nul
+    tot_r = tl.sum(tot, 1)
+    nul_r = tl.sum(nul, 1)
+    rec_acc += tl.where(cols == run_bin, tl.sum(run, 1)[:, None], 0.0)
+    # normalise by the row total: |V| = i + 1 for chance, ~1 (exactly 1 up to rounding) for p
+    inv = 1.0 / tl.maximum(tot_r, 1e-30)  # rows never visited have 0; they are not probed
+    l_nn = tot_r - nul_r
     hist_base = HIST_OUT + ((pid_bh * n_row_blocks + pid_m) * 3) * NBP + tl.arange(0, NBP)
 
-    hs = _hist_from_cumulative(sem, nul, l_nn, BLOCK_M, N_SEM, NBP)
-    tl.store(hist_base, tl.sum(tl.where(probed[:, None], hs * inv_l[:, None], 0.0), 0))
-    hr = rec_acc + tl.where(cols == 0, nul[:, None], 0.0)
-    tl.store(hist_base + NBP, tl.sum(tl.where(probed[:, None], hr * inv_l[:, None], 0.0), 0))
+    hs = _hist_from_cumulative(sem, nul_r, l_nn, BLOCK_M, N_SEM, NBP)
+    tl.store(hist_base, tl.sum(tl.where(probed[:, None], hs * inv[:, None], 0.0), 0))
+    hr = rec_acc + tl.where(cols == 0, nul_r[:, None], 0.0)
+    tl.store(hist_base + NBP, tl.sum(tl.where(probed[:, None], hr * inv[:, None], 0.0), 0))
     if HAS_OWN:
-        ho = _hist_from_cumulative(own, nul, l_nn, BLOCK_M, N_SEM, NBP)
-        tl.store(hist_base + 2 * NBP, tl.sum(tl.where(own_rows[:, None], ho * inv_l[:, None], 0.0), 0))
+        ho = _hist_from_cumulative(own, nul_r, l_nn, BLOCK_M, N_SEM, NBP)
+        tl.store(hist_base + 2 * NBP, tl.sum(tl.where(own_rows[:, None], ho * inv[:, None], 0.0), 0))
     else:
         tl.store(hist_base + 2 * NBP, tl.zeros([NBP], tl.float32))
 
     if S_MODE == 0:
-        s_tot = sem[R_IDX]
+        s_tot = tl.sum(sem[R_IDX], 1)
     elif S_MODE == 1:
         s_tot = l_nn
     elif S_MODE == 2:
-        s_tot = s_ex
+        s_tot = tl.sum(s_ex, 1)
     else:
-        s_tot = zero
-    s_frac = s_tot * inv_l
-    r_frac = r_mass * inv_l
-    b_frac = both * inv_l
-    if CHANCE:
-        entropy = tl.math.log2(l_safe)
-    else:
-        entropy = tl.math.log2(l_safe) - ent * inv_l
+        s_tot = tot_r * 0.0
+    s_frac = s_tot * inv
+    r_frac = tl.sum(r_mass, 1) * inv
+    b_frac = tl.sum(both, 1) * inv
     row_base = ROWS_OUT + pid_bh.to(tl.int64) * N_ROW_FIELDS_C * n_rows + offs_m
     tl.store(row_base, tl.where(probed, s_frac - b_frac, 0.0), mask=row_ok)
     tl.store(row_base + n_rows, tl.where(probed, r_frac - b_frac, 0.0), mask=row_ok)
     tl.store(row_base + 2 * n_rows, tl.where(probed, b_frac, 0.0), mask=row_ok)
     tl.store(row_base + 3 * n_rows, tl.where(probed, 1.0 - s_frac - r_frac + b_frac, 0.0), mask=row_ok)
-    tl.store(row_base + 4 * n_rows, tl.where(probed, entropy, 0.0), mask=row_ok)
+    if CHANCE:
+        tl.store(row_base + 4 * n_rows, tl.zeros([BLOCK_M], tl.float32), mask=row_ok)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -379,12 +459,122 @@ def _max_rec_edges(block_m: int, block_n: int) -> int:
     return max(1, (1 if span == 0 else 2 + math.ceil(math.log2(span))) - 1)
 
 
-def default_config(n_rows: int, d_head: int, device: torch.device) -> dict[str, int]:
-    """Block sizes and launch parameters (see docs/kernel.md for how they were chosen)."""
+def default_config(n_rows: int, d_head: int, device: torch.device, has_own: bool) -> dict[str, int]:
+    """Launch parameters of the statistics pass and (lse_*) of the LSE pass; docs/kernel.md says why."""
     if device.type != "cuda":  # interpreter: fewer, larger numpy ops
-        return dict(block_m=64, block_n=64, num_warps=4, num_stages=1)
-    block_m = 128 if n_rows > 64 else 64
-    return dict(block_m=block_m, block_n=64, num_warps=8 if block_m == 128 else 4, num_stages=2)
+        return dict(block_m=64, block_n=64, num_warps=4, num_stages=1, lse_block_m=64, lse_block_n=64, lse_warps=4)
+    lse_m = 128 if n_rows > 64 else 64
+    # statistics pass: 64 rows (one warpgroup) x 64 keys fits in 255 registers; own distances double
+    # the per-element state, so their key blocks are 32 wide (64 spills)
+    return dict(block_m=64, block_n=32 if has_own else 64, num_warps=4, num_stages=2,
+                lse_block_m=lse_m, lse_block_n=64, lse_warps=8 if lse_m == 128 else 4)
+
+
+@dataclass
+class _Prepared:
+    """Validated inputs and launch parameters of one probe_stats call."""
+
+    q: Tensor
+    k: Tensor
+    key_pos: Tensor
+    null_blk: Tensor
+    row_ref: Tensor
+    row_own: Tensor  # row_ref again when there are no own positions (then never read)
+    has_own: bool
+    shape: tuple[int, int, int, int]  # B, H, R, K
+    n_rb: int
+    args: tuple
+    constexprs: dict
+    lse_launch: dict  # block sizes and warps of the LSE pass
+
+
+def _prepare(q, k, key_pos, row_ref, row_own, recency_offset, r, w, scale, max_distance, overrides) -> _Prepared:
+    B, H, R, K, D = check_qk(q, k)
+    check_positions(key_pos, row_ref, row_own, B, R, K)
+    if recency_offset < 0:
+        raise ValueError(f"recency_offset must be >= 0 (0: content / single stream, 1: query stream), got {recency_offset}")
+    dev = q.device
+    for name, t in (("key_pos", key_pos), ("row_ref", row_ref), ("row_own", row_own)):
+        if t is not None and t.device != dev:
+            raise ValueError(f"{name} is on {t.device} but q and k are on {dev}; move it with .to(q.device)")
+    if dev.type != "cuda" and not _interpreting():
+        raise RuntimeError(
+            "probe_stats runs a Triton kernel: it needs CUDA tensors, or TRITON_INTERPRET=1 set before "
+            "workbench.kernels.probe_stats is imported. On CPU use workbench.kernels.reference_probe_stats."
+        )
+    if not 16 <= D <= 256:
+        raise ValueError(f"d_head must be between 16 and 256, got {D}")
+
+    # The kernel reads d_head contiguously; any other strides are passed through.
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    k = k if k.stride(-1) == 1 else k.contiguous()
+    key_pos = key_pos.to(torch.int32).contiguous()
+    row_ref = row_ref.to(torch.int32).contiguous()
+    has_own = row_own is not None
+    row_own = row_own.to(torch.int32).contiguous() if has_own else row_ref
+    if max_distance is None:  # |a - b| <= max(a, b) for positions a, b >= 0; one device sync
+        maxima = [key_pos.max(), row_ref.max()] + ([row_own.max()] if has_own else [])
+        max_distance = max(0, int(torch.stack(maxima).max().item()))
+    n_sem = n_thresholds(max_distance)
+    s_mode, r_idx = _s_mode(int(r), n_sem, max_distance)
+
+    cfg = default_config(R, D, dev, has_own)
+    cfg.update({k_: v for k_, v in overrides.items() if v is not None})
+    bm, bn = cfg["block_m"], cfg["block_n"]
+    if bm < 16 or bn < 16 or bm & (bm - 1) or bn & (bn - 1):
+        raise ValueError(f"block_m and block_n must be powers of two >= 16, got {bm}, {bn}")
+    n_rb, n_kb = triton.cdiv(R, bm), triton.cdiv(K, bn)
+    # which key blocks hold a null key (key_pos < 0): [batch, key blocks]
+    null_blk = torch.nn.functional.pad(key_pos < 0, (0, n_kb * bn - K)).view(B, n_kb, bn).any(-1).to(torch.int32)
+    if q.dtype == torch.float32:
+        precision = "ieee" if _interpreting() else "tf32x3"
+    else:
+        precision = "tf32"  # ignored for 16-bit inputs
+    qk_scale = (1.0 / math.sqrt(D) if scale is None else float(scale)) * 1.4426950408889634  # log2(e)
+    constexprs = dict(
+        HEAD_DIM=D, D_PAD=max(16, triton.next_power_of_2(D)), BLOCK_M=bm, BLOCK_N=bn, N_SEM=n_sem,
+        HAS_OWN=has_own, S_MODE=s_mode, R_IDX=r_idx, MAX_REC_EDGES=_max_rec_edges(bm, bn), NBP=NBP,
+        DOT_PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    args = (K, n_rb, qk_scale, int(recency_offset), int(r), int(w))
+    lse_launch = dict(BLOCK_M=cfg["lse_block_m"], BLOCK_N=cfg["lse_block_n"], num_warps=cfg["lse_warps"],
+                      num_stages=cfg["num_stages"], HEAD_DIM=D, D_PAD=constexprs["D_PAD"], DOT_PRECISION=precision)
+    return _Prepared(q, k, key_pos, null_blk, row_ref, row_own, has_own, (B, H, R, K), n_rb, args, constexprs,
+                     lse_launch)
+
+
+def _launch(pp: _Prepared, chance: bool) -> tuple[Tensor, Tensor]:
+    """Softmax statistics per head (LSE pass, then statistics pass), or (chance=True) chance values
+    once per batch (statistics pass with p = 1).
+
+    Returns the batch- and block-reduced partials: rows [h, 5, R] and histograms [h, 3, N_BINS] (float64).
+    """
+    B, H, R, K = pp.shape
+    n_heads = 1 if chance else H
+    dev = pp.q.device
+    q, k = pp.q, pp.k
+    rows_out = torch.empty(B * n_heads, N_ROW_FIELDS, R, dtype=torch.float32, device=dev)
+    hist_out = torch.empty(B * n_heads, pp.n_rb, 3, NBP, dtype=torch.float32, device=dev)
+    if chance:
+        lse = rows_out  # not read
+    else:
+        lse = torch.empty(B * H, R, dtype=torch.float32, device=dev)
+        n_rb_lse = triton.cdiv(R, pp.lse_launch["BLOCK_M"])
+        _lse_kernel[(n_rb_lse * B * H,)](
+            q, k, pp.row_ref, lse, rows_out,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), pp.row_ref.stride(0),
+            H, R, K, n_rb_lse, pp.args[2], **pp.lse_launch,
+        )
+    _probe_stats_kernel[(pp.n_rb * B * n_heads,)](
+        q, k, pp.key_pos, pp.null_blk, pp.row_ref, pp.row_own, lse, rows_out, hist_out,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        pp.key_pos.stride(0), pp.null_blk.stride(0), pp.row_ref.stride(0), pp.row_own.stride(0),
+        n_heads, R, *pp.args, CHANCE=chance, **pp.constexprs,
+    )
+    # deterministic reduction over batch and row blocks, in float64
+    rows = rows_out.view(B, n_heads, N_ROW_FIELDS, R).double().sum(0)
+    hist = hist_out.view(B, n_heads, pp.n_rb, 3, NBP).double().sum((0, 2))[..., :N_BINS]
+    return rows, hist
 
 
 def probe_stats(
@@ -415,89 +605,26 @@ def probe_stats(
     and saves one device sync. block_m / block_n / num_warps / num_stages override the launch
     configuration (results do not depend on them beyond float32 rounding).
     """
-    B, H, R, K, D = check_qk(q, k)
-    check_positions(key_pos, row_ref, row_own, B, R, K)
-    if recency_offset < 0:
-        raise ValueError(f"recency_offset must be >= 0 (0: content / single stream, 1: query stream), got {recency_offset}")
-    dev = q.device
-    for name, t in (("key_pos", key_pos), ("row_ref", row_ref), ("row_own", row_own)):
-        if t is not None and t.device != dev:
-            raise ValueError(f"{name} is on {t.device} but q and k are on {dev}; move it with .to(q.device)")
-    if dev.type != "cuda" and not _interpreting():
-        raise RuntimeError(
-            "probe_stats runs a Triton kernel: it needs CUDA tensors, or TRITON_INTERPRET=1 set before "
-            "workbench.kernels.probe_stats is imported. On CPU use workbench.kernels.reference_probe_stats."
-        )
-    if not 16 <= D <= 256:
-        raise ValueError(f"d_head must be between 16 and 256, got {D}")
-
-    # The kernel reads d_head contiguously; any other strides are passed through.
-    q = q if q.stride(-1) == 1 else q.contiguous()
-    k = k if k.stride(-1) == 1 else k.contiguous()
-    key_pos = key_pos.to(torch.int32).contiguous()
-    row_ref = row_ref.to(torch.int32).contiguous()
-    row_own_i = row_own.to(torch.int32).contiguous() if row_own is not None else row_ref
-    if max_distance is None:
-        maxima = [key_pos.max(), row_ref.max()] + ([row_own_i.max()] if row_own is not None else [])
-        max_distance = max(0, int(torch.stack(maxima).max().item()))  # |a - b| <= max(a, b) for a, b >= 0
-    n_sem = n_thresholds(max_distance)
-    s_mode, r_idx = _s_mode(int(r), n_sem, max_distance)
-
-    cfg = default_config(R, D, dev)
-    cfg.update({k_: v for k_, v in dict(block_m=block_m, block_n=block_n, num_warps=num_warps,
-                                          num_stages=num_stages).items() if v is not None})
-    bm, bn = cfg["block_m"], cfg["block_n"]
-    if bm < 16 or bn < 16 or bm & (bm - 1) or bn & (bn - 1):
-        raise ValueError(f"block_m and block_n must be powers of two >= 16, got {bm}, {bn}")
-    n_rb = triton.cdiv(R, bm)
-    n_kb = triton.cdiv(K, bn)
-    # which key blocks hold a null key (key_pos < 0): [batch, key blocks]
-    null_blk = torch.nn.functional.pad(key_pos < 0, (0, n_kb * bn - K)).view(B, n_kb, bn).any(-1).to(torch.int32)
-    d_pad = max(16, triton.next_power_of_2(D))
-    if q.dtype == torch.float32:
-        precision = "ieee" if _interpreting() else "tf32x3"
-    else:
-        precision = "tf32"  # ignored for 16-bit inputs
-    qk_scale = (1.0 / math.sqrt(D) if scale is None else float(scale)) * 1.4426950408889634  # log2(e)
-
-    common = dict(
-        HEAD_DIM=D, D_PAD=d_pad, BLOCK_M=bm, BLOCK_N=bn, N_SEM=n_sem, HAS_OWN=row_own is not None,
-        S_MODE=s_mode, R_IDX=r_idx, MAX_REC_EDGES=_max_rec_edges(bm, bn), NBP=NBP,
-        DOT_PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )
-    args = (K, n_rb, qk_scale, int(recency_offset), int(r), int(w))
-
-    def launch(n_heads: int, chance: bool) -> tuple[Tensor, Tensor]:
-        rows_out = torch.empty(B * n_heads, N_ROW_FIELDS, R, dtype=torch.float32, device=dev)
-        hist_out = torch.empty(B * n_heads, n_rb, 3, NBP, dtype=torch.float32, device=dev)
-        _probe_stats_kernel[(n_rb, B * n_heads)](
-            q, k, key_pos, null_blk, row_ref, row_own_i, rows_out, hist_out,
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            key_pos.stride(0), null_blk.stride(0), row_ref.stride(0), row_own_i.stride(0),
-            n_heads, R, *args, CHANCE=chance, **common,
-        )
-        # deterministic reduction over batch and row blocks, in float64
-        rows = rows_out.view(B, n_heads, N_ROW_FIELDS, R).double().sum(0)  # [h, 5, R]
-        hist = hist_out.view(B, n_heads, n_rb, 3, NBP).double().sum((0, 2))[..., :N_BINS]  # [h, 3, NB]
-        return rows, hist
-
-    rows_m, hist_m = launch(H, chance=False)
-    rows_c, hist_c = launch(1, chance=True)
+    overrides = dict(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages)
+    pp = _prepare(q, k, key_pos, row_ref, row_own, recency_offset, r, w, scale, max_distance, overrides)
+    rows_m, hist_m = _launch(pp, chance=False)
+    rows_c, hist_c = _launch(pp, chance=True)
+    H = pp.shape[1]
     rows_c, hist_c = rows_c.expand(H, -1, -1), hist_c.expand(H, -1, -1)
 
-    probed = (row_ref >= 0).double()
-    step_rows = probed.sum(0)
-    has_own = row_own is not None
-    n_own = ((row_ref >= 0) & (row_own_i >= 0)).double().sum() if has_own else torch.zeros((), dtype=torch.float64, device=dev)
+    f64 = dict(dtype=torch.float64, device=q.device)
+    probed = pp.row_ref >= 0
+    step_rows = probed.double().sum(0)
+    n_own = (probed & (pp.row_own >= 0)).double().sum() if pp.has_own else torch.zeros((), **f64)
     step_pm = rows_m[:, :4].transpose(1, 2).contiguous()
     step_pc = rows_c[:, :4].transpose(1, 2).contiguous()
+    own = pp.has_own
     return ProbeStats(
         r=int(r), w=int(w), recency_offset=int(recency_offset),
         n_rows=step_rows.sum(), n_own_rows=n_own,
         sem_mass=hist_m[:, 0].contiguous(), sem_chance=hist_c[:, 0].contiguous(),
         rec_mass=hist_m[:, 1].contiguous(), rec_chance=hist_c[:, 1].contiguous(),
-        own_mass=hist_m[:, 2].contiguous() if has_own else None,
-        own_chance=hist_c[:, 2].contiguous() if has_own else None,
+        own_mass=hist_m[:, 2].contiguous() if own else None, own_chance=hist_c[:, 2].contiguous() if own else None,
         parts_mass=step_pm.sum(1), parts_chance=step_pc.sum(1), entropy=rows_m[:, 4].sum(1),
         step_parts_mass=step_pm, step_parts_chance=step_pc, step_entropy=rows_m[:, 4].contiguous(),
         step_rows=step_rows,
