@@ -1,0 +1,214 @@
+"""Head-level figures: layer x head maps per stream, the semantic/structural plane, a head's
+histograms and by-step curves. Inputs are arrays and frames from `workbench.app_data`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from workbench.viz.style import PART_COLOURS, STREAM_COLOURS, base_layout
+
+LABEL_MARK = {"semantic": "S", "structural": "R", "mixed": "M", "diffuse": "d", "sink": "∅", "other": "o", "": ""}
+
+
+def _fmt(v: float, digits: int = 2) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def head_maps(
+    grids: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    title: str,
+    value_name: str,
+    zmin: float | None = None,
+    zmax: float | None = None,
+    diverging: bool = False,
+    digits: int = 2,
+) -> go.Figure:
+    """One heatmap per stream (key of `grids`), layers down and heads across.
+
+    Each grid holds [layer, head] arrays "value", "ci", "chance" and "label" (see
+    `app_data.head_grid`). Cells show the value and a letter for the head's label; the hover
+    gives value ± CI, chance and label. An invisible marker per cell carries (layer, head,
+    stream) as customdata, so that a click selects the head.
+    Colour limits are shared by all streams (and can be fixed across figures by the caller)."""
+    streams = list(grids)
+    values = np.concatenate([np.ravel(g["value"]) for g in grids.values()]) if grids else np.array([])
+    finite = values[np.isfinite(values)]
+    if zmin is None:
+        zmin = float(finite.min()) if finite.size else 0.0
+    if zmax is None:
+        zmax = float(finite.max()) if finite.size else 1.0
+    if diverging:
+        bound = max(abs(zmin), abs(zmax), 1e-9)
+        zmin, zmax = -bound, bound
+    fig = make_subplots(rows=1, cols=max(1, len(streams)), subplot_titles=[f"{s} stream" for s in streams],
+                        horizontal_spacing=0.08, shared_yaxes=True)
+    for c, stream in enumerate(streams, start=1):
+        g = grids[stream]
+        value, ci, chance, label = g["value"], g["ci"], g["chance"], g["label"]
+        n_layers, n_heads = value.shape
+        text = [[f"{_fmt(value[l, h], digits)}{(' ' + LABEL_MARK.get(label[l, h], '?')) if label[l, h] else ''}"
+                 for h in range(n_heads)] for l in range(n_layers)]
+        hover = [[(f"<b>{stream} L{l} H{h}</b><br>{value_name}: {_fmt(value[l, h], 3)}"
+                   f"{' ± ' + _fmt(ci[l, h], 3) if np.isfinite(ci[l, h]) else ''}"
+                   f"<br>chance: {_fmt(chance[l, h], 3)}<br>label: {label[l, h] or 'n/a'}")
+                  for h in range(n_heads)] for l in range(n_layers)]
+        fig.add_trace(
+            go.Heatmap(
+                z=value, x=list(range(n_heads)), y=list(range(n_layers)), text=text, texttemplate="%{text}",
+                textfont=dict(size=11), hoverinfo="skip",
+                zmin=zmin, zmax=zmax, colorscale="RdBu" if diverging else "Viridis", reversescale=diverging,
+                colorbar=dict(title=dict(text=value_name, side="right"), thickness=12) if c == len(streams) else None,
+                showscale=c == len(streams), xgap=2, ygap=2, name=stream,
+            ),
+            row=1, col=c,
+        )
+        # Heatmap cells cannot be selected in Streamlit; an invisible marker on each cell can, and
+        # carries (layer, head, stream) for the click.
+        layers, heads = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
+        fig.add_trace(
+            go.Scatter(
+                x=heads.ravel(), y=layers.ravel(), mode="markers", name=f"{stream} heads", showlegend=False,
+                marker=dict(size=30, color="rgba(0,0,0,0)", symbol="square"),
+                customdata=[[int(l), int(h), stream] for l, h in zip(layers.ravel(), heads.ravel())],
+                hovertext=[hover[l][h] for l, h in zip(layers.ravel(), heads.ravel())], hoverinfo="text",
+                selected=dict(marker=dict(color="rgba(0,0,0,0)")), unselected=dict(marker=dict(opacity=0)),
+            ),
+            row=1, col=c,
+        )
+        fig.update_xaxes(title_text="head", tickmode="linear", dtick=1, row=1, col=c)
+    fig.update_yaxes(title_text="layer", tickmode="linear", dtick=1, autorange="reversed", row=1, col=1)
+    fig.update_yaxes(autorange="reversed")
+    n_layers = next(iter(grids.values()))["value"].shape[0] if grids else 4
+    return base_layout(fig, title, height=140 + 48 * n_layers)
+
+
+def head_scatter(
+    points: pd.DataFrame,
+    *,
+    x: str,
+    y: str,
+    x_title: str,
+    y_title: str,
+    title: str,
+    selected: tuple[str, int, str, int] | None = None,
+    diagonal: bool = True,
+) -> go.Figure:
+    """Heads as points in the (x, y) plane, coloured by stream, one marker shape per checkpoint.
+
+    `points` has columns checkpoint, layer, stream, head, label, x, y and optionally `<x>_ci`,
+    `<y>_ci`, `<x>_chance`, `<y>_chance`. Chance (uniform attention) is drawn per stream as an
+    open cross. customdata = (checkpoint, layer, stream, head) for click selection."""
+    symbols = ["circle", "diamond", "square", "triangle-up", "x", "star"]
+    checkpoints = list(dict.fromkeys(points["checkpoint"])) if len(points) else []
+    fig = go.Figure()
+    for ci_, checkpoint in enumerate(checkpoints):
+        for stream in dict.fromkeys(points["stream"]):
+            sel = points[(points["checkpoint"] == checkpoint) & (points["stream"] == stream)]
+            if sel.empty:
+                continue
+            name = f"{stream}" if len(checkpoints) == 1 else f"{checkpoint}: {stream}"
+            hover = [
+                f"<b>{checkpoint}</b><br>{stream} L{r.layer} H{r.head} ({r.label or 'no label'})"
+                f"<br>{x_title}: {_fmt(getattr(r, x), 3)}<br>{y_title}: {_fmt(getattr(r, y), 3)}"
+                for r in sel.itertuples(index=False)
+            ]
+            err_x = sel[f"{x}_ci"] if f"{x}_ci" in sel else None
+            err_y = sel[f"{y}_ci"] if f"{y}_ci" in sel else None
+            fig.add_trace(go.Scatter(
+                x=sel[x], y=sel[y], mode="markers", name=name, legendgroup=name,
+                marker=dict(size=11, color=STREAM_COLOURS.get(stream, "#555"), symbol=symbols[ci_ % len(symbols)],
+                            line=dict(width=1, color="white")),
+                error_x=dict(type="data", array=err_x, visible=err_x is not None, thickness=1, width=0),
+                error_y=dict(type="data", array=err_y, visible=err_y is not None, thickness=1, width=0),
+                customdata=np.stack([sel["checkpoint"], sel["layer"], sel["stream"], sel["head"]], axis=-1),
+                hovertext=hover, hoverinfo="text",
+            ))
+            if f"{x}_chance" in sel and f"{y}_chance" in sel:
+                cx, cy = float(np.nanmean(sel[f"{x}_chance"])), float(np.nanmean(sel[f"{y}_chance"]))
+                if np.isfinite(cx) and np.isfinite(cy):
+                    fig.add_trace(go.Scatter(
+                        x=[cx], y=[cy], mode="markers", name=f"chance ({name})", legendgroup=name, showlegend=False,
+                        marker=dict(size=14, symbol="x-thin-open", line=dict(width=2, color=STREAM_COLOURS.get(stream, "#555"))),
+                        hovertext=[f"chance ({name}): uniform attention<br>{x_title}: {cx:.3f}<br>{y_title}: {cy:.3f}"],
+                        hoverinfo="text",
+                    ))
+    if diagonal and len(points):
+        top = float(np.nanmax(points[[x, y]].to_numpy(float))) if np.isfinite(points[[x, y]].to_numpy(float)).any() else 1.0
+        fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="equal (index 0)",
+                                 line=dict(dash="dot", color="#999", width=1), hoverinfo="skip"))
+    if selected is not None:
+        sel = points[(points["checkpoint"] == selected[0]) & (points["layer"] == selected[1])
+                     & (points["stream"] == selected[2]) & (points["head"] == selected[3])]
+        if not sel.empty:
+            fig.add_trace(go.Scatter(
+                x=sel[x], y=sel[y], mode="markers", name="selected head", hoverinfo="skip",
+                marker=dict(size=22, symbol="circle-open", line=dict(width=3, color="#e7298a")),
+            ))
+    fig.update_xaxes(title_text=x_title, rangemode="tozero")
+    fig.update_yaxes(title_text=y_title, rangemode="tozero")
+    return base_layout(fig, title, height=480, legend=dict(orientation="v", x=1.02, y=1), clickmode="event+select",
+                       dragmode="select")
+
+
+def histogram_figure(frame: pd.DataFrame, *, title: str, x_title: str) -> go.Figure:
+    """Attention mass per log2 bin (bars, with 95% CI) against chance (uniform attention, a line)."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(
+        x=frame["label"], y=frame["attention"], name="attention mass", marker_color="#3b6ea5",
+        error_y=dict(type="data", array=frame["ci"], visible=bool(np.isfinite(frame["ci"]).any()), thickness=1),
+        hovertemplate="bin %{x}<br>attention %{y:.3f}<extra></extra>",
+    ))
+    fig.add_trace(go.Scatter(
+        x=frame["label"], y=frame["chance"], name="chance (uniform)", mode="markers",
+        marker=dict(symbol="line-ew-open", size=26, line=dict(width=2.5, color="#d62728")),
+        hovertemplate="bin %{x}<br>chance %{y:.3f}<extra></extra>",
+    ))
+    fig.update_xaxes(title_text=x_title, type="category")
+    fig.update_yaxes(title_text="mass per row", rangemode="tozero")
+    return base_layout(fig, title, height=320, legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
+
+
+def bucket_label(start: int) -> str:
+    """Step bucket labels: 0, 1, 2-3, 4-7, ... (the by_step probe's x is the bucket's first row)."""
+    if start <= 1:
+        return str(start)
+    return f"{start}-{2 * start - 1}"
+
+
+def by_step_figure(frame: pd.DataFrame, *, title: str, names: Mapping[str, str] | None = None) -> go.Figure:
+    """Metric against the step bucket (rows 0, 1, 2-3, 4-7, ...: how many keys the row sees),
+    one line per metric with its CI band and chance dashed."""
+    names = dict(names or {})
+    colours = {"S_only": PART_COLOURS["S only"], "R_only": PART_COLOURS["R only"], "both": PART_COLOURS["both"],
+               "neither": PART_COLOURS["neither"], "index": "#222", "sink": PART_COLOURS["null key"]}
+    fig = go.Figure()
+    for metric, rows in frame.groupby("metric", sort=False):
+        rows = rows.sort_values("x")
+        labels = [bucket_label(int(v)) for v in rows["x"]]
+        colour = colours.get(metric, None)
+        fig.add_trace(go.Scatter(
+            x=labels, y=rows["value"], mode="lines+markers", name=names.get(metric, metric), line=dict(color=colour),
+            error_y=dict(type="data", array=rows["ci"], visible=bool(np.isfinite(rows["ci"]).any()), thickness=1),
+            hovertemplate=f"{names.get(metric, metric)}<br>rows %{{x}}<br>%{{y:.3f}}<extra></extra>",
+        ))
+        if np.isfinite(rows["chance"]).any():
+            fig.add_trace(go.Scatter(
+                x=labels, y=rows["chance"], mode="lines", name=f"chance: {names.get(metric, metric)}",
+                line=dict(color=colour, dash="dot", width=1), showlegend=False,
+                hovertemplate=f"chance of {names.get(metric, metric)}: %{{y:.3f}}<extra></extra>",
+            ))
+    fig.update_xaxes(title_text="row's step bucket (keys it sees)", type="category")
+    fig.update_yaxes(title_text="value")
+    return base_layout(fig, title, height=340, legend=dict(orientation="h", y=-0.3))
+
+
+def label_legend(labels: Sequence[str]) -> str:
+    """The letters the maps print after a value, spelled out."""
+    return ", ".join(f"{LABEL_MARK[lab]} = {lab}" for lab in labels if LABEL_MARK.get(lab))
