@@ -1,0 +1,211 @@
+"""What every page shares: the caches (models, results, runs), pickers whose choice survives a
+page switch, and the one way a page reports a problem (a message, never a traceback).
+
+Caching: models and per-sample runs are `st.cache_resource` (one shared object, never copied:
+a SampleRun of a 1024-long two-stream text holds ~100 MB of patterns); tables and small results
+are `st.cache_data`. Hooked runs hold the model's lock (`app_data.LoadedModel.lock`), because
+hooks are module state shared by every session using the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from workbench import app_data
+from workbench.app_data import AppInputError, LoadedModel
+
+PAGES = {
+    "overview": "app_pages/overview.py",
+    "heads": "app_pages/heads.py",
+    "samples": "app_pages/samples.py",
+    "causal": "app_pages/causal.py",
+    "divergence": "app_pages/divergence.py",
+}
+KEEP_PREFIX = "p_"
+"""Widget keys starting with this survive page switches (app.py re-assigns them on each run)."""
+
+
+def keep_widget_state() -> None:
+    """Streamlit forgets a widget's value when its page is not shown; re-assigning keeps it."""
+    for key in list(st.session_state.keys()):
+        if isinstance(key, str) and key.startswith(KEEP_PREFIX):
+            st.session_state[key] = st.session_state[key]
+
+
+# ---- caches ---------------------------------------------------------------------------------------------
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@st.cache_resource(show_spinner="Loading the checkpoint...", max_entries=6)
+def _loaded_model(path: str) -> LoadedModel:
+    return LoadedModel(app_data.load_model(path))
+
+
+def get_model(name: str) -> LoadedModel | None:
+    """The cached model of a checkpoint, or None after showing why it cannot be loaded."""
+    try:
+        return _loaded_model(str(app_data.checkpoints_dir() / name))
+    except AppInputError as err:
+        st.error(str(err))
+        return None
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _catalog(root: str, results: str, stamp: tuple) -> list[app_data.CheckpointEntry]:
+    return app_data.catalog(Path(root), Path(results))
+
+
+def catalog() -> list[app_data.CheckpointEntry]:
+    root, results = app_data.checkpoints_dir(), app_data.results_dir()
+    stamp = (_mtime(root), _mtime(results / "probes"))
+    return _catalog(str(root), str(results), stamp)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _nll_table(path: str, mtime: float):
+    return app_data.nll_table(Path(path))
+
+
+def nll_table():
+    path = app_data.results_dir() / "nll.json"
+    return _nll_table(str(path), _mtime(path))
+
+
+@st.cache_data(show_spinner="Reading probe results...", max_entries=16)
+def _probe_results(checkpoint: str, root: str, mtime: float) -> app_data.ProbeResults:
+    return app_data.load_probe_results(checkpoint, Path(root))
+
+
+@st.cache_data(show_spinner="Running the probes on a few validation windows (CPU)...", max_entries=16)
+def _quick_results(checkpoint_path: str, n_sequences: int, r: int, w: int) -> app_data.ProbeResults:
+    return app_data.quick_probe_results(checkpoint_path, n_sequences=n_sequences, r=r, w=w)
+
+
+def quick_key(checkpoint: str) -> str:
+    return f"quick_probe_{checkpoint}"
+
+
+def probe_results(checkpoint: str, *, allow_quick: bool = True) -> app_data.ProbeResults | None:
+    """Committed results of a checkpoint; else a quick estimate if one was asked for on this
+    session; else None after showing where results come from (and a button for the estimate)."""
+    root = app_data.results_dir()
+    table = app_data.probe_results_path(checkpoint, root) / "probes.parquet"
+    try:
+        return _probe_results(checkpoint, str(root), _mtime(table))
+    except AppInputError as err:
+        missing = str(err)
+    quick = st.session_state.get(quick_key(checkpoint))
+    if quick:
+        try:
+            return _quick_results(str(app_data.checkpoints_dir() / checkpoint), *quick)
+        except AppInputError as err:
+            st.error(str(err))
+            return None
+    st.info(missing)
+    if allow_quick:
+        n = 4 if _n_ctx(checkpoint) <= 256 else 1
+        if st.button(f"Compute a quick estimate for {checkpoint} ({n} validation windows, on CPU)", key=f"btn_{quick_key(checkpoint)}"):
+            st.session_state[quick_key(checkpoint)] = (n, 4, 4)
+            st.rerun()
+    return None
+
+
+def _n_ctx(checkpoint: str) -> int:
+    for entry in catalog():
+        if entry.name == checkpoint:
+            return entry.n_ctx
+    return 0
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def head_frame(checkpoint: str, source: str, _results: app_data.ProbeResults):
+    """Per-head table of a probe result (keyed by checkpoint and where the result came from)."""
+    return app_data.head_frame(_results.table)
+
+
+@st.cache_data(show_spinner="Comparing orders (no model needed)...", max_entries=8)
+def divergence_live(lengths: tuple, ks: tuple, n_orders: int, seed: int):
+    return app_data.divergence_live(lengths, ks, n_orders, seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def val_samples(checkpoint: str, n_ctx: int) -> list[tuple[int, str]]:
+    try:
+        return app_data.val_samples(app_data.checkpoints_dir() / checkpoint, n_ctx)
+    except Exception:  # noqa: BLE001 (an unreadable val.txt just means no samples to offer)
+        return []
+
+
+@st.cache_resource(show_spinner="Running the model on the text...", max_entries=4)
+def sample_run(checkpoint: str, ids: tuple, order: tuple) -> app_data.SampleRun:
+    loaded = _loaded_model(str(app_data.checkpoints_dir() / checkpoint))
+    return app_data.run_sample(loaded, ids, order)
+
+
+# ---- pickers ------------------------------------------------------------------------------------------------
+
+
+def loadable(entries: list[app_data.CheckpointEntry]) -> list[str]:
+    return [e.name for e in entries if not e.error]
+
+
+def checkpoint_picker(label: str, key: str, names: list[str], default: str | None = None, **kwargs) -> str | None:
+    """A selectbox over `names` whose value is kept (and repaired if the list changed)."""
+    if not names:
+        st.warning(f"No checkpoints found in {app_data.checkpoints_dir()}. Train one with `workbench train`, or "
+                   "set WORKBENCH_CHECKPOINTS to a directory of checkpoints.")
+        return None
+    if st.session_state.get(key) not in names:
+        st.session_state[key] = default if default in names else names[0]
+    return st.selectbox(label, names, key=key, **kwargs)
+
+
+def ensure_choice(key: str, options: list, default=None) -> None:
+    """Reset a kept widget value that is no longer among its options (another model, a shorter text)."""
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = default if default in options else options[0]
+
+
+def ensure_range(key: str, low: int, high: int, default: int) -> None:
+    value = st.session_state.get(key)
+    if not isinstance(value, int) or not low <= value <= high:
+        st.session_state[key] = min(max(default, low), high)
+
+
+def show_figure(fig, key: str | None = None, **kwargs):
+    """st.plotly_chart with the app's defaults (full width, no Plotly logo)."""
+    return st.plotly_chart(fig, key=key, config={"displaylogo": False, "scrollZoom": False}, **kwargs)
+
+
+def select_head(checkpoint: str, layer: int, stream: str, head: int) -> None:
+    """Make (checkpoint, layer, stream, head) the selected head of the head page and the sample browser."""
+    st.session_state["p_head_ckpt"] = checkpoint
+    st.session_state["p_head_layer"] = int(layer)
+    st.session_state["p_head_stream"] = stream
+    st.session_state["p_head_head"] = int(head)
+
+
+def head_from_selection(selection) -> tuple[str | None, int, str, int] | None:
+    """(checkpoint, layer, stream, head) of the first selected point of a heads figure, from its
+    customdata: (checkpoint, layer, stream, head) on the scatter, (layer, head, stream) on a map."""
+    try:
+        points = selection["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    for point in points or []:
+        custom = point.get("customdata")
+        if custom is None:
+            continue
+        if len(custom) >= 4:
+            return str(custom[0]), int(custom[1]), str(custom[2]), int(custom[3])
+        if len(custom) == 3:
+            return None, int(custom[0]), str(custom[2]), int(custom[1])
+    return None

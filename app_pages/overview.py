@@ -1,0 +1,71 @@
+"""Overview: which checkpoints and results exist, the claim under study, and the NLL table."""
+
+import streamlit as st
+
+from app_pages.common import PAGES, catalog, nll_table, show_figure
+from workbench import app_data, viz
+
+st.title("Any-order autoregressive models: where does each head look?")
+st.markdown(f"**The claim under study.** {app_data.CLAIM}")
+st.caption(
+    "This workbench measures it head by head and stream by stream: how much of each head's attention "
+    "falls on the *semantic set* S_r (keys within r positions of the target) and on the *structural set* "
+    "R_w (the w most recently generated keys), against what uniform attention would give."
+)
+
+entries = catalog()
+n_ok = sum(not e.error for e in entries)
+n_probed = sum(e.probes is not None for e in entries)
+c1, c2, c3 = st.columns(3)
+c1.metric("checkpoints", f"{n_ok} of {len(entries)} loadable" if len(entries) != n_ok else len(entries))
+c2.metric("with probe results", n_probed)
+c3.metric("NLL table", "yes" if (app_data.results_dir() / "nll.json").is_file() else "missing")
+
+st.subheader("Checkpoints")
+if not entries:
+    st.warning(f"No checkpoints in {app_data.checkpoints_dir()}. Train one with `workbench train`, or set "
+               "WORKBENCH_CHECKPOINTS to a directory of checkpoints.")
+else:
+    st.dataframe(app_data.catalog_frame(entries), hide_index=True, key="overview_catalog")
+    for e in entries:
+        if e.error:
+            st.error(f"Checkpoint {e.name} cannot be loaded: {e.error}")
+
+st.subheader("NLL by variant and length")
+try:
+    table = nll_table()
+except app_data.AppInputError as err:
+    st.info(str(err))
+else:
+    show_figure(viz.nll_bars(table, title="Bits per token on the validation text (95% CI over windows)"), key="overview_nll")
+    shown = table.rename(columns={
+        "any_order": "any-order bits/token", "any_order_ci": "± (95%)", "left_to_right": "left-to-right bits/token",
+        "left_to_right_ci": "±  (95%)", "windows": "windows", "orders": "orders per window"})
+    st.dataframe(shown, hide_index=True, key="overview_nll_table",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in shown.columns if "bits" in c or "±" in c})
+    gaps = app_data.nll_gaps(table)
+    if len(gaps):
+        parts = [f"{g.variant} − two_stream at {g.length}: **{g.gap:+.3f} ± {g.ci:.3f}**" for g in gaps.itertuples()]
+        st.markdown("Gaps in any-order bits/token: " + "; ".join(parts) + ". (docs/results.md discusses them.)")
+    with st.expander("NLL as the text fills in (by fraction already generated)"):
+        try:
+            show_figure(viz.nll_fraction_figure(app_data.nll_by_fraction()), key="overview_fraction")
+        except app_data.AppInputError as err:
+            st.info(str(err))
+
+st.subheader("Probe results")
+if n_probed == 0:
+    st.info("No probe results are committed yet (results/probes/<checkpoint>/). Run "
+            "`workbench probe --checkpoint <name> --out results/probes/<name>`; the head page can also compute a "
+            "quick estimate on a few validation windows.")
+else:
+    for e in entries:
+        if e.probes is not None:
+            st.markdown(f"- **{e.name}**: `{e.probes.relative_to(app_data.REPO) if e.probes.is_relative_to(app_data.REPO) else e.probes}`")
+
+st.subheader("Pages")
+c = st.columns(4)
+c[0].page_link(PAGES["heads"], label="Head specialisation", icon=":material/grid_view:", help="layer x head maps per stream; compare models and lengths")
+c[1].page_link(PAGES["samples"], label="Sample browser", icon=":material/text_fields:", help="step through a generation order and see where a head looks")
+c[2].page_link(PAGES["causal"], label="Causal checks", icon=":material/science:", help="ablate or knock out heads and see the change in NLL")
+c[3].page_link(PAGES["divergence"], label="Order divergence", icon=":material/call_split:", help="'near the target' vs 'recent' as the length grows")
