@@ -149,7 +149,7 @@ def head_scatter(
         if not sel.empty:
             fig.add_trace(go.Scatter(
                 x=sel[x], y=sel[y], mode="markers", name="selected head", hoverinfo="skip",
-                marker=dict(size=22, symbol="circle-open", line=dict(width=3, color="#e7298a")),
+                marker=dict(size=22, symbol="circle-open", color="#e7298a", line=dict(width=3, color="#e7298a")),
             ))
     fig.update_xaxes(title_text=x_title, rangemode="tozero")
     fig.update_yaxes(title_text=y_title, rangemode="tozero")

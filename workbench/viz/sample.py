@@ -42,7 +42,7 @@ def text_grid(
     and `own` are cell indices.
 
     Marked: the target position (magenta box; its token is what the row predicts, hidden from
-    the model), the semantic set S_r (green box), the structural set R_w (orange dashed box) and,
+    the model), the semantic set S_r (green box), the structural set R_w (orange inner box) and,
     for single-stream rows, the position of the token the row holds (black dotted box).
     `window` = (start, stop) draws only those positions (long texts)."""
     n = len(tokens)
@@ -91,7 +91,7 @@ def text_grid(
         if semantic[p]:
             box(p, PART_COLOURS["S only"], "solid", 2, 0.04)
         if structural[p]:
-            box(p, PART_COLOURS["R only"], "dash", 2, 0.16)
+            box(p, PART_COLOURS["R only"], "solid", 2, 0.17)
     if own is not None and start <= own < stop:
         box(own, OWN_COLOUR, "dot", 2, 0.24)
     if start <= target < stop:
