@@ -82,14 +82,14 @@ def app_server(env: dict[str, str] | None = None, timeout: float = 90.0):
         os.unlink(log.name)
 
 
-def wait_idle(page, timeout_ms: int = 120_000) -> None:
-    """Until Streamlit's "Running..." widget has been gone twice in a row and plots are drawn."""
+def wait_idle(page, timeout_ms: int = 120_000, poll: float = 0.35) -> None:
+    """Until Streamlit's "Running..." widget has been gone for two polls in a row."""
     deadline = time.time() + timeout_ms / 1000
     quiet = 0
     while quiet < 2:
         if time.time() > deadline:
             raise TimeoutError("the app kept running for too long")
-        time.sleep(0.35)
+        time.sleep(poll)
         running = page.locator('[data-testid="stStatusWidget"]').count() > 0
         quiet = 0 if running else quiet + 1
 

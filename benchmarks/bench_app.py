@@ -1,0 +1,185 @@
+"""How fast the app answers on this machine: the first page after warm-up, and interactions.
+
+Two measurements, each after a warm-up (imports done, models loaded, caches filled, as on a
+server that has been running):
+
+- **script**: Streamlit's AppTest runs the page script in-process, so the time is the server's
+  share: running the page and building every figure, without network or drawing.
+- **browser**: Debian's headless Chromium (Playwright) against `streamlit run app.py`: from the
+  click (or navigation) until the app is idle and the awaited text is on screen, so websocket,
+  figure transfer and Plotly drawing are included. Skipped, and said so, without Chromium.
+
+Targets (issue 6): first page <= 3 s, an interaction <= 0.5 s, on the CPU machine.
+
+    python benchmarks/bench_app.py [--repeats 5] [--no-browser]
+
+Writes benchmarks/results/app-<host>-<date>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+TARGETS = {"first_page_s": 3.0, "interaction_s": 0.5}
+
+
+def summary(times: list[float]) -> dict:
+    return {"median_s": round(statistics.median(times), 4), "max_s": round(max(times), 4), "min_s": round(min(times), 4),
+            "n": len(times)}
+
+
+def script_timings(repeats: int) -> dict[str, dict]:
+    from streamlit.testing.v1 import AppTest
+
+    app = str(REPO / "app.py")
+
+    def fresh(page: str | None = None, **state) -> AppTest:
+        at = AppTest.from_file(app, default_timeout=600)
+        for k, v in state.items():
+            at.session_state[k] = v
+        at.run()
+        if page:
+            at.switch_page(f"app_pages/{page}.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    # warm-up: every page once, both sample-browser checkpoints loaded
+    for page in (None, "heads", "samples", "causal", "divergence"):
+        fresh(page)
+    fresh("samples", p_sample_ckpt="decoupled_rope-1024")
+
+    out: dict[str, dict] = {}
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fresh()
+        times.append(time.perf_counter() - t)
+    out["first page (overview), new session"] = summary(times)
+
+    for label, ckpt in (("step the order, two_stream-128", "two_stream-128"), ("step the order, decoupled_rope-1024", "decoupled_rope-1024")):
+        at = fresh("samples", p_sample_ckpt=ckpt)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            at.button(key="sample_next").click().run()
+            times.append(time.perf_counter() - t)
+        out[label] = summary(times)
+
+    at = fresh("samples")
+    times = []
+    for i in range(repeats):
+        t = time.perf_counter()
+        at.selectbox(key="p_sample_head").set_value((i + 1) % 6).run()
+        times.append(time.perf_counter() - t)
+    out["pick another head, sample browser (128)"] = summary(times)
+
+    at = fresh("heads")
+    times = []
+    for i in range(repeats):
+        at.session_state["p_head_layer"] = i % 4
+        t = time.perf_counter()
+        at.run()
+        times.append(time.perf_counter() - t)
+    out["select a head, head page"] = summary(times)
+    return out
+
+
+def browser_timings(repeats: int) -> dict[str, dict] | str:
+    from tests.test_browser import CHROMIUM_ARGS, app_server, chromium_path, go_to, wait_idle
+
+    chromium = chromium_path()
+    if chromium is None:
+        return "skipped: no chromium (apt-get install chromium)"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return "skipped: playwright is not installed"
+    import tempfile
+
+    out: dict[str, dict] = {}
+    with app_server() as url, sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
+        ctx = p.chromium.launch_persistent_context(profile, executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
+                                                   viewport={"width": 1400, "height": 1000})
+        page = ctx.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(url)
+        wait_idle(page)
+        for title in ("Head specialisation", "Sample browser", "Causal checks", "Order divergence", "Overview"):
+            go_to(page, title)  # warm-up
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            page.goto(url)  # a new session: the whole page, scripts, first run
+            page.get_by_text("NLL by variant and length").first.wait_for()
+            page.locator(".js-plotly-plot").first.wait_for()
+            wait_idle(page, poll=0.05)
+            times.append(time.perf_counter() - t)
+        out["first page (overview), new session"] = summary(times)
+        go_to(page, "Sample browser")
+        times = []
+        for _ in range(repeats):
+            current = int(page.get_by_role("slider").first.get_attribute("aria-valuenow"))
+            t = time.perf_counter()
+            page.get_by_role("button", name="step ▶").click()
+            page.get_by_text(f", step {current + 1}: attention", exact=False).first.wait_for()
+            wait_idle(page, poll=0.05)
+            times.append(time.perf_counter() - t)
+        out["step the order, two_stream-128"] = summary(times)
+        ctx.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args()
+
+    import streamlit
+    import torch
+
+    script = script_timings(args.repeats)
+    browser = "skipped: --no-browser" if args.no_browser else browser_timings(args.repeats)
+    host = platform.node() or socket.gethostname()
+    record = {
+        "benchmark": "app", "date": date.today().isoformat(), "host": host, "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "streamlit": streamlit.__version__,
+        "torch": torch.__version__, "load_average": os.getloadavg(), "targets": TARGETS,
+        "script": script, "browser": browser,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"app-{host}-{record['date']}"
+    stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [f"# App benchmark: {host}, {record['date']}", "",
+             f"{record['cpus']} CPUs, torch {record['torch']} ({record['torch_threads']} threads), streamlit {record['streamlit']}, "
+             f"load average at the end {', '.join(f'{x:.1f}' for x in record['load_average'])}.",
+             f"Targets: first page <= {TARGETS['first_page_s']} s, an interaction <= {TARGETS['interaction_s']} s. "
+             f"{args.repeats} repeats after a warm-up; median (max).", ""]
+    for name, table in (("Script (AppTest, server side only)", script), ("Browser (headless Chromium, end to end)", browser)):
+        lines += [f"## {name}", ""]
+        if isinstance(table, str):
+            lines += [table, ""]
+            continue
+        lines += ["| what | median s | max s | target s |", "|---|---:|---:|---:|"]
+        for what, s in table.items():
+            target = TARGETS["first_page_s"] if what.startswith("first page") else TARGETS["interaction_s"]
+            lines.append(f"| {what} | {s['median_s']:.3f} | {s['max_s']:.3f} | {target} |")
+        lines.append("")
+    stem.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
