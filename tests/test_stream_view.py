@@ -142,6 +142,17 @@ def test_accumulated_and_decomposed_resid_sum_to_the_final_residual(case):
     if stream != "content":  # logit lens: the last accumulated residual, through ln_final, is the logits
         lens = cache.accumulated_resid(apply_ln=True)[-1] @ view.W_U + view.b_U
         torch.testing.assert_close(lens, logits, atol=1e-4, rtol=0)
+        readout = cache.logit_lens().readout  # TransformerLens's own tool, at its default pos -1: the last step
+        last = logits[:, -1]
+        expected = {"logits": last, "log_probs": last.log_softmax(-1), "probs": last.softmax(-1)}[readout.return_type]
+        torch.testing.assert_close(readout.values[-1], expected, atol=1e-4, rtol=0)
+        # logit_attrs: the cached-scale attribution is linear, so the components add up
+        targets = view.targets(tokens)
+        attrs = cache.logit_attrs(decomposed, tokens=targets)
+        centred = final - final.mean(-1, keepdim=True)
+        direct = (centred / cache["ln_final.hook_scale"] * view.tokens_to_residual_directions(targets)).sum(-1)
+        if model.cfg.variant != "sigma_gpt":
+            torch.testing.assert_close(attrs.sum(0), direct, atol=1e-4, rtol=0)
     stacked = cache.stack_activation("pattern")
     assert stacked.shape == (model.cfg.n_layers, 2, model.cfg.n_heads, 9, 9)
 

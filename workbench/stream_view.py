@@ -132,6 +132,17 @@ class _Mirror(nn.Module):
         return target(x, _IDENTITY_HOOKS)
 
 
+class _Unembed(nn.Module):
+    """x @ W_U + b_U with the model's weights (TransformerLens's `unembed` component)."""
+
+    def __init__(self, model: HookedAOModel):
+        super().__init__()
+        self.__dict__["_model"] = model
+
+    def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        return x @ self._model.W_U + self._model.b_U
+
+
 class StreamView(HookedRootModule):
     """One stream of `model` under TransformerLens's names, run under a fixed generation order.
 
@@ -165,6 +176,10 @@ class StreamView(HookedRootModule):
         self.model_names: dict[str, str] = {}
         """view hook name -> the model's hook name"""
         self.blocks = nn.ModuleList(_Mirror(block) for block in model.blocks)
+        for block in self.blocks:  # each view block's hook_resid_post is one residual stream
+            block.__dict__["hook_out_is_single_residual_stream"] = True
+        if stream == model.logit_stream:
+            self.unembed = _Unembed(model)
         for model_name in model.hook_dict:
             name = canonical_name(model_name, stream, model.stream_names)
             if name is not None:
@@ -205,6 +220,13 @@ class StreamView(HookedRootModule):
     @property
     def b_U(self) -> Tensor:
         return self.model.b_U
+
+    def tokens_to_residual_directions(self, tokens: int | Int[Tensor, "..."]) -> Float[Tensor, "... d_model"]:
+        """The unembedding direction of each token (a column of W_U), as TransformerLens's."""
+        if self.stream != self.model.logit_stream:
+            raise ValueError(f"the {self.stream} stream has no logits; use the {self.model.logit_stream} stream's view.")
+        tokens = torch.as_tensor(tokens, device=self.W_U.device)
+        return self.W_U[:, tokens].movedim(0, -1)
 
     def train(self, mode: bool = True) -> StreamView:
         """Also sets the model's mode (TransformerLens's patching insists on eval mode)."""
