@@ -179,7 +179,7 @@ def main() -> None:
                 for n in ("sem_mass", "rec_mass", "own_mass", "parts_mass", "sem_chance", "parts_chance"))
         rows.append(row)
         print(json.dumps(row), flush=True)
-        del q, k, v
+        q = k = v = None  # free before the next size
         torch.cuda.empty_cache()
 
     out = Path(args.out)
@@ -188,7 +188,7 @@ def main() -> None:
     (out / f"kernel_{stamp}.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     md = [f"Probe-stats kernel, {dev}, {meta['date']} (torch {meta['torch']}, triton {meta['triton']}); "
           f"B*T = 1M tokens, {HEADS} heads, d_head {D_HEAD}, bf16, r={args.r}, w={args.w}.", "",
-          "| T | B | SDPA ms | kernel ms | x SDPA | kernel+own ms | x SDPA | main / chance launch ms "
+          "| T | B | SDPA ms | kernel ms | x SDPA | kernel+own ms | x SDPA | LSE + statistics / chance ms "
           "| cache-then-reduce ms | speed-up | peak MB kernel / +own / SDPA / cache-then-reduce |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
