@@ -11,14 +11,22 @@ from workbench.orders import probe_layout
 SETS = ("semantic", "structural")
 
 
+def reaches_logits(model, layer, stream):
+    """False for the content stream's last layer: the query stream reads content keys and values at
+    each layer's input, so the content stream's last attention layer never reaches the logits (its
+    knockouts change nothing, exactly)."""
+    return not (stream == "content" and layer == model.cfg.n_layers - 1)
+
+
 def chosen_heads(ctx):
-    """(layer, stream, head, label): the heads asked for, else the labelled ones (max_heads each)."""
+    """(layer, stream, head, label): the heads asked for, else the labelled ones (max_heads each,
+    among the heads that can reach the logits)."""
     labels = {(h.layer, h.stream, h.head): h.label for h in ctx.heads}
     if ctx.settings.heads is not None:
         return [(l, s, h, labels[(l, s, h)]) for l, s, h in ctx.settings.heads]
     chosen = []
     for stream in ctx.model.stream_names:
-        heads = [h for h in ctx.heads if h.stream == stream]
+        heads = [h for h in ctx.heads if h.stream == stream and reaches_logits(ctx.model, h.layer, h.stream)]
         semantic = sorted((h for h in heads if h.label == "semantic"), key=lambda h: -h.index)
         structural = sorted((h for h in heads if h.label == "structural"), key=lambda h: h.index)
         for h in semantic[: ctx.settings.max_heads] + structural[: ctx.settings.max_heads]:
