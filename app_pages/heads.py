@@ -174,12 +174,13 @@ st.dataframe(parts, hide_index=True, key="head_parts",
 
 hists = app_data.head_histograms(res.table, layer, stream, head)
 if hists:
-    titles = {"semantic": ("Semantic distance |pos − target|", "distance bin"), "recency": ("Recency (steps since generated)", "recency bin"),
-              "own": ("Distance to the row's own position", "distance bin")}
-    hcols = st.columns(len(hists))
-    for c, (which, h) in zip(hcols, hists.items()):
-        with c:
-            show_figure(viz.histogram_figure(h, title=titles[which][0], x_title=titles[which][1]), key=f"head_hist_{which}")
+    titles = {"semantic": "semantic distance |pos − target|", "recency": "recency (steps since generated)",
+              "own": "distance to the row's own position"}
+    show_figure(viz.histogram_figure({titles[k]: v for k, v in hists.items()},
+                                     x_titles={titles["semantic"]: "distance bin", titles["recency"]: "recency bin",
+                                               titles["own"]: "distance bin"},
+                                     title="Where the attention goes, by log2 bins (dashes: uniform attention)"),
+                key="head_histograms")
 steps = app_data.head_by_step(res.table, layer, stream, head, ["S_only", "R_only", "both", "index", "sink"])
 if len(steps):
     show_figure(viz.by_step_figure(steps, title="Along the generation: parts and index by how many keys the row sees",

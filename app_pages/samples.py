@@ -102,64 +102,72 @@ w = h[4].number_input("w (structural)", 1, n_ctx - 1, step=1, key="p_sample_w", 
 coordinates = h[5].radio("Lay out by", app_data.COORDINATES, key="p_sample_coords", horizontal=True)
 
 
-def move_step(delta: int) -> None:
-    st.session_state["p_sample_step"] = min(max(int(st.session_state.get("p_sample_step", 0)) + delta, 0), length - 1)
+@st.fragment
+def step_view(run: app_data.SampleRun, layer: int, stream: str, head: int, r: int, w: int, coordinates: str) -> None:
+    """Everything that changes with the step. A fragment: stepping reruns only this part, so the
+    controls above and the NLL chart below are not rebuilt or redrawn."""
+    length = run.length
+
+    def move_step(delta: int) -> None:
+        st.session_state["p_sample_step"] = min(max(int(st.session_state.get("p_sample_step", 0)) + delta, 0), length - 1)
+
+    ensure_range("p_sample_step", 0, length - 1, min(length // 2, length - 1))
+    s = st.columns([1, 1, 8])
+    s[0].button("◀ step", key="sample_prev", on_click=move_step, args=(-1,), disabled=st.session_state["p_sample_step"] <= 0)
+    s[1].button("step ▶", key="sample_next", on_click=move_step, args=(1,), disabled=st.session_state["p_sample_step"] >= length - 1)
+    if length > 1:
+        step = s[2].slider("Generation step t", 0, length - 1, key="p_sample_step", label_visibility="collapsed")
+    else:
+        step = 0
+
+    row = app_data.attention_row(run, layer, stream, head, step, r, w)
+    st.markdown(f"**{app_data.row_summary(run, row)}**")
+
+    cells = app_data.row_cells(run, row, coordinates)
+    main, side = st.columns([3, 1])
+    with main:
+        columns = 64 if length > 128 else 32
+        window = None
+        if length > 256:
+            whole = st.toggle("Show the whole text", key="p_sample_whole",
+                              help="Long texts show 256 cells around the target by default.")
+            if not whole:
+                first = max(0, (cells["target"] // columns - 2) * columns)
+                window = (first, min(length, first + 4 * columns))
+        target_note = "the row's own token (position σ[t])" if stream == "content" else "target: predicted, hidden from the model"
+        fig = viz.text_grid(
+            cells["tokens"], cells["weight"], target=cells["target"], semantic=cells["semantic"], structural=cells["structural"],
+            positions=cells["positions"], steps=cells["steps"], own=cells["own"], target_note=target_note, columns=columns,
+            window=window, title=f"L{layer} {stream} H{head}, step {step}: attention over the text ({coordinates})",
+        )
+        show_figure(fig, key="sample_text")
+    with side:
+        top = app_data.top_predictions(run, step, k=8)
+        truth = top[top["true"]].iloc[0]
+        st.metric("p(true token)", f"{truth['probability']:.1%}",
+                  help=f"rank {int(truth['rank'])} of {len(run.vocab)}; NLL {run.bits_by_step[step]:.2f} bits")
+        show_figure(viz.prediction_bars(top["token"].tolist(), top["probability"].tolist(), top["true"].tolist(),
+                                        title=f"Prediction for position {row.target}"), key="sample_prediction")
+
+    p = st.columns(6)
+    for c, name in zip(p, ("S_only", "R_only", "both", "neither")):
+        c.metric(f"{name.replace('_', '-')} mass", f"{row.parts[name]:.3f}", help=f"chance (uniform) {row.chance[name]:.3f}")
+    p[4].metric("null-key mass", f"{row.null_mass:.3f}")
+    p[5].metric("entropy (bits)", f"{row.entropy:.2f}")
+
+    bars = app_data.row_bars(run, row, coordinates)
+    show_figure(viz.attention_bars(bars["x"], bars["weights"], bars["categories"], bars["hover"], chance=bars["chance"],
+                                   x_title=bars["x_title"], title="The same row, key by key"), key="sample_bars")
+
+    if st.toggle("Show the head's whole pattern", key="p_sample_pattern"):
+        pat_coords = "generation" if coordinates == "generation order" else "sequence"
+        pattern = app_data.head_pattern(run, layer, stream, head, pat_coords)
+        highlight = row.slot if pat_coords == "generation" else row.target
+        show_figure(viz.pattern_heatmap(pattern["z"], pattern["rows"], pattern["keys"], row_title=pattern["row_title"],
+                                        key_title=pattern["key_title"], highlight_row=highlight,
+                                        title=f"L{layer} {stream} H{head}: every row ({coordinates})"), key="sample_pattern")
 
 
-ensure_range("p_sample_step", 0, length - 1, min(length // 2, length - 1))
-s = st.columns([1, 1, 8])
-s[0].button("◀ step", key="sample_prev", on_click=move_step, args=(-1,), disabled=st.session_state["p_sample_step"] <= 0)
-s[1].button("step ▶", key="sample_next", on_click=move_step, args=(1,), disabled=st.session_state["p_sample_step"] >= length - 1)
-if length > 1:
-    step = s[2].slider("Generation step t", 0, length - 1, key="p_sample_step", label_visibility="collapsed")
-else:
-    step = 0
-
-row = app_data.attention_row(run, layer, stream, head, step, int(r), int(w))
-st.markdown(f"**{app_data.row_summary(run, row)}**")
-
-# ---- the row over the text, and the prediction ---------------------------------------------------------------------
-cells = app_data.row_cells(run, row, coordinates)
-main, side = st.columns([3, 1])
-with main:
-    columns = 64 if length > 128 else 32
-    window = None
-    if length > 256:
-        whole = st.toggle("Show the whole text", key="p_sample_whole",
-                          help="Long texts show 256 cells around the target by default.")
-        if not whole:
-            first = max(0, (cells["target"] // columns - 2) * columns)
-            window = (first, min(length, first + 4 * columns))
-    target_note = "the row's own token (position σ[t])" if stream == "content" else "target: predicted, hidden from the model"
-    fig = viz.text_grid(
-        cells["tokens"], cells["weight"], target=cells["target"], semantic=cells["semantic"], structural=cells["structural"],
-        positions=cells["positions"], steps=cells["steps"], own=cells["own"], target_note=target_note, columns=columns,
-        window=window, title=f"L{layer} {stream} H{head}, step {step}: attention over the text ({coordinates})",
-    )
-    show_figure(fig, key="sample_text")
-with side:
-    top = app_data.top_predictions(run, step, k=8)
-    truth = top[top["true"]].iloc[0]
-    st.metric("p(true token)", f"{truth['probability']:.1%}", help=f"rank {int(truth['rank'])} of {len(run.vocab)}")
-    show_figure(viz.prediction_bars(top["token"].tolist(), top["probability"].tolist(), top["true"].tolist(),
-                                    title=f"Prediction for position {row.target}"), key="sample_prediction")
-
-p = st.columns(6)
-for c, name in zip(p, ("S_only", "R_only", "both", "neither")):
-    c.metric(f"{name.replace('_', '-')} mass", f"{row.parts[name]:.3f}", help=f"chance (uniform) {row.chance[name]:.3f}")
-p[4].metric("null-key mass", f"{row.null_mass:.3f}")
-p[5].metric("entropy (bits)", f"{row.entropy:.2f}")
-
-bars = app_data.row_bars(run, row, coordinates)
-show_figure(viz.attention_bars(bars["x"], bars["weights"], bars["categories"], bars["hover"], chance=bars["chance"],
-                               x_title=bars["x_title"], title="The same row, key by key"), key="sample_bars")
-
-with st.expander("The head's whole pattern", expanded=False):
-    pat_coords = "generation" if coordinates == "generation order" else "sequence"
-    pattern = app_data.head_pattern(run, layer, stream, head, pat_coords)
-    highlight = row.slot if pat_coords == "generation" else row.target
-    show_figure(viz.pattern_heatmap(pattern["z"], pattern["rows"], pattern["keys"], row_title=pattern["row_title"],
-                                    key_title=pattern["key_title"], highlight_row=highlight,
-                                    title=f"L{layer} {stream} H{head}: every row ({coordinates})"), key="sample_pattern")
-show_figure(viz.nll_steps_figure(run.bits_by_step, step=step,
-                                 title=f"NLL along this order: {run.bits.mean():.3f} bits/token on average"), key="sample_nll")
+step_view(run, layer, stream, head, int(r), int(w), coordinates)
+show_figure(viz.nll_steps_figure(run.bits_by_step, title=f"NLL along this order: {run.bits.mean():.3f} bits/token on average"),
+            key="sample_nll")

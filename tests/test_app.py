@@ -102,7 +102,8 @@ def test_heads_maps_scatter_and_one_head(env):
     assert sum(len(t["x"]) for t in points) == 48
     assert points[0]["customdata"][0][:3] == ["two_stream-128", 0, "content"]
     assert metric(at, "specialisation index") == f"{synthetic_index('two_stream-128', 0, 'content', 0):+.3f}"
-    assert figure(at, "Semantic distance")["data"][0]["x"][:3] == ["null key", "0", "1"]
+    hist = figure(at, "by log2 bins")
+    assert hist["data"][0]["x"][:3] == ["null key", "0", "1"] and len(hist["data"]) == 4  # semantic and recency panels
     assert "Causal checks of this head" in texts(at)
 
 
@@ -223,6 +224,8 @@ def test_samples_long_sequence_is_windowed_and_downsampled(env):
     assert np.array(text_fig["data"][0]["z"], dtype=float).size <= 256
     at.toggle(key="p_sample_whole").set_value(True).run()
     assert np.array(figure(at, "attention over the text")["data"][0]["z"], dtype=float).size == 1024
+    assert not [f for f in at.get("plotly_chart") if "every row" in f.proto.spec]  # the whole pattern only on demand
+    at.toggle(key="p_sample_pattern").set_value(True).run()
     pattern = figure(at, "every row")
     assert max(np.array(pattern["data"][0]["z"], dtype=float).shape) <= 256
     assert "averaged over 4x4 blocks" in pattern["layout"]["title"]["text"]

@@ -82,11 +82,11 @@ def app_server(env: dict[str, str] | None = None, timeout: float = 90.0):
         os.unlink(log.name)
 
 
-def wait_idle(page, timeout_ms: int = 120_000, poll: float = 0.35) -> None:
-    """Until Streamlit's "Running..." widget has been gone for two polls in a row."""
+def wait_idle(page, timeout_ms: int = 120_000, poll: float = 0.35, quiet_polls: int = 2) -> None:
+    """Until Streamlit's "Running..." widget has been gone for `quiet_polls` polls in a row."""
     deadline = time.time() + timeout_ms / 1000
     quiet = 0
-    while quiet < 2:
+    while quiet < quiet_polls:
         if time.time() > deadline:
             raise TimeoutError("the app kept running for too long")
         time.sleep(poll)

@@ -157,22 +157,27 @@ def head_scatter(
                        dragmode="select")
 
 
-def histogram_figure(frame: pd.DataFrame, *, title: str, x_title: str) -> go.Figure:
-    """Attention mass per log2 bin (bars, with 95% CI) against chance (uniform attention, a line)."""
-    fig = go.Figure()
-    fig.add_trace(go.Bar(
-        x=frame["label"], y=frame["attention"], name="attention mass", marker_color="#3b6ea5",
-        error_y=dict(type="data", array=frame["ci"], visible=bool(np.isfinite(frame["ci"]).any()), thickness=1),
-        hovertemplate="bin %{x}<br>attention %{y:.3f}<extra></extra>",
-    ))
-    fig.add_trace(go.Scatter(
-        x=frame["label"], y=frame["chance"], name="chance (uniform)", mode="markers",
-        marker=dict(symbol="line-ew-open", size=26, line=dict(width=2.5, color="#d62728")),
-        hovertemplate="bin %{x}<br>chance %{y:.3f}<extra></extra>",
-    ))
-    fig.update_xaxes(title_text=x_title, type="category")
-    fig.update_yaxes(title_text="mass per row", rangemode="tozero")
-    return base_layout(fig, title, height=320, legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
+def histogram_figure(frames: Mapping[str, pd.DataFrame], *, title: str, x_titles: Mapping[str, str]) -> go.Figure:
+    """Attention mass per log2 bin (bars, with 95% CI) against chance (uniform attention, red
+    dashes), one panel per histogram (semantic distance, recency, own distance): one figure, so
+    selecting a head redraws one chart, not three."""
+    names = list(frames)
+    fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=0.06)
+    for c, name in enumerate(names, start=1):
+        frame = frames[name]
+        fig.add_trace(go.Bar(
+            x=frame["label"], y=frame["attention"], name="attention mass", marker_color="#3b6ea5", showlegend=c == 1,
+            legendgroup="attention", error_y=dict(type="data", array=frame["ci"], visible=bool(np.isfinite(frame["ci"]).any()), thickness=1),
+            hovertemplate=f"{name}<br>bin %{{x}}<br>attention %{{y:.3f}}<extra></extra>",
+        ), row=1, col=c)
+        fig.add_trace(go.Scatter(
+            x=frame["label"], y=frame["chance"], name="chance (uniform)", mode="markers", showlegend=c == 1, legendgroup="chance",
+            marker=dict(symbol="line-ew-open", size=18, line=dict(width=2.5, color="#d62728")),
+            hovertemplate=f"{name}<br>bin %{{x}}<br>chance %{{y:.3f}}<extra></extra>",
+        ), row=1, col=c)
+        fig.update_xaxes(title_text=x_titles.get(name, "bin"), type="category", row=1, col=c)
+    fig.update_yaxes(title_text="mass per row", rangemode="tozero", row=1, col=1)
+    return base_layout(fig, title, height=340, legend=dict(orientation="h", y=1.18, x=1, xanchor="right"))
 
 
 def bucket_label(start: int) -> str:

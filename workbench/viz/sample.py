@@ -82,20 +82,22 @@ def text_grid(
         hoverinfo="skip", showlegend=False,
     ))
 
-    def box(p: int, colour: str, dash: str, width: float, inset: float) -> None:
+    shapes = []  # plain dicts, set once: add_shape per cell costs a validation pass each
+
+    def box(p: int, colour: str, width: float, inset: float, dash: str = "solid") -> None:
         row, col = divmod(p - start, columns)
-        fig.add_shape(type="rect", x0=col - 0.5 + inset, x1=col + 0.5 - inset, y0=row - 0.5 + inset, y1=row + 0.5 - inset,
-                      line=dict(color=colour, width=width, dash=dash), layer="above")
+        shapes.append(dict(type="rect", x0=col - 0.5 + inset, x1=col + 0.5 - inset, y0=row - 0.5 + inset,
+                           y1=row + 0.5 - inset, line=dict(color=colour, width=width, dash=dash), layer="above"))
 
     for p in range(start, stop):
         if semantic[p]:
-            box(p, PART_COLOURS["S only"], "solid", 2, 0.04)
+            box(p, PART_COLOURS["S only"], 2, 0.04)
         if structural[p]:
-            box(p, PART_COLOURS["R only"], "solid", 2, 0.17)
+            box(p, PART_COLOURS["R only"], 2, 0.17)
     if own is not None and start <= own < stop:
-        box(own, OWN_COLOUR, "dot", 2, 0.24)
+        box(own, OWN_COLOUR, 2, 0.24, "dot")
     if start <= target < stop:
-        box(target, TARGET_COLOUR, "solid", 3.5, -0.02)
+        box(target, TARGET_COLOUR, 3.5, -0.02)
     legend = [("target position", TARGET_COLOUR, "square-open"), ("semantic set S_r", PART_COLOURS["S only"], "square-open"),
               ("structural set R_w", PART_COLOURS["R only"], "square-open")]
     if own is not None:
@@ -105,10 +107,9 @@ def text_grid(
                                  marker=dict(symbol=symbol, size=13, color=colour, line=dict(width=2.5, color=colour))))
     fig.update_xaxes(visible=False, range=[-0.5, columns - 0.5])
     fig.update_yaxes(visible=False, range=[n_rows - 0.5, -0.5])
-    fig.update_layout(plot_bgcolor="#f2f2f2")
     height = 110 + 34 * n_rows
     return base_layout(fig, title, height=height, legend=dict(orientation="h", y=-0.02, yanchor="top", x=0),
-                       margin=dict(l=10, r=10, t=50 if title else 10, b=40))
+                       margin=dict(l=10, r=10, t=50 if title else 10, b=40), shapes=shapes, plot_bgcolor="#f2f2f2")
 
 
 def attention_bars(
@@ -133,12 +134,14 @@ def attention_bars(
             continue
         fig.add_trace(go.Bar(x=x[m], y=weights[m], name=cat, marker_color=PART_COLOURS[cat], hovertext=hover[m],
                              hoverinfo="text", marker_line_width=0))
-    fig.add_hline(y=chance, line=dict(dash="dash", color="#777", width=1),
-                  annotation_text=f"uniform 1/|V| = {chance:.3f}", annotation_position="top right")
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text="attention", rangemode="tozero")
-    return base_layout(fig, title, height=300, barmode="overlay", bargap=0.1,
-                       legend=dict(orientation="h", y=1.15, x=1, xanchor="right"))
+    return base_layout(
+        fig, title, height=300, barmode="overlay", bargap=0.1, legend=dict(orientation="h", y=1.15, x=1, xanchor="right"),
+        shapes=[dict(type="line", xref="paper", x0=0, x1=1, y0=chance, y1=chance, line=dict(dash="dash", color="#777", width=1))],
+        annotations=[dict(xref="paper", x=1, y=chance, yanchor="bottom", xanchor="right", showarrow=False,
+                          text=f"uniform 1/|V| = {chance:.3f}", font=dict(size=11, color="#555"))],
+    )
 
 
 def _block_mean(z: np.ndarray, max_cells: int) -> tuple[np.ndarray, int, int]:
@@ -183,13 +186,13 @@ def pattern_heatmap(
     rticks = np.linspace(0, small.shape[0] - 1, min(9, small.shape[0])).astype(int)
     fig.update_xaxes(title_text=key_title, tickvals=ticks, ticktext=[str(key_labels[t]) for t in ticks])
     fig.update_yaxes(title_text=row_title, tickvals=rticks, ticktext=[str(row_labels[t]) for t in rticks], autorange="reversed")
+    shapes = []
     if highlight_row is not None:
         where = np.flatnonzero(np.asarray(rows) == highlight_row)
         if where.size:
-            y = where[0] / fr
-            fig.add_hline(y=y, line=dict(color=TARGET_COLOUR, width=1.5))
-    fig.update_layout(plot_bgcolor="#f2f2f2")
-    return base_layout(fig, title + note, height=460)
+            y = where[0] // fr
+            shapes.append(dict(type="line", xref="paper", x0=0, x1=1, y0=y, y1=y, line=dict(color=TARGET_COLOUR, width=1.5)))
+    return base_layout(fig, title + note, height=460, shapes=shapes, plot_bgcolor="#f2f2f2")
 
 
 def prediction_bars(tokens: Sequence[str], probabilities: Sequence[float], true: Sequence[bool], *, title: str = "") -> go.Figure:
@@ -206,12 +209,13 @@ def prediction_bars(tokens: Sequence[str], probabilities: Sequence[float], true:
     return base_layout(fig, title, height=90 + 24 * len(labels), margin=dict(l=50, r=50, t=50, b=40))
 
 
-def nll_steps_figure(bits_by_step: np.ndarray, *, step: int, title: str = "") -> go.Figure:
-    """NLL (bits) of the token generated at each step, with the current step marked."""
+def nll_steps_figure(bits_by_step: np.ndarray, *, step: int | None = None, title: str = "") -> go.Figure:
+    """NLL (bits) of the token generated at each step (the current step marked, if given)."""
     steps = np.arange(len(bits_by_step))
     fig = go.Figure(go.Scatter(x=steps, y=bits_by_step, mode="lines", name="bits", line=dict(color="#3b6ea5", width=1),
                                hovertemplate="step %{x}<br>%{y:.2f} bits<extra></extra>"))
-    fig.add_vline(x=step, line=dict(color=TARGET_COLOUR, width=1.5))
     fig.update_xaxes(title_text="generation step")
     fig.update_yaxes(title_text="NLL (bits)", rangemode="tozero")
-    return base_layout(fig, title, height=220, showlegend=False, margin=dict(l=60, r=20, t=40, b=40))
+    return base_layout(fig, title, height=220, showlegend=False, margin=dict(l=60, r=20, t=40, b=40),
+                       shapes=[] if step is None else
+                       [dict(type="line", yref="paper", x0=step, x1=step, y0=0, y1=1, line=dict(color=TARGET_COLOUR, width=1.5))])

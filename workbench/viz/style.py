@@ -19,10 +19,12 @@ FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
 
 
 def base_layout(fig: go.Figure, title: str | None = None, height: int | None = None, **kwargs) -> go.Figure:
-    """Title, font, margins and a white template; returns the figure for chaining."""
+    """Title, font, margins and a white plot area; returns the figure for chaining."""
+    # No template: Streamlit's theme restyles the figure anyway, and resolving a template costs
+    # ~20 ms per figure, a tenth of the interaction budget.
     layout = dict(
-        template="plotly_white",
         font=FONT,
+        plot_bgcolor="white",
         title=dict(text=title, x=0.0, xanchor="left") if title else None,
         margin=dict(l=60, r=20, t=60 if title else 30, b=50),
         height=height,
