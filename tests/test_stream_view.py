@@ -336,6 +336,13 @@ def test_position_rules_follow_the_order():
     assert torch.equal(query[0], main[0])
 
 
+def test_moving_the_view_moves_the_model():
+    model = from_config(tiny_config("sigma_gpt")).eval()
+    view = StreamView(model).to(torch.float64)
+    assert model.W_E.dtype == torch.float64 and view.cfg.dtype == torch.float64
+    assert view(torch.zeros(1, 5, dtype=torch.long)).dtype == torch.float64
+
+
 def test_bad_inputs_are_refused():
     model = from_config(tiny_config("two_stream"))
     with pytest.raises(ValueError, match="streams"):

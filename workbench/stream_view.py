@@ -206,7 +206,8 @@ class StreamView(HookedRootModule):
 
     @property
     def cfg(self) -> TransformerLensConfig:
-        self._tl_cfg.device = str(self.model.W_E.device)
+        self._tl_cfg.device = str(self.model.W_E.device)  # the model may have moved since
+        self._tl_cfg.dtype = self.model.W_E.dtype
         return self._tl_cfg
 
     @property
@@ -227,6 +228,10 @@ class StreamView(HookedRootModule):
             raise ValueError(f"the {self.stream} stream has no logits; use the {self.model.logit_stream} stream's view.")
         tokens = torch.as_tensor(tokens, device=self.W_U.device)
         return self.W_U[:, tokens].movedim(0, -1)
+
+    def _apply(self, *args, **kwargs):  # view.to(...), .cuda(), .half() move the model: the view has no weights
+        self.model._apply(*args, **kwargs)
+        return super()._apply(*args, **kwargs)
 
     def train(self, mode: bool = True) -> StreamView:
         """Also sets the model's mode (TransformerLens's patching insists on eval mode)."""
