@@ -85,6 +85,16 @@ def test_overview_without_results_and_with_a_broken_checkpoint(monkeypatch, tmp_
     assert any("quick estimate" in b.label for b in at.button)
 
 
+def test_a_checkpoint_whose_weights_are_corrupt_gives_a_message(monkeypatch, tmp_path, results):
+    root = make_checkpoints(tmp_path / "ckpts", broken=None)
+    (root / "two_stream-128" / "model.safetensors").write_bytes(b"not safetensors")
+    monkeypatch.setenv(app_data.CHECKPOINTS_ENV, str(root))
+    monkeypatch.setenv(app_data.RESULTS_ENV, str(results))
+    for page in ("samples", "causal"):
+        at = open_page(page)
+        assert any("could not be loaded" in e.value and "safetensors" in e.value for e in at.error), texts(at)
+
+
 # ---- head specialisation -------------------------------------------------------------------------------------------
 
 

@@ -102,6 +102,7 @@ def shoot(page, path: Path) -> Path:
     content = page.locator('[data-testid="stMainBlockContainer"]')
     height = int(page.evaluate("() => document.querySelector('[data-testid=\"stMainBlockContainer\"]').scrollHeight"))
     page.set_viewport_size({"width": size["width"], "height": max(size["height"], height + 80)})
+    page.mouse.move(0, 0)  # no hover label in the picture
     time.sleep(1.0)  # plotly redraws on resize
     wait_idle(page)
     content.screenshot(path=str(path), animations="disabled")
@@ -115,8 +116,10 @@ def go_to(page, title: str) -> None:
     wait_idle(page)
 
 
-def tour(url: str, out: Path, *, viewport=(1400, 1000), run_causal: bool = True) -> dict[str, Path]:
-    """Go through every page as a user would; return the screenshots by page."""
+def tour(url: str, out: Path, *, viewport=(1400, 1000), run_causal: bool = True, cell: tuple[int, int] = (2, 4)) -> dict[str, Path]:
+    """Go through every page as a user would; return the screenshots by page. `cell` = the
+    (layer, head) clicked in the query-stream map and then opened in the sample browser."""
+    layer, head = cell
     from playwright.sync_api import sync_playwright
 
     chromium = chromium_path()
@@ -136,14 +139,14 @@ def tour(url: str, out: Path, *, viewport=(1400, 1000), run_causal: bool = True)
             assert page.get_by_text("NLL by variant and length").count() == 1
             shots["overview"] = shoot(page, out / "overview.png")
 
-            # Head specialisation: click the cell (layer 2, head 4) of the query-stream map.
+            # Head specialisation: click the cell (layer, head) of the query-stream map.
             go_to(page, "Head specialisation")
             plot = page.locator(".js-plotly-plot").first
             plot.scroll_into_view_if_needed()
             drag = plot.locator(".nsewdrag").nth(1)
             box = drag.bounding_box()
-            page.mouse.click(box["x"] + box["width"] * 4.5 / 6, box["y"] + box["height"] * 2.5 / 4)
-            page.get_by_text("query stream · layer 2 · head 4", exact=False).first.wait_for()
+            page.mouse.click(box["x"] + box["width"] * (head + 0.5) / 6, box["y"] + box["height"] * (layer + 0.5) / 4)
+            page.get_by_text(f"query stream · layer {layer} · head {head}", exact=False).first.wait_for()
             wait_idle(page)
             shots["heads"] = shoot(page, out / "heads.png")
 
@@ -151,10 +154,10 @@ def tour(url: str, out: Path, *, viewport=(1400, 1000), run_causal: bool = True)
             page.get_by_role("button", name="Open this head in the sample browser").click()
             page.get_by_role("heading", name="Sample browser").first.wait_for()
             wait_idle(page)
-            page.get_by_text("L2 query H4, step 64", exact=False).first.wait_for()
+            page.get_by_text(f"L{layer} query H{head}, step 64", exact=False).first.wait_for()
             for expected in (65, 66):
                 page.get_by_role("button", name="step ▶").click()
-                page.get_by_text(f"L2 query H4, step {expected}", exact=False).first.wait_for()
+                page.get_by_text(f"L{layer} query H{head}, step {expected}", exact=False).first.wait_for()
                 wait_idle(page)
             page.get_by_text("Generation order").first.scroll_into_view_if_needed()
             shots["samples"] = shoot(page, out / "samples.png")
@@ -205,12 +208,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=1000)
+    parser.add_argument("--max-height", type=int, default=1600, help="crop each page to this many pixels from the top")
+    parser.add_argument("--cell", type=int, nargs=2, default=(0, 1), metavar=("LAYER", "HEAD"),
+                        help="the query-stream head to click and open in the sample browser")
     args = parser.parse_args()
     if chromium_path() is None:
         sys.exit("no chromium: apt-get install chromium")
+    from PIL import Image
+
     with app_server() as url:
-        for name, path in tour(url, args.out, viewport=(args.width, args.height)).items():
-            print(name, path)
+        for name, path in tour(url, args.out, viewport=(args.width, args.height), cell=tuple(args.cell)).items():
+            image = Image.open(path)
+            image = image.crop((0, 0, image.width, min(image.height, args.max_height)))
+            image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+            print(name, path, f"{path.stat().st_size // 1024} KB")
 
 
 if __name__ == "__main__":

@@ -139,10 +139,6 @@ def head_scatter(
                         hovertext=[f"chance ({name}): uniform attention<br>{x_title}: {cx:.3f}<br>{y_title}: {cy:.3f}"],
                         hoverinfo="text",
                     ))
-    if diagonal and len(points):
-        top = float(np.nanmax(points[[x, y]].to_numpy(float))) if np.isfinite(points[[x, y]].to_numpy(float)).any() else 1.0
-        fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="equal (index 0)",
-                                 line=dict(dash="dot", color="#999", width=1), hoverinfo="skip"))
     if selected is not None:
         sel = points[(points["checkpoint"] == selected[0]) & (points["layer"] == selected[1])
                      & (points["stream"] == selected[2]) & (points["head"] == selected[3])]
@@ -151,10 +147,24 @@ def head_scatter(
                 x=sel[x], y=sel[y], mode="markers", name="selected head", hoverinfo="skip",
                 marker=dict(size=22, symbol="circle-open", color="#e7298a", line=dict(width=3, color="#e7298a")),
             ))
-    fig.update_xaxes(title_text=x_title, rangemode="tozero")
-    fig.update_yaxes(title_text=y_title, rangemode="tozero")
+
+    def top(column: str) -> float:  # axis ranges from the heads (and chance), not from the diagonal
+        cols = [c for c in (column, f"{column}_chance") if c in points]
+        values = points[cols].to_numpy(float) + (points[[f"{column}_ci"]].fillna(0).to_numpy(float) if f"{column}_ci" in points else 0)
+        finite = values[np.isfinite(values)]
+        return float(finite.max()) * 1.1 if finite.size and finite.max() > 0 else 1.0
+
+    shapes = []
+    if diagonal and len(points):  # a shape up to the smaller axis end, so it stretches neither axis
+        end = min(top(x), top(y))
+        shapes.append(dict(type="line", x0=0, y0=0, x1=end, y1=end, xref="x", yref="y", layer="below",
+                           line=dict(dash="dot", color="#999", width=1)))
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="equal masses (index 0)",
+                                 line=dict(dash="dot", color="#999", width=1), hoverinfo="skip"))
+    fig.update_xaxes(title_text=x_title, range=[0, top(x)] if len(points) else None)
+    fig.update_yaxes(title_text=y_title, range=[0, top(y)] if len(points) else None)
     return base_layout(fig, title, height=480, legend=dict(orientation="v", x=1.02, y=1), clickmode="event+select",
-                       dragmode="select")
+                       dragmode="select", shapes=shapes)
 
 
 def histogram_figure(frames: Mapping[str, pd.DataFrame], *, title: str, x_titles: Mapping[str, str]) -> go.Figure:
@@ -177,7 +187,7 @@ def histogram_figure(frames: Mapping[str, pd.DataFrame], *, title: str, x_titles
         ), row=1, col=c)
         fig.update_xaxes(title_text=x_titles.get(name, "bin"), type="category", row=1, col=c)
     fig.update_yaxes(title_text="mass per row", rangemode="tozero", row=1, col=1)
-    return base_layout(fig, title, height=340, legend=dict(orientation="h", y=1.18, x=1, xanchor="right"))
+    return base_layout(fig, title, height=360, legend=dict(orientation="h", y=-0.3, x=0), margin=dict(l=60, r=20, t=80, b=90))
 
 
 def bucket_label(start: int) -> str:
