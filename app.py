@@ -20,4 +20,11 @@ pages = [
     st.Page(PAGES["causal"], title="Causal checks", icon=":material/science:"),
     st.Page(PAGES["divergence"], title="Order divergence", icon=":material/call_split:"),
 ]
-st.navigation(pages).run()
+page = st.navigation(pages)
+try:
+    page.run()
+except Exception as err:  # noqa: BLE001 -- a bug, not bad input (bad input gets its own message on each page)
+    st.error(f"This page hit an unexpected error ({type(err).__name__}: {err}). The other pages still work; "
+             "please report it with the details below.")
+    with st.expander("Details"):
+        st.exception(err)

@@ -131,6 +131,27 @@ def head_frame(checkpoint: str, source: str, _results: app_data.ProbeResults):
     return app_data.head_frame(_results.table)
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def _committed_divergence(root: str, stamp: tuple):
+    for entry in app_data.catalog(app_data.checkpoints_dir(), Path(root)):
+        if entry.probes is None:
+            continue
+        try:
+            frame = app_data.divergence_frame(app_data.load_probe_results(entry.name, Path(root)).table)
+        except AppInputError:
+            continue
+        if len(frame):
+            return entry.name, frame
+    return None
+
+
+def committed_divergence():
+    """(checkpoint, frame) of the first committed probe run that holds the divergence probe, or None."""
+    entries = catalog()
+    stamp = tuple((e.name, _mtime(e.probes)) for e in entries if e.probes is not None)
+    return _committed_divergence(str(app_data.results_dir()), stamp)
+
+
 @st.cache_data(show_spinner="Comparing orders (no model needed)...", max_entries=8)
 def divergence_live(lengths: tuple, ks: tuple, n_orders: int, seed: int):
     return app_data.divergence_live(lengths, ks, n_orders, seed)

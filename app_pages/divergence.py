@@ -3,7 +3,7 @@ grows, with no model at all (Pynadath and Zhang, 2026)."""
 
 import streamlit as st
 
-from app_pages.common import catalog, divergence_live, ensure_range, show_figure
+from app_pages.common import committed_divergence, divergence_live, ensure_range, show_figure
 from workbench import app_data, viz
 
 st.title("Order divergence")
@@ -16,17 +16,7 @@ st.markdown(
 )
 
 # ---- the curve -----------------------------------------------------------------------------------------------------
-committed = None
-for entry in catalog():
-    if entry.probes is None:
-        continue
-    try:
-        frame = app_data.divergence_frame(app_data.load_probe_results(entry.name).table)
-    except app_data.AppInputError:
-        continue
-    if len(frame):
-        committed = (entry.name, frame)
-        break
+committed = committed_divergence()
 
 SOURCES = ("committed probe results", "compute here")
 if committed is None:

@@ -85,6 +85,17 @@ def test_overview_without_results_and_with_a_broken_checkpoint(monkeypatch, tmp_
     assert any("quick estimate" in b.label for b in at.button)
 
 
+def test_an_unexpected_error_is_a_message_not_a_traceback(monkeypatch, tmp_path):
+    def broken(path=None):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setenv(app_data.RESULTS_ENV, str(make_results(tmp_path / "results", checkpoints=())))
+    monkeypatch.setattr(app_data, "nll_table", broken)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert any("unexpected error (RuntimeError: simulated bug)" in e.value for e in at.error)
+    assert at.title and "where does each head look" in at.title[0].value  # what ran before the error is still shown
+
+
 def test_a_checkpoint_whose_weights_are_corrupt_gives_a_message(monkeypatch, tmp_path, results):
     root = make_checkpoints(tmp_path / "ckpts", broken=None)
     (root / "two_stream-128" / "model.safetensors").write_bytes(b"not safetensors")
