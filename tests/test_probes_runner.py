@@ -300,3 +300,21 @@ def test_divergence_is_chance_under_random_orders_and_shrinks_with_length():
         assert abs(p.overlap - p.chance) < 4 * p.ci + 1e-3
     assert points[0].overlap > points[1].overlap > points[2].overlap
     assert order_divergence([32], ks=(4,), n_orders=8, seed=1) == order_divergence([32], ks=(4,), n_orders=8, seed=1)
+
+
+def test_a_probe_failing_before_any_work_leaves_nothing(tmp_path):
+    (tmp_path / "broken.py").write_text(textwrap.dedent("""
+        from workbench.probing import probe
+
+        @probe("test_broken", needs=())
+        def broken(ctx):
+            raise RuntimeError("this probe is broken")
+    """))
+    out = tmp_path / "new" / "out"
+    try:
+        discover([tmp_path])
+        with pytest.raises(RuntimeError, match="broken"):
+            run_probes(tiny(), data=torch.zeros(4, 16, dtype=torch.long), probes="test_broken", out=out, progress=False)
+        assert not (tmp_path / "new").exists()
+    finally:
+        registry_module.unregister("test_broken")

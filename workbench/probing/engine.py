@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from workbench.hook_names import hook_name
-from workbench.kernels.contract import N_BINS, PARTS, ProbeStats, pattern_stats
+from workbench.kernels.contract import N_BINS, ProbeStats, pattern_stats
 from workbench.models import HookedAOModel
 from workbench.orders import ProbeLayout, probe_layout
 from workbench.probing import specialisation

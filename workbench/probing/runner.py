@@ -139,13 +139,14 @@ def run_probes(
     }
     spec = json.loads(json.dumps(spec))  # tuples -> lists, as they come back from state.json
 
-    workdir = None
+    workdir, created = None, []
     if out is not None:
         out = Path(out)
         done = _prepare_out(out, spec)
         if done is not None:
             return done
         workdir = out / PARTIAL_DIR
+        created = [d for d in (workdir, *workdir.parents) if not d.exists()][::-1]  # outermost first
         workdir.mkdir(parents=True, exist_ok=True)
         if not (workdir / STATE_FILE).is_file():
             write_json_atomic(workdir / STATE_FILE, {"format": FORMAT, "spec": spec})
@@ -154,12 +155,11 @@ def run_probes(
         model, windows, settings, checkpoint=ckpt["name"], source=source, workdir=workdir,
         progress=progress, on_shard=on_shard,
     )
-    rows: list[tuple[str, str, Row]] = []
-    for entry in selected:
-        for row in entry(ctx) or ():
-            if not isinstance(row, Row):
-                raise TypeError(f"probe {entry.name!r} ({entry.source}) yielded {type(row).__name__}; probes must yield workbench.probing.Row.")
-            rows.append((ckpt["name"], entry.name, row))
+    try:
+        rows = _run(selected, ctx, ckpt["name"])
+    except BaseException:
+        _forget_if_nothing_done(workdir, created)
+        raise
     table = rows_to_table(rows)
 
     stats = ctx.__dict__.get("stats")  # only if a probe asked for it
@@ -193,6 +193,27 @@ def run_probes(
     write_json_atomic(out / METADATA_FILE, metadata)
     shutil.rmtree(workdir)
     return ProbeRun(table.to_pandas(), metadata, out)
+
+
+def _run(selected: list[registry.Probe], ctx: ProbeContext, checkpoint: str) -> list[tuple[str, str, Row]]:
+    rows = []
+    for entry in selected:
+        for row in entry(ctx) or ():
+            if not isinstance(row, Row):
+                raise TypeError(f"probe {entry.name!r} ({entry.source}) yielded {type(row).__name__}; probes must yield workbench.probing.Row.")
+            rows.append((checkpoint, entry.name, row))
+    return rows
+
+
+def _forget_if_nothing_done(workdir: Path | None, created: list[Path]) -> None:
+    """After a failure: if no batch was saved, remove what this run created (a failure before any
+    work leaves nothing behind); otherwise keep it, to resume from."""
+    if workdir is None or any(workdir.glob("*/*.safetensors")):
+        return
+    (workdir / STATE_FILE).unlink(missing_ok=True)
+    for directory in reversed(created):  # the partial dir, then OUT (and parents) if this run made them
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
 
 
 # ---- validation --------------------------------------------------------------------------------
