@@ -169,8 +169,8 @@ parts = pd.DataFrame({
     "chance (uniform)": [record[f"{k}_chance"] for k in ("S_only", "R_only", "both", "neither")],
 })
 parts["lift"] = parts["attention mass"] / parts["chance (uniform)"]
-st.dataframe(parts, hide_index=True, key="head_parts",
-             column_config={c: st.column_config.NumberColumn(format="%.3f") for c in parts.columns if c != "part"})
+# Small tables as st.table (static HTML): selecting a head redraws them, and a data grid costs more to draw.
+st.table(parts.set_index("part").style.format("{:.3f}"))
 
 hists = app_data.head_histograms(res.table, layer, stream, head)
 if hists:
@@ -194,9 +194,10 @@ mine_k = knock[(knock["layer"] == layer) & (knock["stream"] == stream) & (knock[
 if len(mine) or len(mine_k):
     st.markdown("**Causal checks of this head** (ΔNLL in bits/token, 95% CI over sequences)")
     if len(mine):
-        st.dataframe(mine, hide_index=True, key="head_ablation")
+        st.table(mine.set_index("kind")[["dnll", "ci", "n"]].style.format({"dnll": "{:+.4f}", "ci": "{:.4f}", "n": "{:d}"}))
     if len(mine_k):
-        st.dataframe(mine_k, hide_index=True, key="head_knockout")
+        shown = mine_k.set_index("set")[["dnll", "ci", "random_dnll", "random_ci", "excess", "excess_ci", "keys"]]
+        st.table(shown.style.format("{:.4f}"))
 
 if st.button("Open this head in the sample browser", key="head_open_sample", icon=":material/text_fields:"):
     st.session_state["p_sample_ckpt"] = head_ckpt
