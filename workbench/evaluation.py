@@ -12,7 +12,6 @@ CLI: `workbench eval --checkpoint NAME [--data SPEC] [--orders K] [--out FILE.js
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,8 +24,7 @@ from torch import Tensor
 from workbench.models import HookedAOModel
 from workbench.orders import random_orders
 from workbench.results_io import write_json_atomic
-
-Z_95 = 1.959964
+from workbench.stats import mean_and_ci
 
 
 @dataclass(frozen=True)
@@ -40,10 +38,8 @@ class Estimate:
 
     @classmethod
     def of(cls, values: Tensor) -> Estimate:
-        values = values.double()
-        mean = values.mean().item()
-        half = Z_95 * values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-        return cls(mean, mean - half, mean + half, len(values))
+        mean, half = mean_and_ci(values)
+        return cls(mean, mean - half, mean + half, values.numel())
 
     def __str__(self) -> str:
         return f"{self.mean:.4f} ± {(self.ci_high - self.ci_low) / 2:.4f}"

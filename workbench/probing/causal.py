@@ -28,8 +28,8 @@ from torch import Tensor
 from workbench.hook_names import hook_name
 from workbench.models import HookedAOModel
 from workbench.orders import ProbeLayout, probe_layout
+from workbench.stats import mean_and_ci
 
-Z_95 = 1.959964
 LN2 = math.log(2)
 SETS = ("semantic", "structural", "random")
 ABLATIONS = ("zero", "mean")
@@ -188,7 +188,4 @@ class Effect:
 
     @classmethod
     def of(cls, deltas: Tensor) -> Effect:
-        deltas = deltas.double()
-        n = deltas.numel()
-        ci = Z_95 * deltas.std().item() / math.sqrt(n) if n > 1 else math.nan
-        return cls(deltas.mean().item(), ci, n)
+        return cls(*mean_and_ci(deltas), deltas.numel())

@@ -17,7 +17,6 @@ T = 1024 (for k = 16: about 0.30 versus 0.07).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -25,8 +24,8 @@ from jaxtyping import Int
 from torch import Tensor
 
 from workbench.orders import random_orders
+from workbench.stats import mean_and_ci
 
-Z_95 = 1.959964
 DEFAULT_KS = (1, 4, 16)
 _CHUNK_ELEMENTS = 1 << 22  # orders per chunk are chosen so chunk * T * T stays below this
 
@@ -101,15 +100,15 @@ def order_divergence(
             for k in ks_here:
                 per_order[k].append(row_overlaps(orders[i : i + chunk], k, nearest).mean(-1).cpu())
         for k in ks_here:
-            overlap = torch.cat(per_order[k])
+            mean, ci = mean_and_ci(torch.cat(per_order[k]))
             steps = torch.arange(k, length, dtype=torch.float64)
             points.append(
                 OverlapPoint(
                     length=length,
                     k=k,
-                    overlap=overlap.mean().item(),
+                    overlap=mean,
                     chance=(k / steps).mean().item(),
-                    ci=Z_95 * overlap.std().item() / math.sqrt(n_orders),
+                    ci=ci,
                     n_orders=n_orders,
                     n_rows=n_orders * (length - k),
                 )
