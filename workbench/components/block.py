@@ -53,41 +53,26 @@ class Block(nn.Module):
         mlp_out = hooks.hook_mlp_out(self.mlp(self.ln2(x, hooks.ln2), hooks.mlp))
         return hooks.hook_resid_post(x + mlp_out)
 
-    def single_stream(
+    def causal_stream(
         self,
         x: Float[Tensor, "batch slot d_model"],
-        own_pos: Int[Tensor, "batch slot"],
-        target_pos: Int[Tensor, "batch slot"],
+        hooks: nn.Module,
+        key_pos: Int[Tensor, "batch slot"],
+        query_pos: Int[Tensor, "batch slot"],
         cache: LayerKV,
         first: int,
     ) -> Tensor:
-        """Slots first.. of a causal stream: keys rotated by own position, queries by target."""
+        """Slots first.. of a stream that attends to itself (rank <= own): the single stream, or
+        the two-stream content stream. Keys are rotated by `key_pos` (each slot's own position),
+        queries by `query_pos` (the target for a single stream, the own position for content)."""
 
         def attention(xn: Tensor) -> Tensor:
-            k, v = self.attn.keys_values(xn, self.attn)
-            _, k_rot, v = cache.extend(k, self.attn.rotate_keys(k, own_pos, self.attn), v)
-            q = self.attn.queries(xn, target_pos, self.attn)
-            return self.attn.attend(q, k_rot, v, first, self.attn)
+            k, v = self.attn.keys_values(xn, hooks.attn)
+            _, k_rot, v = cache.extend(k, self.attn.rotate_keys(k, key_pos, hooks.attn), v)
+            q = self.attn.queries(xn, query_pos, hooks.attn)
+            return self.attn.attend(q, k_rot, v, first, hooks.attn)
 
-        return self.residual(x, self, attention)
-
-    def content_stream(
-        self,
-        h: Float[Tensor, "batch slot d_model"],
-        pos: Int[Tensor, "batch slot"],
-        cache: LayerKV,
-        first: int,
-    ) -> Tensor:
-        """Content slots first..: each attends to content slots up to itself (rank <= own)."""
-        hooks = self.content.attn
-
-        def attention(xn: Tensor) -> Tensor:
-            k, v = self.attn.keys_values(xn, hooks)
-            _, k_rot, v = cache.extend(k, self.attn.rotate_keys(k, pos, hooks), v)
-            q = self.attn.queries(xn, pos, hooks)
-            return self.attn.attend(q, k_rot, v, first, hooks)
-
-        return self.residual(h, self.content, attention)
+        return self.residual(x, hooks, attention)
 
     def query_stream(
         self,

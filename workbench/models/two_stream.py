@@ -60,7 +60,7 @@ class TwoStreamModel(HookedAOModel):
             g = self.query.hook_embed(self.w_query.expand(*query_pos.shape, -1).clone())
         for block, layer in zip(self.blocks, cache.layers):
             if h is not None:
-                h = block.content_stream(h, content_pos, layer, content_first)
+                h = block.causal_stream(h, block.content, content_pos, content_pos, layer, content_first)
             if g is not None:
                 g = block.query_stream(g, query_pos, cache.key_pos, layer, query_first)
         return None if g is None else self.unembed(g, self.query.ln_final)
