@@ -41,7 +41,7 @@ if "workbench" not in sys.modules:  # load workbench.kernels alone (see the docs
 sys.path.insert(0, str(ROOT))
 
 from workbench.kernels.contract import pattern_stats  # noqa: E402
-from workbench.kernels.probe_stats import _launch, _prepare, probe_stats  # noqa: E402
+from workbench.kernels.probe_kernel import _launch, _prepare, probe_stats  # noqa: E402
 
 TOKENS = 1 << 20
 HEADS, D_HEAD = 8, 64

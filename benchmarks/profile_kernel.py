@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_kernel import make_inputs  # noqa: E402
 
-from workbench.kernels.probe_stats import probe_stats  # noqa: E402
+from workbench.kernels.probe_kernel import probe_stats  # noqa: E402
 
 T = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
 B = int(sys.argv[2]) if len(sys.argv) > 2 else 64

@@ -5,7 +5,7 @@ float32 only: the interpreter's bfloat16 dot is wrong); tests marked `gpu` run o
 machine (bfloat16 too, and larger sizes). Each comparison prints its differences before asserting.
 
 TRITON_INTERPRET must be set before the kernel module's @triton.jit decorators run, so it is set
-here, before the import, when no CUDA device is present (workbench.kernels.probe_stats does the
+here, before the import, when no CUDA device is present (workbench.kernels.probe_kernel does the
 same on import; see its header).
 """
 
@@ -28,7 +28,7 @@ from workbench.kernels import (  # noqa: E402
     pattern_stats,
     reference_probe_stats,
 )
-from workbench.kernels.probe_stats import probe_stats  # noqa: E402
+from workbench.kernels.probe_kernel import probe_stats  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -80,7 +80,7 @@ def make_case(B, H, T, D, dtype, stream, seed=0, device=DEVICE, orders="random",
 STAT_FIELDS = (
     "sem_mass", "sem_chance", "rec_mass", "rec_chance", "own_mass", "own_chance",
     "parts_mass", "parts_chance", "entropy",
-    "step_parts_mass", "step_parts_chance", "step_entropy", "step_rows", "n_rows", "n_own_rows",
+    "step_parts_mass", "step_parts_chance", "step_entropy", "step_rows", "step_null_mass", "n_rows", "n_own_rows",
 )
 
 
@@ -154,7 +154,7 @@ def _brute_force_stats(pattern, key_pos, row_ref, row_own, off, r, w):
     out = dict(sem_mass=z(H, N_BINS), sem_chance=z(H, N_BINS), rec_mass=z(H, N_BINS), rec_chance=z(H, N_BINS),
                own_mass=z(H, N_BINS), own_chance=z(H, N_BINS), parts_mass=z(H, 4), parts_chance=z(H, 4),
                entropy=z(H), step_parts_mass=z(H, R, 4), step_parts_chance=z(H, R, 4), step_entropy=z(H, R),
-               step_rows=z(R), n_rows=z(()), n_own_rows=z(()))
+               step_rows=z(R), step_null_mass=z(H, R), n_rows=z(()), n_own_rows=z(()))
     for b in range(B):
         for i in range(R):
             ref = int(row_ref[b, i])
@@ -173,6 +173,7 @@ def _brute_force_stats(pattern, key_pos, row_ref, row_own, off, r, w):
                         ent -= p * math.log2(p)
                     pos = int(key_pos[b, j])
                     if pos < 0:  # the null key
+                        out["step_null_mass"][h, i] += p
                         sb = rb = ob = 0
                         in_s = in_r = False
                     else:
@@ -349,6 +350,35 @@ def test_stats_accumulate_and_round_trip():
     assert padded.step_rows.shape == (30,) and padded.n_rows == whole.n_rows + shorter.n_rows
     with pytest.raises(ValueError, match="different"):
         whole + reference_probe_stats(q, k, key_pos, row_ref, row_own=own, recency_offset=off, r=5, w=3)
+
+
+def test_package_exports_the_function():
+    """`from workbench.kernels import probe_stats` is the function, not a module of that name."""
+    import workbench.kernels
+    from workbench.kernels import probe_stats as exported
+
+    assert callable(exported) and exported is probe_stats
+    assert workbench.kernels.probe_stats is probe_stats
+
+
+@pytest.mark.parametrize("stream", ["content", "main"])
+def test_per_sequence_outputs_match_one_call_per_sequence(stream):
+    """per_sequence=True: one ProbeStats per sequence from one call, equal to separate calls, and
+    they add up to the batch call; the per-step null-key mass adds up to bin 0 of the semantic
+    histogram."""
+    q, k, key_pos, row_ref, own, off = make_case(3, 2, 40, 16, torch.float32, stream, seed=11, pad=True)
+    args = dict(row_own=own, recency_offset=off, r=2, w=5)
+    seqs = probe_stats(q, k, key_pos, row_ref, per_sequence=True, **args)
+    whole = probe_stats(q, k, key_pos, row_ref, **args)
+    assert isinstance(seqs, list) and len(seqs) == 3
+    n_keys = k.shape[2]
+    for b, got in enumerate(seqs):
+        s = slice(b, b + 1)
+        want = reference_probe_stats(q[s], k[s], key_pos[s], row_ref[s], row_own=None if own is None else own[s],
+                                     recency_offset=off, r=2, w=5)
+        compare(got, want, n_keys, label=f"sequence {b}")
+        assert torch.allclose(got.step_null_mass.sum(1), got.sem_mass[:, 0], atol=1e-5)
+    compare(sum(seqs), whole.cpu(), n_keys, tol=1e-6, label="sum of sequences vs batch")
 
 
 def test_errors_say_what_is_wrong():

@@ -7,7 +7,9 @@ return the same `ProbeStats`; `pattern_stats` computes it from a materialised pa
 definition, used by the hooks-based probes). docs/coordinates.md states the contract and
 docs/kernel.md the kernel's design and numbers.
 
-`probe_stats` is imported lazily: importing this package needs neither Triton nor a GPU.
+`probe_stats` is imported lazily: importing this package needs neither Triton nor a GPU. The Triton
+code lives in `workbench.kernels.probe_kernel` (a module name distinct from the function, so that
+`from workbench.kernels import probe_stats` always gives the function).
 """
 
 from workbench.kernels.contract import (
@@ -28,8 +30,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name == "probe_stats":  # needs triton; see the caveats in workbench/kernels/probe_stats.py
-        from workbench.kernels.probe_stats import probe_stats
+    if name == "probe_stats":  # needs triton; see the caveats in workbench/kernels/probe_kernel.py
+        from workbench.kernels.probe_kernel import probe_stats
 
         return probe_stats
     raise AttributeError(f"module 'workbench.kernels' has no attribute {name!r}")

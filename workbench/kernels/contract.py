@@ -2,7 +2,7 @@
 
 This module is the executable form of the probe contract in docs/coordinates.md. Everything that
 computes probe statistics -- the hooks-based reference (from `hook_pattern`), the chunked PyTorch
-reference (`workbench.kernels.reference`) and the fused Triton kernel (`workbench.kernels.probe_stats`)
+reference (`workbench.kernels.reference`) and the fused Triton kernel (`workbench.kernels.probe_kernel`)
 -- returns the same `ProbeStats`, and `pattern_stats` is the definition the other two are tested
 against.
 
@@ -79,10 +79,10 @@ _TENSOR_FIELDS = (
     "n_rows", "n_own_rows",
     "sem_mass", "sem_chance", "rec_mass", "rec_chance", "own_mass", "own_chance",
     "parts_mass", "parts_chance", "entropy",
-    "step_parts_mass", "step_parts_chance", "step_entropy", "step_rows",
+    "step_parts_mass", "step_parts_chance", "step_entropy", "step_rows", "step_null_mass",
 )
-_OPTIONAL = ("own_mass", "own_chance")
-_STEP_FIELDS = ("step_parts_mass", "step_parts_chance", "step_entropy", "step_rows")
+_OPTIONAL = ("own_mass", "own_chance", "step_null_mass")  # may be missing from an older saved dict
+_STEP_FIELDS = ("step_parts_mass", "step_parts_chance", "step_entropy", "step_rows", "step_null_mass")
 
 
 @dataclass
@@ -104,6 +104,7 @@ class ProbeStats:
     | `step_parts_mass`, `step_parts_chance` | [H, R, 4] | the parts per row index |
     | `step_entropy` | [H, R] | entropy per row index |
     | `step_rows` | [R] | probed rows per row index |
+    | `step_null_mass` | [H, R] | attention on null keys per row index (bin 0 of the semantic histogram, per step) |
 
     Histograms (except own) and parts sum to `n_rows` per head; own histograms to `n_own_rows`.
     Chance values do not depend on the head; they are stored per head for a uniform layout.
@@ -127,6 +128,7 @@ class ProbeStats:
     step_parts_chance: Tensor
     step_entropy: Tensor
     step_rows: Tensor
+    step_null_mass: Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     # -- shape facts ---------------------------------------------------------------------------
@@ -174,7 +176,7 @@ class ProbeStats:
         out = {}
         for name in _TENSOR_FIELDS:
             x, y = getattr(a, name), getattr(b, name)
-            out[name] = None if x is None else x + y.to(x.device)
+            out[name] = None if x is None or y is None else x + y.to(x.device)
         return ProbeStats(r=self.r, w=self.w, recency_offset=self.recency_offset, meta=dict(self.meta), **out)
 
     def __radd__(self, other):  # lets sum([...]) start from 0
@@ -190,6 +192,8 @@ class ProbeStats:
         fields = {}
         for name in _STEP_FIELDS:
             x = getattr(self, name)
+            if x is None:
+                continue
             axis = 0 if x.ndim == 1 else 1
             shape = list(x.shape)
             shape[axis] = pad
@@ -273,7 +277,7 @@ def empty_stats(
         own_mass=z(n_heads, N_BINS) if has_own else None, own_chance=z(n_heads, N_BINS) if has_own else None,
         parts_mass=z(n_heads, N_PARTS), parts_chance=z(n_heads, N_PARTS), entropy=z(n_heads),
         step_parts_mass=z(n_heads, n_steps, N_PARTS), step_parts_chance=z(n_heads, n_steps, N_PARTS),
-        step_entropy=z(n_heads, n_steps), step_rows=z(n_steps),
+        step_entropy=z(n_heads, n_steps), step_rows=z(n_steps), step_null_mass=z(n_heads, n_steps),
     )
 
 
@@ -392,6 +396,7 @@ def pattern_stats(
     stats["step_parts_chance"] = per_step(parts(chance)).expand(H, -1, -1)
     plogp = torch.where(p > 0, p * torch.log2(p.clamp(min=torch.finfo(f64).tiny)), torch.zeros((), dtype=f64, device=dev))
     stats["step_entropy"] = per_step(-plogp.sum(-1))
+    stats["step_null_mass"] = per_step((p * null[:, None, None, :]).sum(-1))
     stats["parts_mass"] = stats["step_parts_mass"].sum(1)
     stats["parts_chance"] = stats["step_parts_chance"].sum(1)
     stats["entropy"] = stats["step_entropy"].sum(1)

@@ -44,7 +44,8 @@ Caveats:
   copied. d_head any size from 16 to 256 (padded to a power of two inside the kernel).
 - Positions are exact in float32 up to 2^24; distances above 2^14 share the last bin.
 - The per-row (per-step) outputs are written per (batch, head, row) before the batch reduction:
-  24 bytes per row and head of scratch memory (with the LSE).
+  28 bytes per row and head of scratch memory (with the LSE). `per_sequence=True` skips the batch
+  reduction and returns one `ProbeStats` per sequence from the same three launches.
 - Speed (H100, docs/kernel.md): about 5x an SDPA causal forward on the same q, k at T = 1024
   (7x with own distances); the per-element edges are unrolled over the tile and the hot loop is
   bound by instruction fetch and issue, not by the tensor cores or memory.
@@ -76,7 +77,7 @@ from workbench.kernels.contract import (  # noqa: E402
 from workbench.kernels.reference import check_qk  # noqa: E402
 
 NBP = 32  # histogram bins padded to a power of two inside the kernel
-N_ROW_FIELDS = 5  # per-row outputs: S only, R only, both, neither, entropy (bits)
+N_ROW_FIELDS = 6  # per-row outputs: S only, R only, both, neither, entropy (bits), null-key mass
 N_ROW_FIELDS_C = tl.constexpr(N_ROW_FIELDS)
 
 S_EDGE, S_ALL, S_EXTRA, S_NONE = 0, 1, 2, 3  # how the semantic set S_r is read (see _s_mode)
@@ -346,7 +347,8 @@ def _probe_stats_kernel(
     """Pass 2: the statistics, from p = 2^(s - LSE) (or p = 1 on visible keys when CHANCE).
 
     1-D grid over (batch * heads) x row blocks, row blocks fastest (consecutive programs share K in
-    L2; no grid-dimension limit). Writes ROWS_OUT[:, 0:4, :] (parts per row; with CHANCE also field
+    L2; no grid-dimension limit). Writes ROWS_OUT[:, 0:4, :] (parts per row), ROWS_OUT[:, 5, :] (null-key
+    mass per row; with CHANCE also field
     4 = 0) and HIST_OUT [B*H, blocks, 3, NBP] (semantic / recency / own histograms of the block).
     """
     pid = tl.program_id(0)
@@ -448,6 +450,7 @@ def _probe_stats_kernel(
     tl.store(row_base + n_rows, tl.where(probed, r_frac - b_frac, 0.0), mask=row_ok)
     tl.store(row_base + 2 * n_rows, tl.where(probed, b_frac, 0.0), mask=row_ok)
     tl.store(row_base + 3 * n_rows, tl.where(probed, 1.0 - s_frac - r_frac + b_frac, 0.0), mask=row_ok)
+    tl.store(row_base + 5 * n_rows, tl.where(probed, nul_r * inv, 0.0), mask=row_ok)
     if CHANCE:
         tl.store(row_base + 4 * n_rows, tl.zeros([BLOCK_M], tl.float32), mask=row_ok)
 
@@ -516,7 +519,7 @@ def _prepare(q, k, key_pos, row_ref, row_own, recency_offset, r, w, scale, max_d
     if dev.type != "cuda" and not _interpreting():
         raise RuntimeError(
             "probe_stats runs a Triton kernel: it needs CUDA tensors, or TRITON_INTERPRET=1 set before "
-            "workbench.kernels.probe_stats is imported. On CPU use workbench.kernels.reference_probe_stats."
+            "workbench.kernels.probe_kernel is imported. On CPU use workbench.kernels.reference_probe_stats."
         )
     if not 16 <= D <= 256:
         raise ValueError(f"d_head must be between 16 and 256, got {D}")
@@ -559,11 +562,12 @@ def _prepare(q, k, key_pos, row_ref, row_own, recency_offset, r, w, scale, max_d
                      lse_launch)
 
 
-def _launch(pp: _Prepared, chance: bool) -> tuple[Tensor, Tensor]:
+def _launch(pp: _Prepared, chance: bool, per_sequence: bool = False) -> tuple[Tensor, Tensor]:
     """Softmax statistics per head (LSE pass, then statistics pass), or (chance=True) chance values
     once per batch (statistics pass with p = 1).
 
-    Returns the batch- and block-reduced partials: rows [h, 5, R] and histograms [h, 3, N_BINS] (float64).
+    Returns the batch- and block-reduced partials: rows [h, 6, R] and histograms [h, 3, N_BINS]
+    (float64); with per_sequence, reduced over blocks only: [B, h, 6, R] and [B, h, 3, N_BINS].
     """
     B, H, R, K = pp.shape
     n_heads = 1 if chance else H
@@ -588,9 +592,11 @@ def _launch(pp: _Prepared, chance: bool) -> tuple[Tensor, Tensor]:
         n_heads, R, *pp.args, CHANCE=chance, **pp.constexprs,
     )
     # deterministic reduction over batch and row blocks, in float64
-    rows = rows_out.view(B, n_heads, N_ROW_FIELDS, R).double().sum(0)
-    hist = hist_out.view(B, n_heads, pp.n_rb, 3, NBP).double().sum((0, 2))[..., :N_BINS]
-    return rows, hist
+    rows = rows_out.view(B, n_heads, N_ROW_FIELDS, R).double()
+    hist = hist_out.view(B, n_heads, pp.n_rb, 3, NBP).double().sum(2)[..., :N_BINS]
+    if per_sequence:
+        return rows, hist
+    return rows.sum(0), hist.sum(0)
 
 
 def probe_stats(
@@ -609,7 +615,8 @@ def probe_stats(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
-) -> ProbeStats:
+    per_sequence: bool = False,
+) -> ProbeStats | list[ProbeStats]:
     """Probe statistics of softmax(q k^T * scale) under the top-left causal mask, fused.
 
     q: [batch, head, row, d_head], k: [batch, head, key, d_head] (same dtype: float16, bfloat16 or
@@ -620,28 +627,50 @@ def probe_stats(
     scale defaults to 1 / sqrt(d_head). max_distance (optional) bounds every |position difference|
     and saves one device sync. block_m / block_n / num_warps / num_stages override the launch
     configuration (results do not depend on them beyond float32 rounding).
+    per_sequence=True returns a list of B `ProbeStats` on the CPU, one per sequence (what
+    confidence intervals over sequences need), from the same three launches and one copy to the
+    host: the batch sum is simply left out of the final reduction.
     """
     overrides = dict(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages)
     pp = _prepare(q, k, key_pos, row_ref, row_own, recency_offset, r, w, scale, max_distance, overrides)
-    rows_m, hist_m = _launch(pp, chance=False)
-    rows_c, hist_c = _launch(pp, chance=True)
-    H = pp.shape[1]
-    rows_c, hist_c = rows_c.expand(H, -1, -1), hist_c.expand(H, -1, -1)
-
-    f64 = dict(dtype=torch.float64, device=q.device)
+    rows_m, hist_m = _launch(pp, chance=False, per_sequence=per_sequence)
+    rows_c, hist_c = _launch(pp, chance=True, per_sequence=per_sequence)
     probed = pp.row_ref >= 0
+    own_rows = (probed & (pp.row_own >= 0)) if pp.has_own else None
+    args = dict(r=int(r), w=int(w), recency_offset=int(recency_offset), has_own=pp.has_own)
+    if not per_sequence:
+        return _assemble(rows_m, hist_m, rows_c, hist_c, probed, own_rows, **args)
+    # one copy to the host for the whole batch, then split
+    host = [t.cpu() for t in (rows_m, hist_m, rows_c, hist_c, probed, *(() if own_rows is None else (own_rows,)))]
+    rows_m, hist_m, rows_c, hist_c, probed = host[:5]
+    own_rows = host[5] if own_rows is not None else None
+    return [
+        _assemble(rows_m[b], hist_m[b], rows_c[b], hist_c[b], probed[b : b + 1],
+                  None if own_rows is None else own_rows[b : b + 1], **args)
+        for b in range(pp.shape[0])
+    ]
+
+
+def _assemble(rows_m, hist_m, rows_c, hist_c, probed, own_rows, *, r, w, recency_offset, has_own) -> ProbeStats:
+    """ProbeStats from the reduced partials: rows [H, 6, R] / [1, 6, R], hists [H, 3, N_BINS] / [1, ...]."""
+    H = rows_m.shape[0]
+    rows_c, hist_c = rows_c.expand(H, -1, -1), hist_c.expand(H, -1, -1)
+    f64 = dict(dtype=torch.float64, device=rows_m.device)
     step_rows = probed.double().sum(0)
-    n_own = (probed & (pp.row_own >= 0)).double().sum() if pp.has_own else torch.zeros((), **f64)
-    step_pm = rows_m[:, :4].transpose(1, 2).contiguous()
+    n_own = own_rows.double().sum() if has_own else torch.zeros((), **f64)
     step_pc = rows_c[:, :4].transpose(1, 2).contiguous()
-    own = pp.has_own
+    # A part whose chance is 0 on a row is empty there (chance counts keys exactly), so its mass is
+    # exactly 0 by definition; the float32 differences (S - both, ...) leave ~1e-9 instead, which
+    # would turn the reference's 0/0 = NaN lifts into inf.
+    step_pm = torch.where(step_pc == 0, 0.0, rows_m[:, :4].transpose(1, 2)).contiguous()
+    own = has_own
     return ProbeStats(
-        r=int(r), w=int(w), recency_offset=int(recency_offset),
+        r=r, w=w, recency_offset=recency_offset,
         n_rows=step_rows.sum(), n_own_rows=n_own,
         sem_mass=hist_m[:, 0].contiguous(), sem_chance=hist_c[:, 0].contiguous(),
         rec_mass=hist_m[:, 1].contiguous(), rec_chance=hist_c[:, 1].contiguous(),
         own_mass=hist_m[:, 2].contiguous() if own else None, own_chance=hist_c[:, 2].contiguous() if own else None,
         parts_mass=step_pm.sum(1), parts_chance=step_pc.sum(1), entropy=rows_m[:, 4].sum(1),
         step_parts_mass=step_pm, step_parts_chance=step_pc, step_entropy=rows_m[:, 4].contiguous(),
-        step_rows=step_rows,
+        step_rows=step_rows, step_null_mass=rows_m[:, 5].contiguous(),
     )

@@ -1,6 +1,6 @@
 """Plain-PyTorch reference for `probe_stats`: scores in float32, masked softmax, then `pattern_stats`.
 
-Same interface and result as the Triton kernel (`workbench.kernels.probe_stats.probe_stats`), on any
+Same interface and result as the Triton kernel (`workbench.kernels.probe_kernel.probe_stats`), on any
 device. It works through the rows in chunks, so it never holds the whole [batch, head, row, key]
 pattern: peak memory is about `max_elements` pattern entries times a few float64 temporaries.
 """

@@ -5,7 +5,11 @@
         --r 4 --w 4 --max-sequences 256 --batch-size 16 --device cuda --fast --out out/x
     workbench probe --list
 
-Run it again with the same arguments after a kill and it resumes.
+Run it again with the same arguments after a kill and it resumes. On several GPUs:
+
+    torchrun --nproc_per_node=2 -m workbench.cli probe --checkpoint two_stream-1024 --fast --out out/x
+
+shares the batches out over the processes; rank 0 writes the table a one-process run writes.
 """
 
 from __future__ import annotations
@@ -77,6 +81,10 @@ def _run(args: argparse.Namespace) -> None:
         causal_sequences=args.causal_sequences, heads=args.heads, max_heads=args.max_heads,
         options=options, progress=not args.no_progress,
     )
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, rank 0 reports
     meta = result.metadata
     print(
         f"probed {meta['sequences_probed']} sequences of {meta['data']['seq_len']} tokens "

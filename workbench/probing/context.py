@@ -122,20 +122,28 @@ class ProbeContext:
     def map_batches(
         self, key: str, fn: BatchFn, n_sequences: int | None = None, desc: str | None = None
     ) -> list[dict[str, Tensor]]:
-        """[fn(i, tokens, order) for each batch i], each result saved (and on resume, loaded)."""
+        """[fn(i, tokens, order) for each batch i], each result saved (and on resume, loaded).
+
+        Under torch.distributed (workbench/probing/distributed.py) this rank runs only the batches
+        i with i % world_size == rank; one gather then gives every rank all of them, in order."""
+        from workbench.probing import distributed
+
         n = self.n_batches(n_sequences)
+        rank, world = distributed.rank(), distributed.world_size()
+        mine = list(range(rank, n, world))
         shard_dir = self.workdir / key if self.workdir is not None else None
-        results: list[dict[str, Tensor] | None] = [None] * n
+        results: dict[int, dict[str, Tensor]] = {}
         if shard_dir is not None:
-            for i in range(n):
+            for i in mine:
                 path = shard_dir / f"{i:05d}.safetensors"
                 if path.is_file():
                     results[i] = load_tensors(path.read_bytes())
-        done = sum(r is not None for r in results)
-        bar = tqdm(total=n, initial=done, desc=desc or key, disable=not self.progress or done == n, leave=False)
+        done = len(results)
+        show = self.progress and distributed.is_main() and done < len(mine)
+        bar = tqdm(total=len(mine), initial=done, desc=desc or key, disable=not show, leave=False)
         with torch.no_grad():
-            for i in range(n):
-                if results[i] is not None:
+            for i in mine:
+                if i in results:
                     continue
                 tokens, order = self.batch(i, n_sequences)
                 out = {name: t.detach().cpu().contiguous() for name, t in fn(i, tokens, order).items()}
@@ -146,7 +154,9 @@ class ProbeContext:
                 results[i] = out
                 bar.update(1)
         bar.close()
-        return results  # type: ignore[return-value]
+        if world > 1:
+            results = distributed.gather(results)
+        return [results[i] for i in range(n)]
 
     # ---- pooled attention statistics -------------------------------------------------------
 

@@ -9,8 +9,12 @@ A *statistics source* turns one batch into `ProbeStats` (workbench/kernels/contr
   pattern is alive at a time.
 - `KernelSource` (`--fast`): rotated queries and keys captured at `hook_rot_q` / `hook_rot_k`
   (`hook_q` / `hook_k` for sigma_gpt, which has no rotation) and reduced by the fused Triton kernel
-  `workbench.kernels.probe_stats`, never materialising a pattern. Needs CUDA; `make_source` falls
-  back to the reference with a warning line otherwise.
+  `workbench.kernels.probe_stats`, never materialising a pattern: one call (three launches, one
+  copy to the host) per (layer, stream) and batch, with per-sequence outputs. Needs CUDA;
+  `make_source` falls back to the reference with a warning line otherwise.
+
+Both sources give the same moment sums (within float32 rounding of the scores), per-step null-key
+mass included, so `--fast` writes the reference's table.
 
 Each sequence's statistics become a small vector per head (below, `FIELDS`), for all rows and for
 each step bucket (rows 0, 1, 2-3, 4-7, ... by slot index); a batch contributes the sums of those
@@ -94,9 +98,8 @@ class ReferenceSource:
             layer, stream = names[hook.name]
             layout = layouts[stream]
             acc = Accumulator(layout.row_ref.shape[1], pattern.shape[1])
-            for b in range(pattern.shape[0]):
-                stats = _chunked_pattern_stats(pattern[b : b + 1], _select(layout, b), r, w)
-                acc.add(stats, layout.row_ref[b], null_mass=pattern[b, :, :, 0])
+            acc.add_batch([_chunked_pattern_stats(pattern[b : b + 1], _select(layout, b), r, w)
+                           for b in range(pattern.shape[0])])
             out.update(acc.to_dict(f"L{layer}.{stream}"))
 
         with model.hooks(fwd_hooks=[(lambda n: n in names, hook)]):
@@ -114,7 +117,7 @@ class KernelSource:
     name = "kernel"
 
     def collect(self, model: HookedAOModel, tokens: Tensor, order: Tensor, *, r: int, w: int) -> dict[str, Tensor]:
-        from workbench.kernels.probe_stats import probe_stats  # the function (see the note in docs/probes.md)
+        from workbench.kernels import probe_stats
 
         own_qk = hasattr(model, "probe_qk")
         rotated = not own_qk and getattr(model, "rotary", None) is not None
@@ -127,6 +130,7 @@ class KernelSource:
         with model.hooks(fwd_hooks=[(lambda n: n in names, grab)]):
             model(tokens, order)
         out: dict[str, Tensor] = {}
+        max_distance = order.shape[1]  # positions are 0..T-1: bounds every distance, saves a sync per call
         for layer in range(model.cfg.n_layers):
             for stream in model.stream_names:
                 if own_qk:
@@ -137,13 +141,12 @@ class KernelSource:
                     scale = model.blocks[layer].attn.scale
                 layout = probe_layout(order, stream)
                 acc = Accumulator(layout.row_ref.shape[1], q.shape[1])
-                for b in range(q.shape[0]):
-                    lay = _select(layout, b)
-                    stats = probe_stats(
-                        q[b : b + 1], k[b : b + 1], lay.key_pos, lay.row_ref, row_own=lay.row_own,
-                        recency_offset=lay.recency_offset, r=r, w=w, scale=scale,
-                    )
-                    acc.add(stats, layout.row_ref[b], null_mass=None)  # the kernel has no per-row null mass
+                per_seq = probe_stats(
+                    q, k, layout.key_pos, layout.row_ref, row_own=layout.row_own,
+                    recency_offset=layout.recency_offset, r=r, w=w, scale=scale,
+                    max_distance=max_distance, per_sequence=True,
+                )
+                acc.add_batch(per_seq)
                 out.update(acc.to_dict(f"L{layer}.{stream}"))
         return out
 
@@ -211,45 +214,52 @@ class Accumulator:
         self.hist_sq = torch.zeros_like(self.hist_sum)
         self.has_step_sink = True
 
-    def add(self, stats: ProbeStats, row_ref: Tensor, null_mass: Tensor | None) -> None:
-        """Add one sequence: its ProbeStats, its rows' reference positions [row] and, if known,
-        the attention on the null key per head and row [head, row]."""
-        stats = stats.cpu()
-        u = self._vectors(stats, row_ref.cpu(), None if null_mass is None else null_mass.detach().double().cpu())
-        self.has_step_sink = self.has_step_sink and null_mass is not None
-        self.u_sum += u
-        self.u_outer += u[..., :, None] * u[..., None, :]
-        zeros = torch.zeros_like(stats.sem_mass)
-        hist = torch.stack(
-            [stats.sem_mass, stats.sem_chance, stats.rec_mass, stats.rec_chance,
-             stats.own_mass if stats.has_own else zeros, stats.own_chance if stats.has_own else zeros],
-            dim=1,
-        )
-        self.hist_sum += hist
-        self.hist_sq += hist * hist
-        self.n_seq += 1
+    def add(self, stats: ProbeStats) -> None:
+        """Add one sequence's ProbeStats (summed over that sequence's rows only)."""
+        self.add_batch([stats])
 
-    def _vectors(self, stats: ProbeStats, row_ref: Tensor, null_mass: Tensor | None) -> Tensor:
-        """u per (group, head): group 0 = all rows, group g >= 1 = step bucket g - 1."""
-        n_groups, H = self.u_sum.shape[0], self.n_heads
-        probed = (row_ref >= 0).double()  # [row]
+    def add_batch(self, seqs: list[ProbeStats]) -> None:
+        """Add several sequences, one ProbeStats each (vectorised over them)."""
+        seqs = [s.cpu() for s in seqs]
+        u = self._vectors(seqs)  # [B, group, head, field]
+        self.has_step_sink = self.has_step_sink and all(s.step_null_mass is not None for s in seqs)
+        self.u_sum += u.sum(0)
+        self.u_outer += torch.einsum("bghi,bghj->ghij", u, u)
+        zeros = torch.zeros_like(seqs[0].sem_mass)
+        hist = torch.stack([
+            torch.stack(
+                [s.sem_mass, s.sem_chance, s.rec_mass, s.rec_chance,
+                 s.own_mass if s.has_own else zeros, s.own_chance if s.has_own else zeros],
+                dim=1,
+            )
+            for s in seqs
+        ])
+        self.hist_sum += hist.sum(0)
+        self.hist_sq += (hist * hist).sum(0)
+        self.n_seq += len(seqs)
+
+    def _vectors(self, seqs: list[ProbeStats]) -> Tensor:
+        """u per (sequence, group, head): group 0 = all rows, group g >= 1 = step bucket g - 1."""
+        n_groups, H, B = self.u_sum.shape[0], self.n_heads, len(seqs)
+        step_rows = torch.stack([s.step_rows for s in seqs])  # [B, row]
+        probed = (step_rows > 0).double()
         visible = torch.arange(1, self.n_rows + 1, dtype=torch.float64)  # |V| = i + 1
-        per_row = torch.zeros(H, self.n_rows, len(FIELDS), dtype=torch.float64)
-        per_row[..., F["rows"]] = stats.step_rows
-        per_row[..., 1:5] = stats.step_parts_mass
-        per_row[..., 5:9] = stats.step_parts_chance
-        per_row[..., F["sink_mass"]] = 0.0 if null_mass is None else null_mass * probed
-        per_row[..., F["sink_chance"]] = probed / visible
-        per_row[..., F["entropy"]] = stats.step_entropy
-        per_row[..., F["uniform_entropy"]] = probed * torch.log2(visible)
-        per_row[..., F["own_rows"]] = 0.0
-        u = torch.zeros(n_groups, H, len(FIELDS), dtype=torch.float64)
-        u[1:].index_add_(0, self.bucket, per_row.transpose(0, 1))  # [bucket, head, field]
+        per_row = torch.zeros(B, H, self.n_rows, len(FIELDS), dtype=torch.float64)
+        per_row[..., F["rows"]] = step_rows[:, None]
+        per_row[..., 1:5] = torch.stack([s.step_parts_mass for s in seqs])
+        per_row[..., 5:9] = torch.stack([s.step_parts_chance for s in seqs])
+        if all(s.step_null_mass is not None for s in seqs):
+            per_row[..., F["sink_mass"]] = torch.stack([s.step_null_mass for s in seqs])
+        per_row[..., F["sink_chance"]] = (probed / visible)[:, None]
+        per_row[..., F["entropy"]] = torch.stack([s.step_entropy for s in seqs])
+        per_row[..., F["uniform_entropy"]] = (probed * torch.log2(visible))[:, None]
+        u = torch.zeros(B, n_groups, H, len(FIELDS), dtype=torch.float64)
+        u[:, 1:].index_add_(1, self.bucket, per_row.transpose(1, 2))  # [B, bucket, head, field]
         # All rows: from the whole-sequence fields (the null mass is the semantic histogram's bin 0,
         # so it is known for every source).
-        u[0] = u[1:].sum(0)
-        u[0, :, F["sink_mass"]] = stats.sem_mass[:, 0]
-        u[0, :, F["own_rows"]] = stats.n_own_rows
+        u[:, 0] = u[:, 1:].sum(1)
+        u[:, 0, :, F["sink_mass"]] = torch.stack([s.sem_mass[:, 0] for s in seqs])
+        u[:, 0, :, F["own_rows"]] = torch.stack([s.n_own_rows for s in seqs])[:, None]
         return u
 
     def to_dict(self, prefix: str) -> dict[str, Tensor]:

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from workbench.models import HookedAOModel
-from workbench.probing import registry
+from workbench.probing import distributed, registry
 from workbench.probing.context import ProbeContext, ProbeSettings
 from workbench.probing.engine import make_source
 from workbench.probing.table import TABLE_FILE, Row, read_table, rows_to_table, write_table
@@ -99,6 +99,8 @@ def run_probes(
     fast: statistics from the fused kernel (CUDA); without CUDA, falls back to the reference with
         a warning. out: the output directory (None: nothing written, nothing resumable).
     on_shard: called as (key, batch) after each batch is saved (progress hooks, tests).
+    Under `torchrun --nproc_per_node=N` the batches are shared out over the ranks and rank 0 writes
+    the table a one-process run writes (workbench/probing/distributed.py).
     """
     started = time.time()
     names = _probe_names(probes)
@@ -110,89 +112,96 @@ def run_probes(
     if orders not in ORDERS:
         raise ValueError(f"orders={orders!r} is unknown; use one of {', '.join(ORDERS)}.")
     selected = registry.get(names)
-    device = _device(device)
-    model, ckpt = _model(checkpoint, device)
-    seq_len = model.cfg.n_ctx if seq_len is None else seq_len
-    _check_ints(seq_len=seq_len)
-    if not 2 <= seq_len <= model.cfg.n_ctx:
-        raise ValueError(f"seq_len={seq_len} must be between 2 and the model's n_ctx={model.cfg.n_ctx}.")
-    for name, value in (("r", r), ("w", w)):
-        if not 1 <= value < seq_len:
-            raise ValueError(
-                f"{name}={value} is out of range: it must be at least 1 (the contract's smallest useful "
-                f"{'radius' if name == 'r' else 'window'}) and below seq_len={seq_len} (a set that "
-                "covers every key measures nothing). Typical values: 1, 4, 16."
-            )
-    windows, data_meta = _windows(model, ckpt, data, split, seq_len)
-    if max_sequences is not None:
-        windows = windows[:max_sequences]
-    head_list = _heads(heads, model)
-    source, source_note = make_source(fast, device)
-    settings = ProbeSettings(
-        r=r, w=w, seed=seed, batch_size=batch_size, causal_sequences=causal_sequences, heads=head_list,
-        max_heads=max_heads, orders=orders, extra=dict(options or {}),
-    )
-    spec = {
-        "checkpoint": ckpt["name"], "checkpoint_sha256": ckpt["sha256"], "data_fingerprint": data_meta["fingerprint"],
-        "split": data_meta["split"], "seq_len": seq_len, "n_sequences": int(windows.shape[0]), "probes": names or sorted(p.name for p in selected),
-        "source": source.name, "device": device.type, **{k: v for k, v in asdict(settings).items()},
-    }
-    spec = json.loads(json.dumps(spec))  # tuples -> lists, as they come back from state.json
-
-    workdir, created = None, []
-    if out is not None:
-        out = Path(out)
-        done = _prepare_out(out, spec)
-        if done is not None:
-            return done
-        workdir = out / PARTIAL_DIR
-        created = [d for d in (workdir, *workdir.parents) if not d.exists()][::-1]  # outermost first
-        workdir.mkdir(parents=True, exist_ok=True)
-        if not (workdir / STATE_FILE).is_file():
-            write_json_atomic(workdir / STATE_FILE, {"format": FORMAT, "spec": spec})
-
-    ctx = ProbeContext(
-        model, windows, settings, checkpoint=ckpt["name"], source=source, workdir=workdir,
-        progress=progress, on_shard=on_shard,
-    )
+    device, joined = distributed.init_from_env(_device(device))
     try:
-        rows = _run(selected, ctx, ckpt["name"])
-    except BaseException:
-        _forget_if_nothing_done(workdir, created)
-        raise
-    table = rows_to_table(rows)
+        model, ckpt = _model(checkpoint, device)
+        seq_len = model.cfg.n_ctx if seq_len is None else seq_len
+        _check_ints(seq_len=seq_len)
+        if not 2 <= seq_len <= model.cfg.n_ctx:
+            raise ValueError(f"seq_len={seq_len} must be between 2 and the model's n_ctx={model.cfg.n_ctx}.")
+        for name, value in (("r", r), ("w", w)):
+            if not 1 <= value < seq_len:
+                raise ValueError(
+                    f"{name}={value} is out of range: it must be at least 1 (the contract's smallest useful "
+                    f"{'radius' if name == 'r' else 'window'}) and below seq_len={seq_len} (a set that "
+                    "covers every key measures nothing). Typical values: 1, 4, 16."
+                )
+        windows, data_meta = _windows(model, ckpt, data, split, seq_len)
+        if max_sequences is not None:
+            windows = windows[:max_sequences]
+        head_list = _heads(heads, model)
+        source, source_note = make_source(fast, device)
+        settings = ProbeSettings(
+            r=r, w=w, seed=seed, batch_size=batch_size, causal_sequences=causal_sequences, heads=head_list,
+            max_heads=max_heads, orders=orders, extra=dict(options or {}),
+        )
+        spec = {
+            "checkpoint": ckpt["name"], "checkpoint_sha256": ckpt["sha256"], "data_fingerprint": data_meta["fingerprint"],
+            "split": data_meta["split"], "seq_len": seq_len, "n_sequences": int(windows.shape[0]), "probes": names or sorted(p.name for p in selected),
+            "source": source.name, "device": device.type, **{k: v for k, v in asdict(settings).items()},
+        }
+        spec = json.loads(json.dumps(spec))  # tuples -> lists, as they come back from state.json
 
-    stats = ctx.__dict__.get("stats")  # only if a probe asked for it
-    metadata = {
-        "format": FORMAT,
-        "checkpoint": {k: v for k, v in ckpt.items()},
-        "data": {**data_meta, "seq_len": seq_len, "n_sequences": int(windows.shape[0]), "orders": orders},
-        "seed": seed,
-        "r": r,
-        "w": w,
-        "probes": [{"name": p.name, "needs": sorted(p.needs), "description": p.description} for p in selected],
-        "rows_probed": {
-            stream: int(pooled.total("rows")[0]) for (layer, stream), pooled in (stats or {}).items() if layer == 0
-        },
-        "sequences_probed": int(windows.shape[0]),
-        "causal_sequences": min(causal_sequences, int(windows.shape[0])),
-        "statistics_source": {"requested": "kernel" if fast else "reference", "used": source_note},
-        "device": str(device),
-        "versions": _versions(),
-        "git_commit": _git_commit(),
-        "table": TABLE_FILE,
-        "columns": list(table.schema.names),
-        "n_table_rows": table.num_rows,
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "wall_seconds": round(time.time() - started, 2),
-        "spec": spec,
-    }
-    if out is None:
-        return ProbeRun(table.to_pandas(), metadata, None)
-    write_table(table, out / TABLE_FILE)
-    write_json_atomic(out / METADATA_FILE, metadata)
-    shutil.rmtree(workdir)
-    return ProbeRun(table.to_pandas(), metadata, out)
+        workdir, created = None, []
+        if out is not None:
+            out = Path(out)
+            done = _prepare_out(out, spec)
+            if done is not None:
+                return done
+            workdir = out / PARTIAL_DIR
+            if distributed.is_main():  # rank 0 creates the run directory; the others wait for it
+                created = [d for d in (workdir, *workdir.parents) if not d.exists()][::-1]  # outermost first
+                workdir.mkdir(parents=True, exist_ok=True)
+                if not (workdir / STATE_FILE).is_file():
+                    write_json_atomic(workdir / STATE_FILE, {"format": FORMAT, "spec": spec})
+            distributed.barrier()
+
+        ctx = ProbeContext(
+            model, windows, settings, checkpoint=ckpt["name"], source=source, workdir=workdir,
+            progress=progress, on_shard=on_shard,
+        )
+        try:
+            rows = _run(selected, ctx, ckpt["name"])
+        except BaseException:
+            if distributed.is_main():
+                _forget_if_nothing_done(workdir, created)
+            raise
+        table = rows_to_table(rows)
+
+        stats = ctx.__dict__.get("stats")  # only if a probe asked for it
+        metadata = {
+            "format": FORMAT,
+            "checkpoint": {k: v for k, v in ckpt.items()},
+            "data": {**data_meta, "seq_len": seq_len, "n_sequences": int(windows.shape[0]), "orders": orders},
+            "seed": seed,
+            "r": r,
+            "w": w,
+            "probes": [{"name": p.name, "needs": sorted(p.needs), "description": p.description} for p in selected],
+            "rows_probed": {
+                stream: int(pooled.total("rows")[0]) for (layer, stream), pooled in (stats or {}).items() if layer == 0
+            },
+            "sequences_probed": int(windows.shape[0]),
+            "causal_sequences": min(causal_sequences, int(windows.shape[0])),
+            "statistics_source": {"requested": "kernel" if fast else "reference", "used": source_note},
+            "device": str(device),
+            "world_size": distributed.world_size(),
+            "versions": _versions(),
+            "git_commit": _git_commit(),
+            "table": TABLE_FILE,
+            "columns": list(table.schema.names),
+            "n_table_rows": table.num_rows,
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "wall_seconds": round(time.time() - started, 2),
+            "spec": spec,
+        }
+        if out is None or not distributed.is_main():  # under torchrun rank 0 alone writes
+            return ProbeRun(table.to_pandas(), metadata, out)
+        write_table(table, out / TABLE_FILE)
+        write_json_atomic(out / METADATA_FILE, metadata)
+        shutil.rmtree(workdir)
+        return ProbeRun(table.to_pandas(), metadata, out)
+    finally:
+        distributed.finish(joined)
 
 
 def _run(selected: list[registry.Probe], ctx: ProbeContext, checkpoint: str) -> list[tuple[str, str, Row]]:

@@ -1,0 +1,83 @@
+"""Probe runs over several processes: `torchrun --nproc_per_node=N -m workbench.cli probe ...`.
+
+Under torchrun (WORLD_SIZE > 1 in the environment) `run_probes` joins a process group (NCCL on
+CUDA, gloo on CPU) and every rank takes one GPU (cuda:LOCAL_RANK). Batches are dealt round-robin:
+rank r computes (or, resuming, loads) the batches i with i % world_size == r and saves each as
+`.partial/<key>/<i>.safetensors`, keyed by the global batch index, exactly as a one-process run
+names them. One `all_gather_object` per `map_batches` call then hands every rank all batches, in
+batch order, so the pooled statistics -- and the table -- are those of a one-process run; rank 0
+alone writes the table and the metadata. A killed run resumes with any number of processes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def rank() -> int:
+    d = _dist()
+    return d.get_rank() if d else 0
+
+
+def world_size() -> int:
+    d = _dist()
+    return d.get_world_size() if d else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    d = _dist()
+    if d:
+        d.barrier()
+
+
+def init_from_env(device: torch.device) -> tuple[torch.device, bool]:
+    """Join the process group torchrun describes, if any: (this rank's device, whether we joined).
+
+    A CUDA run uses cuda:LOCAL_RANK and NCCL; a CPU run gloo. Without torchrun (or with one
+    process) nothing happens.
+    """
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return device, False
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if dist.is_initialized():
+        return device, False
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                            device_id=device if device.type == "cuda" else None)
+    return device, True
+
+
+def finish(joined: bool) -> None:
+    """Leave the process group if `init_from_env` joined it."""
+    d = _dist()
+    if joined and d:  # no barrier: after a failure on one rank the others must not wait for it
+        d.destroy_process_group()
+
+
+def gather(local: dict[int, Any]) -> dict[int, Any]:
+    """Every rank's {batch index: result}, merged (the one collective per batch map)."""
+    d = _dist()
+    if not d:
+        return local
+    parts: list[dict[int, Any] | None] = [None] * d.get_world_size()
+    d.all_gather_object(parts, local)
+    merged: dict[int, Any] = {}
+    for part in parts:
+        merged.update(part or {})
+    return merged
