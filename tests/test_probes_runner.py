@@ -214,12 +214,13 @@ def test_fast_without_cuda_falls_back_loudly(checkpoint, capsys):
 
 @pytest.mark.parametrize("variant", ["two_stream", "decoupled_rope", "sigma_gpt"])
 def test_kernel_source_matches_the_reference(variant):
-    """The --fast path (hooks -> Triton kernel, interpreted on CPU here) against the reference."""
+    """The --fast path (hooks -> Triton kernel; on CPU in Triton's interpreter) against the reference."""
     from workbench.probing.engine import F, KernelSource, ReferenceSource
 
-    model = tiny(variant, d_head=16)
-    tokens = torch.randint(0, model.cfg.d_vocab, (2, 16), generator=torch.Generator().manual_seed(0))
-    order = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i)) for i in range(2)])
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the compiled kernel takes CUDA tensors only
+    model = tiny(variant, d_head=16).to(device)
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 16), generator=torch.Generator().manual_seed(0)).to(device)
+    order = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i)) for i in range(2)]).to(device)
     kernel = KernelSource().collect(model, tokens, order, r=2, w=3)
     reference = ReferenceSource().collect(model, tokens, order, r=2, w=3)
     assert kernel.keys() == reference.keys()
