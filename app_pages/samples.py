@@ -155,9 +155,11 @@ def step_view(run: app_data.SampleRun, layer: int, stream: str, head: int, r: in
     p[4].metric("null-key mass", f"{row.null_mass:.3f}")
     p[5].metric("entropy (bits)", f"{row.entropy:.2f}")
 
-    bars = app_data.row_bars(run, row, coordinates)
-    show_figure(viz.attention_bars(bars["x"], bars["weights"], bars["categories"], bars["hover"], chance=bars["chance"],
-                                   x_title=bars["x_title"], title="The same row, key by key"), key="sample_bars")
+    if st.toggle("Show the row key by key", key="p_sample_bars",
+                 help="A bar per key, coloured by part (drawn on demand: each figure costs a browser redraw per step)."):
+        bars = app_data.row_bars(run, row, coordinates)
+        show_figure(viz.attention_bars(bars["x"], bars["weights"], bars["categories"], bars["hover"], chance=bars["chance"],
+                                       x_title=bars["x_title"], title="The same row, key by key"), key="sample_bars")
 
     if st.toggle("Show the head's whole pattern", key="p_sample_pattern"):
         pat_coords = "generation" if coordinates == "generation order" else "sequence"

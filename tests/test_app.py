@@ -194,6 +194,7 @@ def test_samples_row_matches_the_model_and_steps(env):
     np.testing.assert_allclose(z[:128], by_pos, atol=1e-6)
     shapes = text_fig["layout"]["shapes"]
     assert any(s["line"]["color"] == "#e7298a" for s in shapes)  # the target is boxed
+    at.toggle(key="p_sample_bars").set_value(True).run()
     bars = figure(at, "The same row, key by key")
     assert sum(sum(t["y"]) for t in bars["data"]) == pytest.approx(1.0, abs=1e-5)
     assert {t["name"] for t in bars["data"]} <= {"null key", "S only", "R only", "both", "neither"}
