@@ -40,8 +40,7 @@ from workbench.models import HookedAOModel
 from workbench.orders import ProbeLayout, probe_layout
 from workbench.probing import specialisation
 from workbench.probing.table import Row
-
-Z_95 = 1.959964
+from workbench.stats import Z_95
 
 FIELDS = (
     "rows",  # probed rows
