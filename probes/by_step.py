@@ -20,5 +20,5 @@ def by_step(ctx):
                 yield from scalar_rows(pooled, f"{part}_lift", lift(part), 1.0, **at)
             yield from scalar_rows(pooled, "index", index_fn("mass"), index_fn("chance"), **at)
             yield from scalar_rows(pooled, "entropy", per_row("entropy"), per_row("uniform_entropy"), **at)
-            if pooled.has_step_sink:  # the fused kernel reports no per-row null-key mass
+            if pooled.has_step_sink:  # statistics built without per-row null-key mass (step_null_mass) lack it
                 yield from scalar_rows(pooled, "sink", per_row("sink_mass"), per_row("sink_chance"), **at)
