@@ -130,6 +130,8 @@ def test_learning_rate_schedule(corpus_file):
 
 
 def test_bad_settings():
+    with pytest.raises(ValueError, match="variant='foo' is unknown"):
+        TrainSettings(variant="foo")
     with pytest.raises(ValueError, match="warmup_steps=50 must be in"):
         TrainSettings(variant="two_stream", steps=10, warmup_steps=50)
     with pytest.raises(ValueError, match="order='backwards'"):

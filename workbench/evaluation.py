@@ -150,10 +150,11 @@ def _run(args: argparse.Namespace) -> None:
     from workbench.checkpoint import load
 
     results = {}
-    print(f"{'checkpoint':<26} {'any-order bits/token':>22} {'left-to-right':>18} {'windows':>8}")
-    for name in args.checkpoint:
+    for i, name in enumerate(args.checkpoint):
         model = load(name, device=args.device)
         windows = validation_windows(model, args.data, args.max_windows)
+        if i == 0:
+            print(f"{'checkpoint':<26} {'any-order bits/token':>22} {'left-to-right':>18} {'windows':>8}")
         result = evaluate(model, windows, args.orders, args.seed, args.batch_size)
         result["checkpoint"] = model.checkpoint.name
         result["variant"] = model.cfg.variant

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from workbench.config import AOConfig
+from workbench.config import VARIANTS, AOConfig
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         problems = []
+        if self.variant not in VARIANTS:
+            problems.append(f"variant={self.variant!r} is unknown; use one of {', '.join(VARIANTS)}")
         for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "checkpoint_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
