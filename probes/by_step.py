@@ -2,7 +2,7 @@
 
 from workbench.kernels.contract import PARTS
 from workbench.probing import probe
-from workbench.probing.engine import index_fn, lift, per_row, scalar_rows
+from workbench.probing.engine import index_fn, lift, per_row, step_rows
 
 
 @probe("by_step", needs=("stats",))
@@ -10,15 +10,11 @@ def by_step(ctx):
     """Parts, lifts, index, sink and entropy per step bucket; x = the bucket's first slot index
     (buckets 0, 1, 2-3, 4-7, ...: the row's slot i, i.e. how many tokens it sees)."""
     for pooled in ctx.stats.values():
-        for group, start in enumerate(pooled.bucket_starts, start=1):
-            if float(pooled.u_sum[group, 0, 0]) == 0:  # no probed rows (the content stream's BOS row)
-                continue
-            at = dict(group=group, x=start)
-            for part in PARTS:
-                yield from scalar_rows(pooled, part, per_row(f"{part}_mass"), per_row(f"{part}_chance"), **at)
-            for part in ("S_only", "R_only", "both"):
-                yield from scalar_rows(pooled, f"{part}_lift", lift(part), 1.0, **at)
-            yield from scalar_rows(pooled, "index", index_fn("mass"), index_fn("chance"), **at)
-            yield from scalar_rows(pooled, "entropy", per_row("entropy"), per_row("uniform_entropy"), **at)
-            if pooled.has_step_sink:  # statistics built without per-row null-key mass (step_null_mass) lack it
-                yield from scalar_rows(pooled, "sink", per_row("sink_mass"), per_row("sink_chance"), **at)
+        for part in PARTS:
+            yield from step_rows(pooled, part, per_row(f"{part}_mass"), per_row(f"{part}_chance"))
+        for part in ("S_only", "R_only", "both"):
+            yield from step_rows(pooled, f"{part}_lift", lift(part), 1.0)
+        yield from step_rows(pooled, "index", index_fn("mass"), index_fn("chance"))
+        yield from step_rows(pooled, "entropy", per_row("entropy"), per_row("uniform_entropy"))
+        if pooled.has_step_sink:  # statistics built without per-row null-key mass (step_null_mass) lack it
+            yield from step_rows(pooled, "sink", per_row("sink_mass"), per_row("sink_chance"))

@@ -11,6 +11,8 @@ same on import; see its header).
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import os
 
@@ -363,22 +365,34 @@ def test_package_exports_the_function():
 
 @pytest.mark.parametrize("stream", ["content", "main"])
 def test_per_sequence_outputs_match_one_call_per_sequence(stream):
-    """per_sequence=True: one ProbeStats per sequence from one call, equal to separate calls, and
-    they add up to the batch call; the per-step null-key mass adds up to bin 0 of the semantic
-    histogram."""
+    """per_sequence=True: every sequence's stats side by side ([batch, ...] tensors) from one call,
+    equal to separate calls, adding up to the batch call, and stacked like `ProbeStats.stack`; the
+    per-step null-key mass adds up to bin 0 of the semantic histogram."""
     q, k, key_pos, row_ref, own, off = make_case(3, 2, 40, 16, torch.float32, stream, seed=11, pad=True)
     args = dict(row_own=own, recency_offset=off, r=2, w=5)
     seqs = probe_stats(q, k, key_pos, row_ref, per_sequence=True, **args)
     whole = probe_stats(q, k, key_pos, row_ref, **args)
-    assert isinstance(seqs, list) and len(seqs) == 3
+    assert seqs.n_rows.shape == (3,) and seqs.sem_mass.shape == (3, 2, N_BINS) and seqs.n_heads == 2
     n_keys = k.shape[2]
-    for b, got in enumerate(seqs):
+    wants = []
+    for b in range(3):
         s = slice(b, b + 1)
-        want = reference_probe_stats(q[s], k[s], key_pos[s], row_ref[s], row_own=None if own is None else own[s],
-                                     recency_offset=off, r=2, w=5)
-        compare(got, want, n_keys, label=f"sequence {b}")
+        wants.append(reference_probe_stats(q[s], k[s], key_pos[s], row_ref[s], row_own=None if own is None else own[s],
+                                           recency_offset=off, r=2, w=5))
+        got = _sequence(seqs, b)
+        compare(got, wants[b], n_keys, label=f"sequence {b}")
         assert torch.allclose(got.step_null_mass.sum(1), got.sem_mass[:, 0], atol=1e-5)
-    compare(sum(seqs), whole.cpu(), n_keys, tol=1e-6, label="sum of sequences vs batch")
+    stacked = ProbeStats.stack(wants)
+    for name in STAT_FIELDS:
+        if getattr(seqs, name) is not None:
+            assert getattr(seqs, name).shape == getattr(stacked, name).shape, name
+    compare(sum(_sequence(seqs, b) for b in range(3)), whole.cpu(), n_keys, tol=1e-6, label="sum of sequences vs batch")
+
+
+def _sequence(stats: ProbeStats, b: int) -> ProbeStats:
+    """Sequence b of per-sequence (batched) stats, as a ProbeStats of its own."""
+    return dataclasses.replace(stats, **{n: None if getattr(stats, n) is None else getattr(stats, n)[b]
+                                         for n in STAT_FIELDS})
 
 
 def test_errors_say_what_is_wrong():

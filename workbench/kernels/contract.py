@@ -108,6 +108,12 @@ class ProbeStats:
 
     Histograms (except own) and parts sum to `n_rows` per head; own histograms to `n_own_rows`.
     Chance values do not depend on the head; they are stored per head for a uniform layout.
+
+    **Per-sequence batches.** `probe_stats(..., per_sequence=True)` and `ProbeStats.stack` give the
+    statistics of B sequences side by side: every tensor has one more leading dimension, [B, ...]
+    (n_rows [B], sem_mass [B, H, N_BINS], ...), and stays on its device. That is what confidence
+    intervals over sequences need (`workbench.probing.engine.Accumulator`); `+`, `to_flat` and
+    `all_reduce` work on either form.
     """
 
     r: int
@@ -134,11 +140,11 @@ class ProbeStats:
     # -- shape facts ---------------------------------------------------------------------------
     @property
     def n_heads(self) -> int:
-        return self.sem_mass.shape[0]
+        return self.sem_mass.shape[-2]
 
     @property
     def n_steps(self) -> int:
-        return self.step_rows.shape[0]
+        return self.step_rows.shape[-1]
 
     @property
     def has_own(self) -> bool:
@@ -194,11 +200,28 @@ class ProbeStats:
             x = getattr(self, name)
             if x is None:
                 continue
-            axis = 0 if x.ndim == 1 else 1
+            axis = -2 if name in ("step_parts_mass", "step_parts_chance") else -1  # the row axis
             shape = list(x.shape)
             shape[axis] = pad
             fields[name] = torch.cat([x, x.new_zeros(shape)], dim=axis)
         return dataclasses.replace(self, **fields)
+
+    @classmethod
+    def stack(cls, seqs: list[ProbeStats]) -> ProbeStats:
+        """Per-sequence statistics side by side: every tensor gets a leading [len(seqs)] dimension
+        (per-step arrays zero-padded to the longest). step_null_mass is kept only if all have it."""
+        if not seqs:
+            raise ValueError("ProbeStats.stack needs at least one ProbeStats")
+        for other in seqs[1:]:
+            seqs[0]._check_compatible(other)
+        n_steps = max(s.n_steps for s in seqs)
+        padded = [s._padded(n_steps) for s in seqs]
+        out = {}
+        for name in _TENSOR_FIELDS:
+            xs = [getattr(s, name) for s in padded]
+            out[name] = None if any(x is None for x in xs) else torch.stack([x.to(xs[0].device) for x in xs])
+        first = seqs[0]
+        return ProbeStats(r=first.r, w=first.w, recency_offset=first.recency_offset, meta=dict(first.meta), **out)
 
     # -- flat view for torch.distributed -------------------------------------------------------
     def to_flat(self) -> Tensor:

@@ -45,7 +45,8 @@ Caveats:
 - Positions are exact in float32 up to 2^24; distances above 2^14 share the last bin.
 - The per-row (per-step) outputs are written per (batch, head, row) before the batch reduction:
   28 bytes per row and head of scratch memory (with the LSE). `per_sequence=True` skips the batch
-  reduction and returns one `ProbeStats` per sequence from the same three launches.
+  reduction and returns every sequence's statistics side by side ([batch, ...] tensors, on the
+  device) from the same three launches.
 - Speed (H100, docs/kernel.md): about 5x an SDPA causal forward on the same q, k at T = 1024
   (7x with own distances); the per-element edges are unrolled over the tile and the hot loop is
   bound by instruction fetch and issue, not by the tensor cores or memory.
@@ -616,7 +617,7 @@ def probe_stats(
     num_warps: int | None = None,
     num_stages: int | None = None,
     per_sequence: bool = False,
-) -> ProbeStats | list[ProbeStats]:
+) -> ProbeStats:
     """Probe statistics of softmax(q k^T * scale) under the top-left causal mask, fused.
 
     q: [batch, head, row, d_head], k: [batch, head, key, d_head] (same dtype: float16, bfloat16 or
@@ -627,50 +628,42 @@ def probe_stats(
     scale defaults to 1 / sqrt(d_head). max_distance (optional) bounds every |position difference|
     and saves one device sync. block_m / block_n / num_warps / num_stages override the launch
     configuration (results do not depend on them beyond float32 rounding).
-    per_sequence=True returns a list of B `ProbeStats` on the CPU, one per sequence (what
-    confidence intervals over sequences need), from the same three launches and one copy to the
-    host: the batch sum is simply left out of the final reduction.
+    per_sequence=True returns the statistics of each sequence side by side (every tensor with a
+    leading [batch] dimension, see `ProbeStats`), on the device, from the same three launches: the
+    batch sum is simply left out of the final reduction. Nothing waits for the device.
     """
     overrides = dict(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages)
     pp = _prepare(q, k, key_pos, row_ref, row_own, recency_offset, r, w, scale, max_distance, overrides)
     rows_m, hist_m = _launch(pp, chance=False, per_sequence=per_sequence)
     rows_c, hist_c = _launch(pp, chance=True, per_sequence=per_sequence)
-    probed = pp.row_ref >= 0
-    own_rows = (probed & (pp.row_own >= 0)) if pp.has_own else None
-    args = dict(r=int(r), w=int(w), recency_offset=int(recency_offset), has_own=pp.has_own)
-    if not per_sequence:
-        return _assemble(rows_m, hist_m, rows_c, hist_c, probed, own_rows, **args)
-    # one copy to the host for the whole batch, then split
-    host = [t.cpu() for t in (rows_m, hist_m, rows_c, hist_c, probed, *(() if own_rows is None else (own_rows,)))]
-    rows_m, hist_m, rows_c, hist_c, probed = host[:5]
-    own_rows = host[5] if own_rows is not None else None
-    return [
-        _assemble(rows_m[b], hist_m[b], rows_c[b], hist_c[b], probed[b : b + 1],
-                  None if own_rows is None else own_rows[b : b + 1], **args)
-        for b in range(pp.shape[0])
-    ]
+    probed = (pp.row_ref >= 0).double()  # [batch, row]
+    own_rows = probed * (pp.row_own >= 0) if pp.has_own else None
+    if per_sequence:
+        step_rows, n_own = probed, (own_rows.sum(-1) if pp.has_own else probed.new_zeros(probed.shape[0]))
+    else:
+        step_rows, n_own = probed.sum(0), (own_rows.sum() if pp.has_own else probed.new_zeros(()))
+    return _assemble(rows_m, hist_m, rows_c, hist_c, step_rows, n_own,
+                     r=int(r), w=int(w), recency_offset=int(recency_offset), has_own=pp.has_own)
 
 
-def _assemble(rows_m, hist_m, rows_c, hist_c, probed, own_rows, *, r, w, recency_offset, has_own) -> ProbeStats:
-    """ProbeStats from the reduced partials: rows [H, 6, R] / [1, 6, R], hists [H, 3, N_BINS] / [1, ...]."""
-    H = rows_m.shape[0]
-    rows_c, hist_c = rows_c.expand(H, -1, -1), hist_c.expand(H, -1, -1)
-    f64 = dict(dtype=torch.float64, device=rows_m.device)
-    step_rows = probed.double().sum(0)
-    n_own = own_rows.double().sum() if has_own else torch.zeros((), **f64)
-    step_pc = rows_c[:, :4].transpose(1, 2).contiguous()
+def _assemble(rows_m, hist_m, rows_c, hist_c, step_rows, n_own, *, r, w, recency_offset, has_own) -> ProbeStats:
+    """ProbeStats from the reduced partials: rows [..., H, 6, R] (chance: [..., 1, 6, R]), hists
+    [..., H, 3, N_BINS], step_rows [..., R], n_own [...]; "..." is [batch] for per-sequence stats."""
+    rows_c, hist_c = rows_c.expand_as(rows_m), hist_c.expand_as(hist_m)
+    step_pc = rows_c[..., :4, :].transpose(-1, -2).contiguous()
     # A part whose chance is 0 on a row is empty there (chance counts keys exactly), so its mass is
     # exactly 0 by definition; the float32 differences (S - both, ...) leave ~1e-9 instead, which
     # would turn the reference's 0/0 = NaN lifts into inf.
-    step_pm = torch.where(step_pc == 0, 0.0, rows_m[:, :4].transpose(1, 2)).contiguous()
+    step_pm = torch.where(step_pc == 0, 0.0, rows_m[..., :4, :].transpose(-1, -2)).contiguous()
     own = has_own
     return ProbeStats(
         r=r, w=w, recency_offset=recency_offset,
-        n_rows=step_rows.sum(), n_own_rows=n_own,
-        sem_mass=hist_m[:, 0].contiguous(), sem_chance=hist_c[:, 0].contiguous(),
-        rec_mass=hist_m[:, 1].contiguous(), rec_chance=hist_c[:, 1].contiguous(),
-        own_mass=hist_m[:, 2].contiguous() if own else None, own_chance=hist_c[:, 2].contiguous() if own else None,
-        parts_mass=step_pm.sum(1), parts_chance=step_pc.sum(1), entropy=rows_m[:, 4].sum(1),
-        step_parts_mass=step_pm, step_parts_chance=step_pc, step_entropy=rows_m[:, 4].contiguous(),
-        step_rows=step_rows, step_null_mass=rows_m[:, 5].contiguous(),
+        n_rows=step_rows.sum(-1), n_own_rows=n_own,
+        sem_mass=hist_m[..., 0, :].contiguous(), sem_chance=hist_c[..., 0, :].contiguous(),
+        rec_mass=hist_m[..., 1, :].contiguous(), rec_chance=hist_c[..., 1, :].contiguous(),
+        own_mass=hist_m[..., 2, :].contiguous() if own else None,
+        own_chance=hist_c[..., 2, :].contiguous() if own else None,
+        parts_mass=step_pm.sum(-2), parts_chance=step_pc.sum(-2), entropy=rows_m[..., 4, :].sum(-1),
+        step_parts_mass=step_pm, step_parts_chance=step_pc, step_entropy=rows_m[..., 4, :].contiguous(),
+        step_rows=step_rows, step_null_mass=rows_m[..., 5, :].contiguous(),
     )

@@ -9,8 +9,9 @@ A *statistics source* turns one batch into `ProbeStats` (workbench/kernels/contr
   pattern is alive at a time.
 - `KernelSource` (`--fast`): rotated queries and keys captured at `hook_rot_q` / `hook_rot_k`
   (`hook_q` / `hook_k` for sigma_gpt, which has no rotation) and reduced by the fused Triton kernel
-  `workbench.kernels.probe_stats`, never materialising a pattern: one call (three launches, one
-  copy to the host) per (layer, stream) and batch, with per-sequence outputs. Needs CUDA;
+  `workbench.kernels.probe_stats`, never materialising a pattern: one call (three launches) per (layer, stream) and batch,
+  per-sequence outputs that stay on the device, and the moment sums below accumulated there too,
+  so the GPU is never waited for until the batch's sums are copied to the host. Needs CUDA;
   `make_source` falls back to the reference with a warning line otherwise.
 
 Both sources give the same moment sums (within float32 rounding of the scores), per-step null-key
@@ -96,9 +97,9 @@ class ReferenceSource:
         def hook(pattern: Tensor, hook) -> None:  # [batch, head, row, key]
             layer, stream = names[hook.name]
             layout = layouts[stream]
-            acc = Accumulator(layout.row_ref.shape[1], pattern.shape[1])
-            acc.add_batch([_chunked_pattern_stats(pattern[b : b + 1], _select(layout, b), r, w)
-                           for b in range(pattern.shape[0])])
+            acc = Accumulator(layout.row_ref.shape[1], pattern.shape[1], pattern.device)
+            acc.add_batch(ProbeStats.stack([_chunked_pattern_stats(pattern[b : b + 1], _select(layout, b), r, w)
+                                            for b in range(pattern.shape[0])]))
             out.update(acc.to_dict(f"L{layer}.{stream}"))
 
         with model.hooks(fwd_hooks=[(lambda n: n in names, hook)]):
@@ -130,24 +131,23 @@ class KernelSource:
             model(tokens, order)
         out: dict[str, Tensor] = {}
         max_distance = order.shape[1]  # positions are 0..T-1: bounds every distance, saves a sync per call
+        layouts = {stream: probe_layout(order, stream) for stream in model.stream_names}
         for layer in range(model.cfg.n_layers):
-            for stream in model.stream_names:
+            for stream, layout in layouts.items():
                 if own_qk:
                     q, k, scale = model.probe_qk(cache, layer, stream, order)
                 else:
                     which = ("rot_q", "rot_k") if rotated else ("q", "k")
                     q, k = (cache[hook_name(a, layer, stream)].transpose(1, 2) for a in which)  # [batch, head, slot, d_head]
                     scale = model.blocks[layer].attn.scale
-                layout = probe_layout(order, stream)
-                acc = Accumulator(layout.row_ref.shape[1], q.shape[1])
-                per_seq = probe_stats(
+                acc = Accumulator(layout.row_ref.shape[1], q.shape[1], q.device)
+                acc.add_batch(probe_stats(
                     q, k, layout.key_pos, layout.row_ref, row_own=layout.row_own,
                     recency_offset=layout.recency_offset, r=r, w=w, scale=scale,
                     max_distance=max_distance, per_sequence=True,
-                )
-                acc.add_batch(per_seq)
+                ))
                 out.update(acc.to_dict(f"L{layer}.{stream}"))
-        return out
+        return out  # still on the device: the caller's copy to the host is the batch's one sync
 
 
 def make_source(fast: bool, device: torch.device | str) -> tuple[StatsSource, str]:
@@ -199,76 +199,81 @@ def _chunked_pattern_stats(pattern: Tensor, layout: ProbeLayout, r: int, w: int)
 
 class Accumulator:
     """Sums over sequences of the per-head vectors u (FIELDS) and u u^T, for all rows (index 0)
-    and each step bucket (1..), and of the histograms and their squares."""
+    and each step bucket (1..), and of the histograms and their squares, on one device.
 
-    def __init__(self, n_rows: int, n_heads: int):
+    Every operation is a fixed-order tensor op (no atomics), so the sums are bit-identical from run
+    to run and whichever process computes a batch."""
+
+    def __init__(self, n_rows: int, n_heads: int, device: torch.device | str = "cpu"):
         self.n_rows, self.n_heads = n_rows, n_heads
-        self.bucket = bucket_of(n_rows)
-        n_groups = 1 + len(step_buckets(n_rows))
+        f64 = dict(dtype=torch.float64, device=device)
+        # [bucket, row] one-hot: u per bucket is one matrix product (index_add_ would use atomics on CUDA)
+        self.bucket_onehot = torch.nn.functional.one_hot(bucket_of(n_rows)).T.to(**f64)
+        n_groups = 1 + self.bucket_onehot.shape[0]
         k = len(FIELDS)
         self.n_seq = 0
-        self.u_sum = torch.zeros(n_groups, n_heads, k, dtype=torch.float64)
-        self.u_outer = torch.zeros(n_groups, n_heads, k, k, dtype=torch.float64)
-        self.hist_sum = torch.zeros(n_heads, 2 * len(HISTS), N_BINS, dtype=torch.float64)
+        self.u_sum = torch.zeros(n_groups, n_heads, k, **f64)
+        self.u_outer = torch.zeros(n_groups, n_heads, k, k, **f64)
+        self.hist_sum = torch.zeros(n_heads, 2 * len(HISTS), N_BINS, **f64)
         self.hist_sq = torch.zeros_like(self.hist_sum)
+        self.visible = torch.arange(1, n_rows + 1, **f64)  # |V| = i + 1
         self.has_step_sink = True
 
-    def add(self, stats: ProbeStats) -> None:
-        """Add one sequence's ProbeStats (summed over that sequence's rows only)."""
-        self.add_batch([stats])
-
-    def add_batch(self, seqs: list[ProbeStats]) -> None:
-        """Add several sequences, one ProbeStats each (vectorised over them)."""
-        seqs = [s.cpu() for s in seqs]
-        u = self._vectors(seqs)  # [B, group, head, field]
-        self.has_step_sink = self.has_step_sink and all(s.step_null_mass is not None for s in seqs)
+    def add_batch(self, stats: ProbeStats) -> None:
+        """Add a batch of per-sequence statistics (`ProbeStats` with a leading [batch] dimension:
+        `probe_stats(..., per_sequence=True)` or `ProbeStats.stack`)."""
+        if stats.step_rows.ndim != 2 or stats.n_steps != self.n_rows or stats.n_heads != self.n_heads:
+            raise ValueError(
+                f"Accumulator of {self.n_heads} heads x {self.n_rows} rows takes per-sequence stats "
+                f"([batch, ...]); got step_rows {list(stats.step_rows.shape)} and {stats.n_heads} heads"
+            )
+        u = self._vectors(stats)  # [B, group, head, field]
+        self.has_step_sink = self.has_step_sink and stats.step_null_mass is not None
         self.u_sum += u.sum(0)
         self.u_outer += torch.einsum("bghi,bghj->ghij", u, u)
-        zeros = torch.zeros_like(seqs[0].sem_mass)
-        hist = torch.stack([
-            torch.stack(
-                [s.sem_mass, s.sem_chance, s.rec_mass, s.rec_chance,
-                 s.own_mass if s.has_own else zeros, s.own_chance if s.has_own else zeros],
-                dim=1,
-            )
-            for s in seqs
-        ])
+        zeros = torch.zeros_like(stats.sem_mass)
+        hist = torch.stack(
+            [stats.sem_mass, stats.sem_chance, stats.rec_mass, stats.rec_chance,
+             stats.own_mass if stats.has_own else zeros, stats.own_chance if stats.has_own else zeros],
+            dim=2,
+        )  # [B, head, 6, bin]
         self.hist_sum += hist.sum(0)
         self.hist_sq += (hist * hist).sum(0)
-        self.n_seq += len(seqs)
+        self.n_seq += stats.step_rows.shape[0]
 
-    def _vectors(self, seqs: list[ProbeStats]) -> Tensor:
+    def _vectors(self, stats: ProbeStats) -> Tensor:
         """u per (sequence, group, head): group 0 = all rows, group g >= 1 = step bucket g - 1."""
-        n_groups, H, B = self.u_sum.shape[0], self.n_heads, len(seqs)
-        step_rows = torch.stack([s.step_rows for s in seqs])  # [B, row]
+        step_rows = stats.step_rows  # [B, row]
+        B, H = step_rows.shape[0], self.n_heads
         probed = (step_rows > 0).double()
-        visible = torch.arange(1, self.n_rows + 1, dtype=torch.float64)  # |V| = i + 1
-        per_row = torch.zeros(B, H, self.n_rows, len(FIELDS), dtype=torch.float64)
+        per_row = step_rows.new_zeros(B, H, self.n_rows, len(FIELDS))
         per_row[..., F["rows"]] = step_rows[:, None]
-        per_row[..., 1:5] = torch.stack([s.step_parts_mass for s in seqs])
-        per_row[..., 5:9] = torch.stack([s.step_parts_chance for s in seqs])
-        if all(s.step_null_mass is not None for s in seqs):
-            per_row[..., F["sink_mass"]] = torch.stack([s.step_null_mass for s in seqs])
-        per_row[..., F["sink_chance"]] = (probed / visible)[:, None]
-        per_row[..., F["entropy"]] = torch.stack([s.step_entropy for s in seqs])
-        per_row[..., F["uniform_entropy"]] = (probed * torch.log2(visible))[:, None]
-        u = torch.zeros(B, n_groups, H, len(FIELDS), dtype=torch.float64)
-        u[:, 1:].index_add_(1, self.bucket, per_row.transpose(1, 2))  # [B, bucket, head, field]
+        per_row[..., 1:5] = stats.step_parts_mass
+        per_row[..., 5:9] = stats.step_parts_chance
+        if stats.step_null_mass is not None:
+            per_row[..., F["sink_mass"]] = stats.step_null_mass
+        per_row[..., F["sink_chance"]] = (probed / self.visible)[:, None]
+        per_row[..., F["entropy"]] = stats.step_entropy
+        per_row[..., F["uniform_entropy"]] = (probed * torch.log2(self.visible))[:, None]
+        u = step_rows.new_zeros(B, 1 + self.bucket_onehot.shape[0], H, len(FIELDS))
+        u[:, 1:] = torch.einsum("gr,bhrf->bghf", self.bucket_onehot, per_row)
         # All rows: from the whole-sequence fields (the null mass is the semantic histogram's bin 0,
         # so it is known for every source).
         u[:, 0] = u[:, 1:].sum(1)
-        u[:, 0, :, F["sink_mass"]] = torch.stack([s.sem_mass[:, 0] for s in seqs])
-        u[:, 0, :, F["own_rows"]] = torch.stack([s.n_own_rows for s in seqs])[:, None]
+        u[:, 0, :, F["sink_mass"]] = stats.sem_mass[..., 0]
+        u[:, 0, :, F["own_rows"]] = stats.n_own_rows[:, None]
         return u
 
     def to_dict(self, prefix: str) -> dict[str, Tensor]:
+        """The sums, keyed "{prefix}.{what}", on the accumulator's device."""
+        f64 = dict(dtype=torch.float64, device=self.u_sum.device)
         return {
-            f"{prefix}.n_seq": torch.tensor(float(self.n_seq), dtype=torch.float64),
+            f"{prefix}.n_seq": torch.tensor(float(self.n_seq), **f64),
             f"{prefix}.u_sum": self.u_sum,
             f"{prefix}.u_outer": self.u_outer,
             f"{prefix}.hist_sum": self.hist_sum,
             f"{prefix}.hist_sq": self.hist_sq,
-            f"{prefix}.step_sink": torch.tensor(float(self.has_step_sink), dtype=torch.float64),
+            f"{prefix}.step_sink": torch.tensor(float(self.has_step_sink), **f64),
         }
 
 
@@ -302,21 +307,24 @@ class Pooled:
         """Sum over sequences of a FIELDS entry, per head."""
         return self.u_sum[group, :, F[field]]
 
-    def estimate(self, fn: Callable[[Tensor], Tensor], group: int = 0) -> tuple[Tensor, Tensor]:
-        """(value, 95% CI half-width) per head of fn(mean u) (fn: [head, field] -> [head]),
-        the CI by the delta method over sequences (NaN with fewer than two sequences)."""
-        n = self.n_seq
-        mean = (self.u_sum[group] / n).clone().requires_grad_(True)
+    def estimate(self, fn: Callable[[Tensor], Tensor], group: int | None = 0) -> tuple[Tensor, Tensor]:
+        """(value, 95% CI half-width) per head of fn(mean u), the CI by the delta method over
+        sequences (NaN with fewer than two sequences). fn works row by row: [n, field] -> [n]
+        (e.g. [head, field] -> [head]). group None: every group at once, [group, head]."""
+        u_sum = self.u_sum if group is None else self.u_sum[group]
+        u_outer = self.u_outer if group is None else self.u_outer[group]
+        shape, k, n = u_sum.shape[:-1], u_sum.shape[-1], self.n_seq
+        mean = (u_sum / n).reshape(-1, k).clone().requires_grad_(True)
         with torch.enable_grad():
             value = fn(mean)
             grad = torch.autograd.grad(torch.nan_to_num(value).sum(), mean, allow_unused=True)[0]
         value = value.detach()
         if n < 2 or grad is None:
-            return value, torch.full_like(value, math.nan)
+            return value.reshape(shape), torch.full(shape, math.nan, dtype=value.dtype)
         m = mean.detach()
-        cov = (self.u_outer[group] / n - m[:, :, None] * m[:, None, :]) * n / (n - 1)
+        cov = (u_outer.reshape(-1, k, k) / n - m[:, :, None] * m[:, None, :]) * n / (n - 1)
         var = torch.einsum("hi,hij,hj->h", grad, cov, grad) / n
-        return value, Z_95 * var.clamp(min=0).sqrt()
+        return value.reshape(shape), (Z_95 * var.clamp(min=0).sqrt()).reshape(shape)
 
     def ratio(self, num: str, den: str, group: int = 0) -> tuple[Tensor, Tensor]:
         return self.estimate(lambda u: u[:, F[num]] / u[:, F[den]], group)
@@ -448,11 +456,36 @@ def scalar_rows(
     x: int = -1,
 ) -> list[Row]:
     """One Row per head: value (with its CI) and chance, both functions of mean u (see FIELDS)."""
+    v, ci, c = _estimates(pooled, value, chance, group)
+    return _head_rows(pooled, metric, v, ci, c, group, x)
+
+
+def step_rows(
+    pooled: Pooled,
+    metric: str,
+    value: Callable[[Tensor], Tensor],
+    chance: Callable[[Tensor], Tensor] | float | None = None,
+) -> list[Row]:
+    """`scalar_rows` for every step bucket with probed rows (x = the bucket's first slot index),
+    from one estimate over all buckets."""
+    v, ci, c = _estimates(pooled, value, chance, None)
+    rows = []
+    for group, start in enumerate(pooled.bucket_starts, start=1):
+        if float(pooled.u_sum[group, 0, F["rows"]]) > 0:  # not the content stream's BOS row
+            rows += _head_rows(pooled, metric, v[group], ci[group], c[group], group, start)
+    return rows
+
+
+def _estimates(pooled: Pooled, value, chance, group: int | None) -> tuple[Tensor, Tensor, Tensor]:
     v, ci = pooled.estimate(value, group)
     if callable(chance):
         c, _ = pooled.estimate(chance, group)
     else:
         c = torch.full_like(v, math.nan if chance is None else chance)
+    return v, ci, c
+
+
+def _head_rows(pooled: Pooled, metric: str, v: Tensor, ci: Tensor, c: Tensor, group: int, x: int) -> list[Row]:
     rows = pooled.u_sum[group, :, F["rows"]]
     return [
         Row(metric=metric, value=float(v[h]), layer=pooled.layer, stream=pooled.stream, head=h,
