@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
-from workbench import AOConfig, from_config
+if not torch.cuda.is_available():
+    # The Triton kernel runs in Triton's interpreter on CPU. The variable must be set before
+    # anything imports triton (transformers does, for one): triton decides at import whether its
+    # own library functions (tl.sum, ...) are interpretable.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from workbench import AOConfig, from_config  # noqa: E402
 
 VARIANTS = ("two_stream", "decoupled_rope", "sigma_gpt")
 

@@ -35,7 +35,9 @@ Caveats:
 
 - Without a CUDA device this module sets TRITON_INTERPRET=1 *at import* (unless the variable is
   already set), so that the kernel runs, slowly, in Triton's interpreter on CPU tensors (the tests
-  use this). Import it after choosing otherwise, or set TRITON_INTERPRET=0 to opt out.
+  use this). Import it after choosing otherwise, or set TRITON_INTERPRET=0 to opt out. That works
+  only if triton itself was not imported earlier (transformers imports it): triton decides at its
+  own import whether tl.sum & co. can be interpreted, and `probe_stats` says so if they cannot.
 - One host-device sync per call: the largest position decides how many distance edges the kernel
   evaluates (pass `max_distance=` to skip it).
 - float32 inputs use `tf32x3` dots (about float32 accuracy); float16 / bfloat16 use the tensor
@@ -66,6 +68,7 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from workbench.kernels.contract import (  # noqa: E402
@@ -517,6 +520,13 @@ def _prepare(q, k, key_pos, row_ref, row_own, recency_offset, r, w, scale, max_d
     for name, t in (("key_pos", key_pos), ("row_ref", row_ref), ("row_own", row_own)):
         if t is not None and t.device != dev:
             raise ValueError(f"{name} is on {t.device} but q and k are on {dev}; move it with .to(q.device)")
+    if _interpreting() and not isinstance(tl.sum, InterpretedFunction):
+        raise RuntimeError(
+            "probe_stats: TRITON_INTERPRET=1 was set after triton had been imported (by another "
+            "package, e.g. transformers), so triton's own functions cannot run in the interpreter. "
+            "Set TRITON_INTERPRET=1 in the environment before Python starts, or before importing "
+            "anything that imports triton."
+        )
     if dev.type != "cuda" and not _interpreting():
         raise RuntimeError(
             "probe_stats runs a Triton kernel: it needs CUDA tensors, or TRITON_INTERPRET=1 set before "
