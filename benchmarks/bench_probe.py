@@ -9,6 +9,8 @@ random generation orders (the runner's, seeded). For each checkpoint, one proces
 
 - `forward`: `model(tokens, order)` under torch.no_grad over every batch (batch size
   `--batch-size`, fp32 like the probe run, the batches built on the device beforehand): the floor;
+- `statistics`: the attention statistics alone through the kernel (forward with hooks, kernel,
+  accumulation, pooling; no model load, no table): where the run's time goes;
 - `probe`: `run_probes(..., fast=True, probes=<observational>)` end to end (model load, hooks,
   kernel, accumulation, pooling, the table), warm (one small run first compiles the kernels);
 - `check`: a `--check-sequences` run of the same probes through the reference path, and the
@@ -66,6 +68,23 @@ def time_forward(name: str, windows, batch_size: int, device: str) -> float:
         for tokens, order in batches:
             model(tokens, order)
         sync()
+    return time.perf_counter() - t0
+
+
+def time_statistics(name: str, windows, batch_size: int, device: str) -> float:
+    """The attention statistics alone, through the kernel: forward with hooks, kernel calls,
+    accumulation, copies to the host and pooling; no model load, no table."""
+    from workbench.checkpoint import load, resolve
+    from workbench.probing.context import ProbeContext, ProbeSettings
+    from workbench.probing.engine import KernelSource
+
+    model = load(resolve(name), device=device).eval()
+    settings = ProbeSettings(batch_size=batch_size)
+    _ = ProbeContext(model, windows[:batch_size], settings, source=KernelSource(), progress=False).stats  # warm
+    sync()
+    t0 = time.perf_counter()
+    _ = ProbeContext(model, windows, settings, source=KernelSource(), progress=False).stats
+    sync()
     return time.perf_counter() - t0
 
 
@@ -149,6 +168,7 @@ def main() -> None:
         table_file = tables / f"{name}.parquet"
         if world == 1:
             row["forward_s"] = time_forward(name, windows, args.batch_size, device)
+            row["statistics_s"] = time_statistics(name, windows, args.batch_size, device)
             row["ratio"] = row["probe_s"] / row["forward_s"]
             result.table.to_parquet(table_file)
             row["check"] = check(name, windows[: args.check_sequences], args.batch_size, device)
@@ -185,13 +205,13 @@ def report(files: list[str], out_dir: Path) -> None:
         f"Probes: {single['probes']}; batch size {single['batch_size']}; data: val.txt windows x "
         f"{single['repeat']}; {single['dtype']}; torch {single['torch']}.",
         "",
-        "| checkpoint | sequences x T | forward s | probe --fast s | ratio (target <= 1.5) | "
+        "| checkpoint | sequences x T | forward s | statistics s | probe --fast s | ratio (target <= 1.5) | "
         + " | ".join(f"{m['world_size']} GPUs s | speed-up (target >= 1.8) | same table" for m in multi) + " |",
-        "|---|---|---|---|---|" + "---|---|---|" * len(multi),
+        "|---|---|---|---|---|---|" + "---|---|---|" * len(multi),
     ]
     for name, row in single["checkpoints"].items():
-        cells = [name, f"{row['sequences']} x {row['seq_len']}", f"{row['forward_s']:.2f}", f"{row['probe_s']:.2f}",
-                 f"{row['ratio']:.2f}"]
+        cells = [name, f"{row['sequences']} x {row['seq_len']}", f"{row['forward_s']:.2f}",
+                 f"{row['statistics_s']:.2f}", f"{row['probe_s']:.2f}", f"{row['ratio']:.2f}"]
         for m in multi:
             mrow = m["checkpoints"].get(name)
             if mrow is None:

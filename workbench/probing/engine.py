@@ -9,7 +9,8 @@ A *statistics source* turns one batch into `ProbeStats` (workbench/kernels/contr
   pattern is alive at a time.
 - `KernelSource` (`--fast`): rotated queries and keys captured at `hook_rot_q` / `hook_rot_k`
   (`hook_q` / `hook_k` for sigma_gpt, which has no rotation) and reduced by the fused Triton kernel
-  `workbench.kernels.probe_stats`, never materialising a pattern: one call (three launches) per (layer, stream) and batch,
+  `workbench.kernels.probe_stats`, never materialising a pattern: one call (three launches) per stream and batch
+  (all layers side by side on the head axis),
   per-sequence outputs that stay on the device, and the moment sums below accumulated there too,
   so the GPU is never waited for until the batch's sums are copied to the host. Needs CUDA;
   `make_source` falls back to the reference with a warning line otherwise.
@@ -131,22 +132,33 @@ class KernelSource:
             model(tokens, order)
         out: dict[str, Tensor] = {}
         max_distance = order.shape[1]  # positions are 0..T-1: bounds every distance, saves a sync per call
-        layouts = {stream: probe_layout(order, stream) for stream in model.stream_names}
-        for layer in range(model.cfg.n_layers):
-            for stream, layout in layouts.items():
+        n_layers = model.cfg.n_layers
+        for stream in model.stream_names:
+            layout = probe_layout(order, stream)
+            qs, ks, scales = [], [], []
+            for layer in range(n_layers):
                 if own_qk:
                     q, k, scale = model.probe_qk(cache, layer, stream, order)
                 else:
                     which = ("rot_q", "rot_k") if rotated else ("q", "k")
                     q, k = (cache[hook_name(a, layer, stream)].transpose(1, 2) for a in which)  # [batch, head, slot, d_head]
                     scale = model.blocks[layer].attn.scale
-                acc = Accumulator(layout.row_ref.shape[1], q.shape[1], q.device)
-                acc.add_batch(probe_stats(
-                    q, k, layout.key_pos, layout.row_ref, row_own=layout.row_own,
-                    recency_offset=layout.recency_offset, r=r, w=w, scale=scale,
-                    max_distance=max_distance, per_sequence=True,
-                ))
-                out.update(acc.to_dict(f"L{layer}.{stream}"))
+                base = scales[0] if scales else scale  # one call, one scale: fold any other into q
+                qs.append(q if scale == base else q * (scale / base))
+                ks.append(k)
+                scales.append(scale)
+            # One kernel call per stream: the layers side by side on the head axis (heads are
+            # independent in every statistic), so the fixed cost per call is paid once, not per layer.
+            q, k = torch.cat(qs, dim=1), torch.cat(ks, dim=1)
+            n_heads = q.shape[1] // n_layers
+            acc = Accumulator(layout.row_ref.shape[1], q.shape[1], q.device)
+            acc.add_batch(probe_stats(
+                q, k, layout.key_pos, layout.row_ref, row_own=layout.row_own,
+                recency_offset=layout.recency_offset, r=r, w=w, scale=scales[0],
+                max_distance=max_distance, per_sequence=True,
+            ))
+            for layer in range(n_layers):
+                out.update(acc.to_dict(f"L{layer}.{stream}", heads=slice(layer * n_heads, (layer + 1) * n_heads)))
         return out  # still on the device: the caller's copy to the host is the batch's one sync
 
 
@@ -264,15 +276,15 @@ class Accumulator:
         u[:, 0, :, F["own_rows"]] = stats.n_own_rows[:, None]
         return u
 
-    def to_dict(self, prefix: str) -> dict[str, Tensor]:
-        """The sums, keyed "{prefix}.{what}", on the accumulator's device."""
+    def to_dict(self, prefix: str, heads: slice = slice(None)) -> dict[str, Tensor]:
+        """The sums (of some heads), keyed "{prefix}.{what}", on the accumulator's device."""
         f64 = dict(dtype=torch.float64, device=self.u_sum.device)
         return {
             f"{prefix}.n_seq": torch.tensor(float(self.n_seq), **f64),
-            f"{prefix}.u_sum": self.u_sum,
-            f"{prefix}.u_outer": self.u_outer,
-            f"{prefix}.hist_sum": self.hist_sum,
-            f"{prefix}.hist_sq": self.hist_sq,
+            f"{prefix}.u_sum": self.u_sum[:, heads],
+            f"{prefix}.u_outer": self.u_outer[:, heads],
+            f"{prefix}.hist_sum": self.hist_sum[heads],
+            f"{prefix}.hist_sq": self.hist_sq[heads],
             f"{prefix}.step_sink": torch.tensor(float(self.has_step_sink), **f64),
         }
 
