@@ -146,7 +146,7 @@ class ProbeContext:
                 if i in results:
                     continue
                 tokens, order = self.batch(i, n_sequences)
-                out = {name: t.detach().cpu().contiguous() for name, t in fn(i, tokens, order).items()}
+                out = to_host(fn(i, tokens, order))
                 if shard_dir is not None:
                     write_bytes_atomic(shard_dir / f"{i:05d}.safetensors", save_tensors(out))
                     if self.on_shard is not None:
@@ -179,6 +179,24 @@ class ProbeContext:
         from workbench.probing.engine import summarise_heads
 
         return summarise_heads(self.stats)
+
+
+def to_host(result: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A batch's result as contiguous CPU tensors, with one device-to-host copy per dtype rather
+    than one per tensor (each copy waits for the device)."""
+    out: dict[str, Tensor] = {}
+    groups: dict[tuple[torch.device, torch.dtype], list[str]] = {}
+    for name, t in result.items():
+        groups.setdefault((t.device, t.dtype), []).append(name)
+    for (device, _), names in groups.items():
+        tensors = [result[n].detach() for n in names]
+        if device.type == "cpu" or len(names) == 1:
+            out.update({n: t.cpu().contiguous() for n, t in zip(names, tensors)})
+            continue
+        flat = torch.cat([t.reshape(-1) for t in tensors]).cpu()
+        for n, t, part in zip(names, tensors, flat.split([t.numel() for t in tensors])):
+            out[n] = part.view(t.shape)
+    return {name: out[name] for name in result}  # the result's key order
 
 
 def stable_seed(*parts: object) -> int:

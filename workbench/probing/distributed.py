@@ -4,17 +4,19 @@ Under torchrun (WORLD_SIZE > 1 in the environment) `run_probes` joins a process 
 CUDA, gloo on CPU) and every rank takes one GPU (cuda:LOCAL_RANK). Batches are dealt round-robin:
 rank r computes (or, resuming, loads) the batches i with i % world_size == r and saves each as
 `.partial/<key>/<i>.safetensors`, keyed by the global batch index, exactly as a one-process run
-names them. One `all_gather_object` per `map_batches` call then hands every rank all batches, in
+names them. One exchange per `map_batches` call (`gather`) then hands every rank all batches, in
 batch order, so the pooled statistics -- and the table -- are those of a one-process run; rank 0
 alone writes the table and the metadata. A killed run resumes with any number of processes.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
 import torch
+from torch import Tensor
 
 
 def _dist():
@@ -70,14 +72,40 @@ def finish(joined: bool) -> None:
         d.destroy_process_group()
 
 
-def gather(local: dict[int, Any]) -> dict[int, Any]:
-    """Every rank's {batch index: result}, merged (the one collective per batch map)."""
+def gather(local: dict[int, dict[str, Tensor]]) -> dict[int, dict[str, Tensor]]:
+    """Every rank's {batch index: {name: CPU tensor}}, merged (the one exchange per batch map).
+
+    The layouts (names, dtypes, shapes) travel as Python objects; the values as one byte buffer
+    per rank through a single all_gather: pickling thousands of tensors was slower than the
+    probe run it served."""
     d = _dist()
     if not d:
         return local
-    parts: list[dict[int, Any] | None] = [None] * d.get_world_size()
-    d.all_gather_object(parts, local)
-    merged: dict[int, Any] = {}
-    for part in parts:
-        merged.update(part or {})
+    world = d.get_world_size()
+    mine = sorted(local)
+    layout = [(i, [(name, t.dtype, tuple(t.shape)) for name, t in local[i].items()]) for i in mine]
+    layouts: list[Any] = [None] * world
+    d.all_gather_object(layouts, layout)
+    chunks = [t.contiguous().reshape(-1).view(torch.uint8) for i in mine for t in local[i].values()]
+    blob = torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.uint8)
+    sizes = [sum(_nbytes(dtype, shape) for _, entries in lay for _, dtype, shape in entries) for lay in layouts]
+    device = torch.device("cuda", torch.cuda.current_device()) if d.get_backend() == "nccl" else torch.device("cpu")
+    padded = torch.zeros(max(sizes), dtype=torch.uint8, device=device)
+    padded[: blob.numel()] = blob.to(device)
+    received = [torch.empty_like(padded) for _ in range(world)]
+    d.all_gather(received, padded)
+    merged: dict[int, dict[str, Tensor]] = {}
+    for lay, buffer in zip(layouts, received):
+        host, offset = buffer.cpu(), 0
+        for i, entries in lay:
+            result = {}
+            for name, dtype, shape in entries:
+                n = _nbytes(dtype, shape)
+                result[name] = host[offset : offset + n].clone().view(dtype).reshape(shape)  # clone: aligned storage
+                offset += n
+            merged[i] = result
     return merged
+
+
+def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    return math.prod(shape) * dtype.itemsize

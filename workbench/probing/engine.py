@@ -124,12 +124,18 @@ class KernelSource:
         rotated = not own_qk and getattr(model, "rotary", None) is not None
         names = {**_stream_hooks(model, "rot_q" if rotated else "q"), **_stream_hooks(model, "rot_k" if rotated else "k")}
         cache: dict[str, Tensor] = {}
-
-        def grab(x: Tensor, hook) -> None:  # [batch, slot, head, d_head]
-            cache[hook.name] = x.detach()
-
-        with model.hooks(fwd_hooks=[(lambda n: n in names, grab)]):
-            model(tokens, order)
+        # Plain torch forward hooks on just these hook points, removed by handle: TransformerLens's
+        # `model.hooks()` walks every hook point of the model on exit (~3 ms per batch). Nothing
+        # here needs its bookkeeping (`has_hooks` matters only for pattern and result hooks).
+        handles = [
+            model.hook_dict[name].register_forward_hook(lambda _m, _i, x, name=name: cache.__setitem__(name, x.detach()))
+            for name in names
+        ]
+        try:
+            model(tokens, order)  # cache: [batch, slot, head, d_head] per hook
+        finally:
+            for handle in handles:
+                handle.remove()
         out: dict[str, Tensor] = {}
         max_distance = order.shape[1]  # positions are 0..T-1: bounds every distance, saves a sync per call
         n_layers = model.cfg.n_layers
