@@ -27,6 +27,7 @@ sequences by the delta method (`Pooled.estimate`).
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Callable
@@ -68,10 +69,18 @@ def step_buckets(n_rows: int) -> list[int]:
     return starts
 
 
-def bucket_of(n_rows: int) -> Tensor:
+def bucket_of(n_rows: int, device: torch.device | str = "cpu") -> Tensor:
     """The step bucket of every slot index 0..n_rows-1 (0; 1; 2-3 -> 2; 4-7 -> 3; ...)."""
-    i = torch.arange(n_rows)
+    i = torch.arange(n_rows, device=device)
     return torch.where(i == 0, 0, torch.floor(torch.log2(i.clamp(min=1).double())).long() + 1)
+
+
+@functools.lru_cache(maxsize=16)
+def _row_constants(n_rows: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """([bucket, row] one-hot, |V| = i + 1, log2 |V|), float64, made on `device` (no copy to it)."""
+    onehot = torch.nn.functional.one_hot(bucket_of(n_rows, device), len(step_buckets(n_rows))).T.double()
+    visible = torch.arange(1, n_rows + 1, dtype=torch.float64, device=device)
+    return onehot, visible, torch.log2(visible)
 
 
 # ---- sources ---------------------------------------------------------------------------------
@@ -220,21 +229,14 @@ class Accumulator:
     and each step bucket (1..), and of the histograms and their squares, on one device.
 
     Every operation is a fixed-order tensor op (no atomics), so the sums are bit-identical from run
-    to run and whichever process computes a batch."""
+    to run and whichever process computes a batch; none waits for the device."""
 
     def __init__(self, n_rows: int, n_heads: int, device: torch.device | str = "cpu"):
         self.n_rows, self.n_heads = n_rows, n_heads
-        f64 = dict(dtype=torch.float64, device=device)
         # [bucket, row] one-hot: u per bucket is one matrix product (index_add_ would use atomics on CUDA)
-        self.bucket_onehot = torch.nn.functional.one_hot(bucket_of(n_rows)).T.to(**f64)
-        n_groups = 1 + self.bucket_onehot.shape[0]
-        k = len(FIELDS)
+        self.bucket_onehot, self.visible, self.log2_visible = _row_constants(n_rows, torch.device(device))
         self.n_seq = 0
-        self.u_sum = torch.zeros(n_groups, n_heads, k, **f64)
-        self.u_outer = torch.zeros(n_groups, n_heads, k, k, **f64)
-        self.hist_sum = torch.zeros(n_heads, 2 * len(HISTS), N_BINS, **f64)
-        self.hist_sq = torch.zeros_like(self.hist_sum)
-        self.visible = torch.arange(1, n_rows + 1, **f64)  # |V| = i + 1
+        self.sums: dict[str, Tensor] | None = None  # u_sum, u_outer, hist_sum, hist_sq, from the first batch
         self.has_step_sink = True
 
     def add_batch(self, stats: ProbeStats) -> None:
@@ -246,51 +248,53 @@ class Accumulator:
                 f"([batch, ...]); got step_rows {list(stats.step_rows.shape)} and {stats.n_heads} heads"
             )
         u = self._vectors(stats)  # [B, group, head, field]
-        self.has_step_sink = self.has_step_sink and stats.step_null_mass is not None
-        self.u_sum += u.sum(0)
-        self.u_outer += torch.einsum("bghi,bghj->ghij", u, u)
         zeros = torch.zeros_like(stats.sem_mass)
         hist = torch.stack(
             [stats.sem_mass, stats.sem_chance, stats.rec_mass, stats.rec_chance,
              stats.own_mass if stats.has_own else zeros, stats.own_chance if stats.has_own else zeros],
             dim=2,
         )  # [B, head, 6, bin]
-        self.hist_sum += hist.sum(0)
-        self.hist_sq += (hist * hist).sum(0)
+        batch = {
+            "u_sum": u.sum(0), "u_outer": torch.einsum("bghi,bghj->ghij", u, u),
+            "hist_sum": hist.sum(0), "hist_sq": (hist * hist).sum(0),
+        }
+        self.sums = batch if self.sums is None else {k: v + batch[k] for k, v in self.sums.items()}
+        self.has_step_sink = self.has_step_sink and stats.step_null_mass is not None
         self.n_seq += stats.step_rows.shape[0]
 
     def _vectors(self, stats: ProbeStats) -> Tensor:
         """u per (sequence, group, head): group 0 = all rows, group g >= 1 = step bucket g - 1."""
         step_rows = stats.step_rows  # [B, row]
-        B, H = step_rows.shape[0], self.n_heads
+        B, H, R = step_rows.shape[0], self.n_heads, self.n_rows
         probed = (step_rows > 0).double()
-        per_row = step_rows.new_zeros(B, H, self.n_rows, len(FIELDS))
-        per_row[..., F["rows"]] = step_rows[:, None]
-        per_row[..., 1:5] = stats.step_parts_mass
-        per_row[..., 5:9] = stats.step_parts_chance
-        if stats.step_null_mass is not None:
-            per_row[..., F["sink_mass"]] = stats.step_null_mass
-        per_row[..., F["sink_chance"]] = (probed / self.visible)[:, None]
-        per_row[..., F["entropy"]] = stats.step_entropy
-        per_row[..., F["uniform_entropy"]] = (probed * torch.log2(self.visible))[:, None]
-        u = step_rows.new_zeros(B, 1 + self.bucket_onehot.shape[0], H, len(FIELDS))
-        u[:, 1:] = torch.einsum("gr,bhrf->bghf", self.bucket_onehot, per_row)
+        per_head = lambda x: x[:, None].expand(B, H, R)  # noqa: E731  [B, row] -> [B, head, row]
+        null = stats.step_null_mass if stats.step_null_mass is not None else torch.zeros_like(stats.step_entropy)
+        per_row = torch.stack(  # [B, head, row, field], in FIELDS order (own_rows: set below)
+            [per_head(step_rows), *stats.step_parts_mass.unbind(-1), *stats.step_parts_chance.unbind(-1), null,
+             per_head(probed / self.visible), stats.step_entropy, per_head(probed * self.log2_visible),
+             torch.zeros_like(stats.step_entropy)],
+            dim=-1,
+        )
+        by_bucket = torch.einsum("gr,bhrf->bghf", self.bucket_onehot, per_row)
         # All rows: from the whole-sequence fields (the null mass is the semantic histogram's bin 0,
         # so it is known for every source).
-        u[:, 0] = u[:, 1:].sum(1)
-        u[:, 0, :, F["sink_mass"]] = stats.sem_mass[..., 0]
-        u[:, 0, :, F["own_rows"]] = stats.n_own_rows[:, None]
-        return u
+        whole = by_bucket.sum(1)
+        whole[..., F["sink_mass"]] = stats.sem_mass[..., 0]
+        whole[..., F["own_rows"]] = stats.n_own_rows[:, None]
+        return torch.cat([whole[:, None], by_bucket], dim=1)
 
     def to_dict(self, prefix: str, heads: slice = slice(None)) -> dict[str, Tensor]:
-        """The sums (of some heads), keyed "{prefix}.{what}", on the accumulator's device."""
-        f64 = dict(dtype=torch.float64, device=self.u_sum.device)
+        """The sums (of some heads), keyed "{prefix}.{what}", on the accumulator's device (the
+        counts on the CPU: making them on the device would wait for it)."""
+        if self.sums is None:
+            raise ValueError("Accumulator.to_dict: no batch was added")
+        f64 = dict(dtype=torch.float64)
         return {
             f"{prefix}.n_seq": torch.tensor(float(self.n_seq), **f64),
-            f"{prefix}.u_sum": self.u_sum[:, heads],
-            f"{prefix}.u_outer": self.u_outer[:, heads],
-            f"{prefix}.hist_sum": self.hist_sum[heads],
-            f"{prefix}.hist_sq": self.hist_sq[heads],
+            f"{prefix}.u_sum": self.sums["u_sum"][:, heads],
+            f"{prefix}.u_outer": self.sums["u_outer"][:, heads],
+            f"{prefix}.hist_sum": self.sums["hist_sum"][heads],
+            f"{prefix}.hist_sq": self.sums["hist_sq"][heads],
             f"{prefix}.step_sink": torch.tensor(float(self.has_step_sink), **f64),
         }
 
