@@ -321,3 +321,21 @@ def test_confidence_intervals_are_finite_and_cover_zero_width_when_exact(known_r
     assert parts.ci.notna().all() and (parts.ci >= 0).all()
     null_sink = table[(table.probe == "sink") & (table["head"] == 2)]
     assert (null_sink.ci < 1e-6).all()  # the null head's sink mass is 1 in every sequence
+
+
+def test_summed_batch_maps_add_blocks_of_batches_in_order():
+    """map_batches(summed=True): one sum per block of consecutive batches (a block size that
+    depends only on the number of batches), whose sum is the sum over all batches."""
+    from workbench.probing.context import sum_block
+
+    model = from_config(AOConfig(variant="decoupled_rope", n_layers=1, d_model=8, n_heads=1, d_head=8, d_mlp=8,
+                                 n_ctx=4, d_vocab=5))
+    windows = torch.zeros(150, 4, dtype=torch.long)
+    ctx = ProbeContext(model, windows, ProbeSettings(batch_size=1), progress=False)
+    assert (sum_block(64), sum_block(65), sum_block(150)) == (1, 2, 3)
+    blocks = ctx.map_batches("x", lambda i, t, o: {"i": torch.tensor(float(i)), "one": torch.ones(2)}, summed=True)
+    assert len(blocks) == 50
+    assert [float(b["i"]) for b in blocks[:2]] == [0 + 1 + 2, 3 + 4 + 5]
+    assert float(sum(b["i"] for b in blocks)) == sum(range(150)) and torch.equal(sum(b["one"] for b in blocks), torch.full((2,), 150.0))
+    plain = ctx.map_batches("y", lambda i, t, o: {"i": torch.tensor(float(i))})
+    assert [float(b["i"]) for b in plain] == list(range(150))

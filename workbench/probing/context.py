@@ -3,8 +3,9 @@
 Everything a probe computes per batch goes through `ctx.map_batches(key, fn)`: each batch's result
 (a dict of tensors) is written atomically to `<run dir>/.partial/<key>/<batch>.safetensors` before
 the next batch starts, and a resumed run loads the batches already done instead of recomputing
-them. Results are then combined in batch order, so a run killed and resumed gives exactly the
-table of an uninterrupted run.
+them. Results are then combined in batch order (sums: in fixed blocks of batches, then the blocks
+in order), so a run killed and resumed gives exactly the table of an uninterrupted run, with any
+number of processes.
 
 Every random draw is seeded from (seed, purpose, index) by a hash, never from a shared stream, so
 what sequence s sees does not depend on the batch size, on which probes run, or on a resume.
@@ -120,17 +121,23 @@ class ProbeContext:
     # ---- the resumable batch map -----------------------------------------------------------
 
     def map_batches(
-        self, key: str, fn: BatchFn, n_sequences: int | None = None, desc: str | None = None
+        self, key: str, fn: BatchFn, n_sequences: int | None = None, desc: str | None = None, summed: bool = False
     ) -> list[dict[str, Tensor]]:
         """[fn(i, tokens, order) for each batch i], each result saved (and on resume, loaded).
 
-        Under torch.distributed (workbench/probing/distributed.py) this rank runs only the batches
-        i with i % world_size == rank; one gather then gives every rank all of them, in order."""
+        summed=True: the results are sums, and what comes back is their sums over blocks of
+        consecutive batches (`sum_block(n)` of them, added in batch order), one dict per block;
+        summing those in order gives the same bits on any number of processes.
+
+        Under torch.distributed (workbench/probing/distributed.py) this rank runs only its share of
+        the batches (i % world_size == rank; with summed, whole blocks, dealt the same way) and one
+        exchange then gives every rank all of them (with summed, only the block sums), in order."""
         from workbench.probing import distributed
 
         n = self.n_batches(n_sequences)
+        block = sum_block(n) if summed else 1
         rank, world = distributed.rank(), distributed.world_size()
-        mine = list(range(rank, n, world))
+        mine = [i for i in range(n) if (i // block) % world == rank]
         shard_dir = self.workdir / key if self.workdir is not None else None
         results: dict[int, dict[str, Tensor]] = {}
         if shard_dir is not None:
@@ -154,6 +161,12 @@ class ProbeContext:
                 results[i] = out
                 bar.update(1)
         bar.close()
+        if summed:
+            blocks: dict[int, dict[str, Tensor]] = {}
+            for i in mine:
+                b = i // block
+                blocks[b] = results[i] if b not in blocks else {k: v + results[i][k] for k, v in blocks[b].items()}
+            results, n = blocks, -(-n // block)
         if world > 1:
             results = distributed.gather(results)
         return [results[i] for i in range(n)]
@@ -170,6 +183,7 @@ class ProbeContext:
             f"stats_{self.source.name}",
             lambda i, tokens, order: self.source.collect(self.model, tokens, order, r=s.r, w=s.w),
             desc=f"attention statistics ({self.source.name})",
+            summed=True,  # moment sums: ranks exchange block sums, not every batch's
         )
         return pool(shards, self.model, self.seq_len)
 
@@ -179,6 +193,12 @@ class ProbeContext:
         from workbench.probing.engine import summarise_heads
 
         return summarise_heads(self.stats)
+
+
+def sum_block(n_batches: int) -> int:
+    """Batches per block of a summed batch map: at most 64 blocks (what ranks exchange), and a
+    function of the number of batches alone, so that the sums do not depend on the world size."""
+    return max(1, -(-n_batches // 64))
 
 
 def to_host(result: dict[str, Tensor]) -> dict[str, Tensor]:

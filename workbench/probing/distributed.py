@@ -86,9 +86,9 @@ def gather(local: dict[int, dict[str, Tensor]]) -> dict[int, dict[str, Tensor]]:
     layout = [(i, [(name, t.dtype, tuple(t.shape)) for name, t in local[i].items()]) for i in mine]
     layouts: list[Any] = [None] * world
     d.all_gather_object(layouts, layout)
-    chunks = [t.contiguous().reshape(-1).view(torch.uint8) for i in mine for t in local[i].values()]
+    chunks = [_bytes(t) for i in mine for t in local[i].values()]
     blob = torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.uint8)
-    sizes = [sum(_nbytes(dtype, shape) for _, entries in lay for _, dtype, shape in entries) for lay in layouts]
+    sizes = [sum(_span(dtype, shape) for _, entries in lay for _, dtype, shape in entries) for lay in layouts]
     device = torch.device("cuda", torch.cuda.current_device()) if d.get_backend() == "nccl" else torch.device("cpu")
     padded = torch.zeros(max(sizes), dtype=torch.uint8, device=device)
     padded[: blob.numel()] = blob.to(device)
@@ -100,12 +100,20 @@ def gather(local: dict[int, dict[str, Tensor]]) -> dict[int, dict[str, Tensor]]:
         for i, entries in lay:
             result = {}
             for name, dtype, shape in entries:
-                n = _nbytes(dtype, shape)
-                result[name] = host[offset : offset + n].clone().view(dtype).reshape(shape)  # clone: aligned storage
-                offset += n
+                n = math.prod(shape) * dtype.itemsize
+                # every tensor starts at a multiple of 8 bytes, so this is an aligned view, no copy
+                result[name] = host[offset : offset + n].view(dtype).reshape(shape)
+                offset += _span(dtype, shape)
             merged[i] = result
     return merged
 
 
-def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
-    return math.prod(shape) * dtype.itemsize
+def _span(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    """Bytes a tensor takes in the exchange buffer: its own, rounded up to a multiple of 8."""
+    return -(-math.prod(shape) * dtype.itemsize // 8) * 8
+
+
+def _bytes(t: Tensor) -> Tensor:
+    raw = t.contiguous().reshape(-1).view(torch.uint8)
+    pad = _span(t.dtype, tuple(t.shape)) - raw.numel()
+    return torch.cat([raw, raw.new_zeros(pad)]) if pad else raw

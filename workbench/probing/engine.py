@@ -296,6 +296,7 @@ class Accumulator:
             f"{prefix}.hist_sum": self.sums["hist_sum"][heads],
             f"{prefix}.hist_sq": self.sums["hist_sq"][heads],
             f"{prefix}.step_sink": torch.tensor(float(self.has_step_sink), **f64),
+            f"{prefix}.n_batches": torch.tensor(1.0, **f64),
         }
 
 
@@ -366,7 +367,8 @@ class Pooled:
 
 
 def pool(shards: list[dict[str, Tensor]], model: HookedAOModel, seq_len: int) -> dict[tuple[int, str], Pooled]:
-    """Sum the per-batch moment sums (in batch order, so a resumed run adds up identically)."""
+    """Sum the moment sums of every block of batches (`ProbeContext.map_batches(summed=True)`), in
+    order, so that a resumed run, or one on several processes, adds up identically."""
     out = {}
     for layer in range(model.cfg.n_layers):
         for stream in model.stream_names:
@@ -388,7 +390,7 @@ def pool(shards: list[dict[str, Tensor]], model: HookedAOModel, seq_len: int) ->
                 u_outer=total["u_outer"],
                 hist_sum=total["hist_sum"],
                 hist_sq=total["hist_sq"],
-                has_step_sink=bool(total["step_sink"] == len(parts)),
+                has_step_sink=bool(total["step_sink"] == total["n_batches"]),
             )
     return out
 
