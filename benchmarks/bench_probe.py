@@ -7,6 +7,8 @@
 Data: each bundled checkpoint's val.txt in windows of n_ctx tokens, repeated `--repeat` times,
 random generation orders (the runner's, seeded). For each checkpoint, one process:
 
+Every time is the median of three runs.
+
 - `forward`: `model(tokens, order)` under torch.no_grad over every batch (batch size
   `--batch-size`, fp32 like the probe run, the batches built on the device beforehand): the floor;
 - `statistics`: the attention statistics alone through the kernel (forward with hooks, kernel,
@@ -27,6 +29,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -54,6 +57,20 @@ def sync():
         torch.cuda.synchronize()
 
 
+REPEATS = 3  # every timing is the median of this many runs (the host-bound parts vary by ~0.3 s)
+
+
+def median_time(run) -> float:
+    times = []
+    for _ in range(REPEATS):
+        sync()
+        t0 = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def time_forward(name: str, windows, batch_size: int, device: str) -> float:
     from workbench.checkpoint import load, resolve
     from workbench.probing.context import ProbeContext, ProbeSettings
@@ -61,14 +78,13 @@ def time_forward(name: str, windows, batch_size: int, device: str) -> float:
     model = load(resolve(name), device=device).eval()
     ctx = ProbeContext(model, windows, ProbeSettings(batch_size=batch_size), progress=False)
     batches = [ctx.batch(i) for i in range(ctx.n_batches())]
-    with torch.no_grad():
-        model(*batches[0])
-        sync()
-        t0 = time.perf_counter()
+    def forward_all():
         for tokens, order in batches:
             model(tokens, order)
-        sync()
-    return time.perf_counter() - t0
+
+    with torch.no_grad():
+        model(*batches[0])
+        return median_time(forward_all)
 
 
 def time_statistics(name: str, windows, batch_size: int, device: str) -> float:
@@ -81,11 +97,7 @@ def time_statistics(name: str, windows, batch_size: int, device: str) -> float:
     model = load(resolve(name), device=device).eval()
     settings = ProbeSettings(batch_size=batch_size)
     _ = ProbeContext(model, windows[:batch_size], settings, source=KernelSource(), progress=False).stats  # warm
-    sync()
-    t0 = time.perf_counter()
-    _ = ProbeContext(model, windows, settings, source=KernelSource(), progress=False).stats
-    sync()
-    return time.perf_counter() - t0
+    return median_time(lambda: ProbeContext(model, windows, settings, source=KernelSource(), progress=False).stats)
 
 
 def time_probe(name: str, windows, batch_size: int, device: str):
@@ -94,13 +106,15 @@ def time_probe(name: str, windows, batch_size: int, device: str):
 
     kw = dict(probes=OBSERVATIONAL, batch_size=batch_size, max_sequences=None, fast=True, device=device, progress=False)
     run_probes(name, data=windows[: 2 * batch_size * distributed.world_size()], **kw)  # compile the kernels
-    distributed.barrier()
-    sync()
-    t0 = time.perf_counter()
-    result = run_probes(name, data=windows, **kw)
-    sync()
-    distributed.barrier()
-    return time.perf_counter() - t0, result
+    runs = []
+
+    def probe():
+        distributed.barrier()  # every rank starts together; the time is the slowest rank's
+        runs.append(run_probes(name, data=windows, **kw))
+        sync()
+        distributed.barrier()
+
+    return median_time(probe), runs[-1]
 
 
 def check(name: str, windows, batch_size: int, device: str) -> dict:
