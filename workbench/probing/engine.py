@@ -150,7 +150,7 @@ class KernelSource:
         n_layers = model.cfg.n_layers
         for stream in model.stream_names:
             layout = probe_layout(order, stream)
-            qs, ks, scales = [], [], []
+            qs, ks = [], []
             for layer in range(n_layers):
                 if own_qk:
                     q, k, scale = model.probe_qk(cache, layer, stream, order)
@@ -158,10 +158,10 @@ class KernelSource:
                     which = ("rot_q", "rot_k") if rotated else ("q", "k")
                     q, k = (cache[hook_name(a, layer, stream)].transpose(1, 2) for a in which)  # [batch, head, slot, d_head]
                     scale = model.blocks[layer].attn.scale
-                base = scales[0] if scales else scale  # one call, one scale: fold any other into q
+                if layer == 0:
+                    base = scale  # one call, one scale: any other layer's is folded into its q
                 qs.append(q if scale == base else q * (scale / base))
                 ks.append(k)
-                scales.append(scale)
             # One kernel call per stream: the layers side by side on the head axis (heads are
             # independent in every statistic), so the fixed cost per call is paid once, not per layer.
             q, k = torch.cat(qs, dim=1), torch.cat(ks, dim=1)
@@ -169,7 +169,7 @@ class KernelSource:
             acc = Accumulator(layout.row_ref.shape[1], q.shape[1], q.device)
             acc.add_batch(probe_stats(
                 q, k, layout.key_pos, layout.row_ref, row_own=layout.row_own,
-                recency_offset=layout.recency_offset, r=r, w=w, scale=scales[0],
+                recency_offset=layout.recency_offset, r=r, w=w, scale=base,
                 max_distance=max_distance, per_sequence=True,
             ))
             for layer in range(n_layers):
