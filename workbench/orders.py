@@ -97,9 +97,10 @@ def check_order(order: object, batch: int, n_pos: int, device: torch.device) -> 
             f"order must have shape [batch, step] = ({batch}, {n_pos}) or [step] = ({n_pos},) "
             f"to match the tokens, got {tuple(order.shape)}."
         )
-    order = order.to(device=device, dtype=torch.long)
-    expected = torch.arange(n_pos, device=device)
-    bad = (order.sort(dim=-1).values != expected).any(dim=-1)
+    order = order.long()  # validated where it is: a CPU order costs the device nothing
+    # a permutation: every value in range, every position hit (n values hitting n positions)
+    hit = torch.zeros(order.shape, dtype=torch.bool, device=order.device).scatter_(-1, order.clamp(0, n_pos - 1), True)
+    bad = ((order < 0) | (order >= n_pos)).any(dim=-1) | ~hit.all(dim=-1)
     if bad.any():
         row = int(bad.nonzero()[0])
         raise ValueError(
@@ -107,7 +108,16 @@ def check_order(order: object, batch: int, n_pos: int, device: torch.device) -> 
             f"permutation of 0..{n_pos - 1}: every position must appear exactly once. "
             "Build orders with workbench.orders.random_orders or torch.randperm."
         )
-    return order
+    return to_device(order, device)
+
+
+def to_device(t: Tensor, device: torch.device | str) -> Tensor:
+    """`t` on `device`. A CPU tensor goes to a CUDA device through pinned memory, asynchronously:
+    a plain `.to()` from pageable memory first waits for all the work queued on the device."""
+    device = torch.device(device)
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.contiguous().pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def slot_positions(
@@ -148,9 +158,9 @@ def slots_to_positions(
             f"{stream} stream's {axis}s have {slots.shape[1]} slots for batch {slots.shape[0]}."
         )
     n_pos = order.shape[1]
-    keep = slots[0] >= 0  # the BOS slot is at the same index in every sequence
-    x = x.index_select(dim, keep.nonzero().squeeze(1))
-    index = _broadcast_index(slots[:, keep], x, dim)
+    if axis == "key" or stream == "content":  # the BOS / null slot is slot 0 (see slot_positions)
+        x, slots = x.narrow(dim, 1, x.shape[dim] - 1), slots[:, 1:]
+    index = _broadcast_index(slots, x, dim)
     out = x.new_zeros(*x.shape[:dim], n_pos, *x.shape[dim + 1 :])
     return out.scatter(dim, index, x)
 

@@ -21,7 +21,7 @@ from workbench.components.kv_cache import KVCache
 from workbench.components.layer_norm import LayerNorm
 from workbench.components.rotary import Rotary
 from workbench.config import AOConfig
-from workbench.orders import check_order, check_tokens, slots_to_positions
+from workbench.orders import check_order, check_tokens, slots_to_positions, to_device
 
 if TYPE_CHECKING:
     from workbench.data.tokenizers import Tokenizer
@@ -100,8 +100,9 @@ class HookedAOModel(HookedRootModule):
         return _token_nll(self(tokens, order), tokens)
 
     def check_inputs(self, tokens: object, order: object) -> tuple[Tensor, Tensor]:
-        """Validate tokens and order (clear errors for every bad input); returns int64 tensors."""
-        tokens = check_tokens(tokens, self.cfg.d_vocab, self.cfg.n_ctx).to(self.W_E.device)
+        """Validate tokens and order (clear errors for every bad input); returns int64 tensors on
+        the model's device. Inputs are checked where they are: CPU inputs cost the GPU no sync."""
+        tokens = to_device(check_tokens(tokens, self.cfg.d_vocab, self.cfg.n_ctx), self.W_E.device)
         return tokens, check_order(order, tokens.shape[0], tokens.shape[1], tokens.device)
 
     def to_tokens(self, text: str | list[str]) -> Int[Tensor, "batch pos"]:
