@@ -105,6 +105,7 @@ def sequence_bits(
     z_means: dict[str, Tensor] | None = None,
 ) -> Float[Tensor, "intervention batch"]:
     """Mean NLL per token (bits) of every sequence: row 0 clean, row 1 + i under intervention i."""
+    tokens, order = model.check_inputs(tokens, order)  # on the model's device, like the masks below
     out = [model.nll(tokens, order).double().mean(-1) / LN2]
     masks: dict[str, tuple[Tensor, Tensor]] = {}
     for intervention in interventions:

@@ -1,9 +1,9 @@
 """What a probe sees: the model, the data, the settings, and a resumable map over batches.
 
 Everything a probe computes per batch goes through `ctx.map_batches(key, fn)`: each batch's result
-(a dict of tensors) is written atomically to `<run dir>/.partial/<key>/<batch>.safetensors` before
-the next batch starts, and a resumed run loads the batches already done instead of recomputing
-them. Results are then combined in batch order (sums: in fixed blocks of batches, then the blocks
+(a dict of tensors) is written atomically to `<run dir>/.partial/<key>/<batch>.safetensors` while
+the next batch runs (one batch in flight, so the host never waits for the device in between), and
+a resumed run loads the batches already done instead of recomputing them. Results are then combined in batch order (sums: in fixed blocks of batches, then the blocks
 in order), so a run killed and resumed gives exactly the table of an uninterrupted run, with any
 number of processes.
 
@@ -103,12 +103,12 @@ class ProbeContext:
         return torch.randperm(self.seq_len, generator=self.generator("order", index))
 
     def batch(self, index: int, n_sequences: int | None = None) -> tuple[Tensor, Tensor]:
-        """(tokens, order) of batch `index`, both [batch, pos], on the model's device."""
+        """(tokens, order) of batch `index`, both [batch, pos], on the CPU: the model checks them
+        there and moves them itself, without waiting for the device (`workbench.orders.to_device`)."""
         stop = min((index + 1) * self.settings.batch_size, n_sequences or self.n_sequences)
         start = index * self.settings.batch_size
-        tokens = self.windows[start:stop]
         order = torch.stack([self.order(s) for s in range(start, stop)])
-        return tokens.to(self.device), order.to(self.device)
+        return self.windows[start:stop], order
 
     def n_batches(self, n_sequences: int | None = None) -> int:
         n = min(n_sequences or self.n_sequences, self.n_sequences)
@@ -124,6 +124,7 @@ class ProbeContext:
         self, key: str, fn: BatchFn, n_sequences: int | None = None, desc: str | None = None, summed: bool = False
     ) -> list[dict[str, Tensor]]:
         """[fn(i, tokens, order) for each batch i], each result saved (and on resume, loaded).
+        tokens and order come on the CPU (`batch`); fn's tensors may be on any device.
 
         summed=True: the results are sums, and what comes back is their sums over blocks of
         consecutive batches (`sum_block(n)` of them, added in batch order), one dict per block;
@@ -139,34 +140,44 @@ class ProbeContext:
         rank, world = distributed.rank(), distributed.world_size()
         mine = [i for i in range(n) if (i // block) % world == rank]
         shard_dir = self.workdir / key if self.workdir is not None else None
-        results: dict[int, dict[str, Tensor]] = {}
-        if shard_dir is not None:
-            for i in mine:
-                path = shard_dir / f"{i:05d}.safetensors"
-                if path.is_file():
-                    results[i] = load_tensors(path.read_bytes())
-        done = len(results)
+        saved = {i: shard_dir / f"{i:05d}.safetensors" for i in mine} if shard_dir is not None else {}
+        done = sum(path.is_file() for path in saved.values())
         show = self.progress and distributed.is_main() and done < len(mine)
         bar = tqdm(total=len(mine), initial=done, desc=desc or key, disable=not show, leave=False)
-        with torch.no_grad():
-            for i in mine:
-                if i in results:
-                    continue
-                tokens, order = self.batch(i, n_sequences)
-                out = to_host(fn(i, tokens, order))
-                if shard_dir is not None:
-                    write_bytes_atomic(shard_dir / f"{i:05d}.safetensors", save_tensors(out))
+        results: dict[int, dict[str, Tensor]] = {}  # batch (with summed: block) -> result
+
+        def finish(i: int, job: HostCopy | dict[str, Tensor]) -> None:  # called in batch order
+            if isinstance(job, HostCopy):
+                out = job.result()
+                if i in saved:
+                    write_bytes_atomic(saved[i], save_tensors(out))
                     if self.on_shard is not None:
                         self.on_shard(key, i)
-                results[i] = out
                 bar.update(1)
-        bar.close()
-        if summed:
-            blocks: dict[int, dict[str, Tensor]] = {}
+            else:
+                out = job
+            j = i // block
+            results[j] = out if j not in results else {k: v + out[k] for k, v in results[j].items()}
+
+        # One batch in flight: batch i's results travel to the host (and are saved) while batch
+        # i + 1 is queued on the device, so the host never waits for the device between batches.
+        pending: tuple[int, HostCopy | dict[str, Tensor]] | None = None
+        with torch.no_grad():
             for i in mine:
-                b = i // block
-                blocks[b] = results[i] if b not in blocks else {k: v + results[i][k] for k, v in blocks[b].items()}
-            results, n = blocks, -(-n // block)
+                try:
+                    if i in saved and saved[i].is_file():
+                        job = load_tensors(saved[i].read_bytes())
+                    else:
+                        job = HostCopy(fn(i, *self.batch(i, n_sequences)))
+                finally:  # the batch before is kept even when this one fails
+                    if pending is not None:
+                        finish(*pending)
+                        pending = None
+                pending = (i, job)
+            if pending is not None:
+                finish(*pending)
+        bar.close()
+        n = -(-n // block)
         if world > 1:
             results = distributed.gather(results)
         return [results[i] for i in range(n)]
@@ -201,22 +212,38 @@ def sum_block(n_batches: int) -> int:
     return max(1, -(-n_batches // 64))
 
 
-def to_host(result: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A batch's result as contiguous CPU tensors, with one device-to-host copy per dtype rather
-    than one per tensor (each copy waits for the device)."""
-    out: dict[str, Tensor] = {}
-    groups: dict[tuple[torch.device, torch.dtype], list[str]] = {}
-    for name, t in result.items():
-        groups.setdefault((t.device, t.dtype), []).append(name)
-    for (device, _), names in groups.items():
-        tensors = [result[n].detach() for n in names]
-        if device.type == "cpu" or len(names) == 1:
-            out.update({n: t.cpu().contiguous() for n, t in zip(names, tensors)})
-            continue
-        flat = torch.cat([t.reshape(-1) for t in tensors]).cpu()
-        for n, t, part in zip(names, tensors, flat.split([t.numel() for t in tensors])):
-            out[n] = part.view(t.shape)
-    return {name: out[name] for name in result}  # the result's key order
+class HostCopy:
+    """A batch's result (a dict of tensors) on its way to the host: one device-to-host copy per
+    (device, dtype), into pinned memory, started at once without waiting for the device.
+    `result()` waits for the copies and gives contiguous CPU tensors, in the result's key order."""
+
+    def __init__(self, result: dict[str, Tensor]):
+        self.names = list(result)
+        self.groups: list[tuple[list[str], list[Tensor], Tensor, torch.cuda.Event | None]] = []
+        by_kind: dict[tuple[torch.device, torch.dtype], list[str]] = {}
+        for name, t in result.items():
+            by_kind.setdefault((t.device, t.dtype), []).append(name)
+        for (device, _), names in by_kind.items():
+            tensors = [result[n].detach() for n in names]
+            flat = torch.cat([t.reshape(-1) for t in tensors])
+            if device.type != "cuda":
+                self.groups.append((names, tensors, flat, None))
+                continue
+            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            host.copy_(flat, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self.groups.append((names, tensors, host, event))
+
+    def result(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for names, tensors, flat, event in self.groups:
+            if event is not None:
+                event.synchronize()
+                flat = flat.clone()  # out of pinned memory, which goes back to its cache for reuse
+            for name, t, part in zip(names, tensors, flat.split([t.numel() for t in tensors])):
+                out[name] = part.view(t.shape)
+        return {name: out[name] for name in self.names}
 
 
 def stable_seed(*parts: object) -> int:
