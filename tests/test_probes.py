@@ -339,3 +339,24 @@ def test_summed_batch_maps_add_blocks_of_batches_in_order():
     assert float(sum(b["i"] for b in blocks)) == sum(range(150)) and torch.equal(sum(b["one"] for b in blocks), torch.full((2,), 150.0))
     plain = ctx.map_batches("y", lambda i, t, o: {"i": torch.tensor(float(i))})
     assert [float(b["i"]) for b in plain] == list(range(150))
+
+
+def test_closed_form_ratio_estimates_match_autograd():
+    """Pooled.estimate takes a Ratio's gradient in closed form; the same function as a plain
+    lambda goes through autograd. Values and CIs agree, 0 / 0 rows included (NaN in both)."""
+    from workbench.probing.engine import F, FIELDS, Pooled, index_fn, lift, per_row, summed
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 5, 40, len(FIELDS), generator=gen, dtype=torch.float64)
+    x[1, 2, :, F["S_only_mass"]] = x[1, 2, :, F["R_only_mass"]] = 0.0  # index 0 / 0 in one (group, head)
+    pooled = Pooled(0, "main", 40, [0, 1], x.sum(2), torch.einsum("ghni,ghnj->ghij", x, x),
+                    torch.zeros(5, 6, 18), torch.zeros(5, 6, 18))
+    for fn in (per_row("entropy"), lift("S_only+both"), summed(["S_only_mass", "both_mass"]), index_fn("mass")):
+        for group in (0, None):
+            value, ci = pooled.estimate(fn, group)
+            ref_value, ref_ci = pooled.estimate(lambda u, fn=fn: fn(u), group)  # not a Ratio: autograd
+            print(fn, group, float((value - ref_value).abs().nan_to_num().max()), float((ci - ref_ci).abs().nan_to_num().max()))
+            torch.testing.assert_close(value, ref_value, rtol=1e-12, atol=1e-14, equal_nan=True)
+            torch.testing.assert_close(ci, ref_ci, rtol=1e-10, atol=1e-14, equal_nan=True)
+    value, ci = pooled.estimate(index_fn("mass"), None)
+    assert value[1, 2].isnan() and ci[1, 2].isnan() and value.isfinite().sum() == value.numel() - 1

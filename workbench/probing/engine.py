@@ -8,7 +8,8 @@ A *statistics source* turns one batch into `ProbeStats` (workbench/kernels/contr
   `workbench.kernels.pattern_stats` (the definition) inside the hook, so no more than one layer's
   pattern is alive at a time.
 - `KernelSource` (`--fast`): rotated queries and keys captured at `hook_rot_q` / `hook_rot_k`
-  (`hook_q` / `hook_k` for sigma_gpt, which has no rotation) and reduced by the fused Triton kernel
+  (`hook_q` / `hook_k` for sigma_gpt, which has no rotation; the forward stops once the last of
+  them is captured, as nothing after it is needed) and reduced by the fused Triton kernel
   `workbench.kernels.probe_stats`, never materialising a pattern: one call (three launches) per stream and batch
   (all layers side by side on the head axis),
   per-sequence outputs that stay on the device, and the moment sums below accumulated there too,
@@ -31,7 +32,7 @@ import functools
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -40,7 +41,7 @@ from torch import Tensor
 from workbench.hook_names import hook_name
 from workbench.kernels.contract import N_BINS, ProbeStats, pattern_stats
 from workbench.models import HookedAOModel
-from workbench.orders import ProbeLayout, probe_layout
+from workbench.orders import ProbeLayout, probe_layout, to_device
 from workbench.probing import specialisation
 from workbench.probing.table import Row
 from workbench.stats import Z_95
@@ -100,7 +101,8 @@ class ReferenceSource:
     name = "reference"
 
     def collect(self, model: HookedAOModel, tokens: Tensor, order: Tensor, *, r: int, w: int) -> dict[str, Tensor]:
-        layouts = {s: probe_layout(order, s) for s in model.stream_names}
+        device = next(model.parameters()).device
+        layouts = {s: probe_layout(to_device(order, device), s) for s in model.stream_names}
         names = _stream_hooks(model, "pattern")
         out: dict[str, Tensor] = {}
 
@@ -133,21 +135,32 @@ class KernelSource:
         rotated = not own_qk and getattr(model, "rotary", None) is not None
         names = {**_stream_hooks(model, "rot_q" if rotated else "q"), **_stream_hooks(model, "rot_k" if rotated else "k")}
         cache: dict[str, Tensor] = {}
+
+        def capture(_module, _inputs, x: Tensor, name: str) -> None:
+            cache[name] = x.detach()
+            if len(cache) == len(names):
+                raise _Captured  # all in hand: the rest of the forward would be thrown away
+
         # Plain torch forward hooks on just these hook points, removed by handle: TransformerLens's
         # `model.hooks()` walks every hook point of the model on exit (~3 ms per batch). Nothing
         # here needs its bookkeeping (`has_hooks` matters only for pattern and result hooks).
         handles = [
-            model.hook_dict[name].register_forward_hook(lambda _m, _i, x, name=name: cache.__setitem__(name, x.detach()))
-            for name in names
+            model.hook_dict[name].register_forward_hook(functools.partial(capture, name=name)) for name in names
         ]
         try:
-            model(tokens, order)  # cache: [batch, slot, head, d_head] per hook
+            model(tokens, order)  # CPU tokens and order: checked there, no device sync
+        except _Captured:
+            pass
         finally:
             for handle in handles:
                 handle.remove()
+        missing = sorted(set(names) - set(cache))
+        if missing:
+            raise RuntimeError(f"the forward never reached {', '.join(missing)}; the kernel needs q and k of every layer")
         out: dict[str, Tensor] = {}
         max_distance = order.shape[1]  # positions are 0..T-1: bounds every distance, saves a sync per call
         n_layers = model.cfg.n_layers
+        order = to_device(order, next(model.parameters()).device)
         for stream in model.stream_names:
             layout = probe_layout(order, stream)
             qs, ks = [], []
@@ -174,7 +187,12 @@ class KernelSource:
             ))
             for layer in range(n_layers):
                 out.update(acc.to_dict(f"L{layer}.{stream}", heads=slice(layer * n_heads, (layer + 1) * n_heads)))
-        return out  # still on the device: the caller's copy to the host is the batch's one sync
+        return out  # still on the device: map_batches copies it to the host while the next batch runs
+
+
+class _Captured(Exception):
+    """Raised by `KernelSource`'s last capture hook: the forward stops there (like TransformerLens's
+    `stop_at_layer`), skipping the last layer's attention output and MLP and the unembedding."""
 
 
 def make_source(fast: bool, device: torch.device | str) -> tuple[StatsSource, str]:
@@ -317,6 +335,7 @@ class Pooled:
     hist_sq: Tensor
     has_step_sink: bool = True
     """Whether the null-key mass is known per step bucket (not from the kernel source)."""
+    _covariances: dict[int | None, Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_heads(self) -> int:
@@ -333,24 +352,29 @@ class Pooled:
     def estimate(self, fn: Callable[[Tensor], Tensor], group: int | None = 0) -> tuple[Tensor, Tensor]:
         """(value, 95% CI half-width) per head of fn(mean u), the CI by the delta method over
         sequences (NaN with fewer than two sequences). fn works row by row: [n, field] -> [n]
-        (e.g. [head, field] -> [head]). group None: every group at once, [group, head]."""
+        (e.g. [head, field] -> [head]); its gradient comes in closed form for a `Ratio`, through
+        autograd otherwise. group None: every group at once, [group, head]."""
         u_sum = self.u_sum if group is None else self.u_sum[group]
         u_outer = self.u_outer if group is None else self.u_outer[group]
         shape, k, n = u_sum.shape[:-1], u_sum.shape[-1], self.n_seq
-        mean = (u_sum / n).reshape(-1, k).clone().requires_grad_(True)
-        with torch.enable_grad():
-            value = fn(mean)
-            grad = torch.autograd.grad(torch.nan_to_num(value).sum(), mean, allow_unused=True)[0]
-        value = value.detach()
+        m = (u_sum / n).reshape(-1, k)
+        if isinstance(fn, Ratio):
+            value, grad = fn.value_and_grad(m)
+        else:
+            mean = m.clone().requires_grad_(True)
+            with torch.enable_grad():
+                value = fn(mean)
+                grad = torch.autograd.grad(torch.nan_to_num(value).sum(), mean, allow_unused=True)[0]
+            value = value.detach()
         if n < 2 or grad is None:
             return value.reshape(shape), torch.full(shape, math.nan, dtype=value.dtype)
-        m = mean.detach()
-        cov = (u_outer.reshape(-1, k, k) / n - m[:, :, None] * m[:, None, :]) * n / (n - 1)
-        var = torch.einsum("hi,hij,hj->h", grad, cov, grad) / n
+        if group not in self._covariances:  # of u over sequences; the same for every fn
+            self._covariances[group] = (u_outer.reshape(-1, k, k) / n - m[:, :, None] * m[:, None, :]) * n / (n - 1)
+        var = (grad[:, None, :] @ self._covariances[group] @ grad[:, :, None]).reshape(-1) / n  # einsum's path search costs more
         return value.reshape(shape), (Z_95 * var.clamp(min=0).sqrt()).reshape(shape)
 
     def ratio(self, num: str, den: str, group: int = 0) -> tuple[Tensor, Tensor]:
-        return self.estimate(lambda u: u[:, F[num]] / u[:, F[den]], group)
+        return self.estimate(Ratio.of([num], [den]), group)
 
     def histogram(self, which: str) -> tuple[Tensor, Tensor, Tensor, float]:
         """(attention, chance, CI) per head and bin, as mean mass per probed row, and the rows."""
@@ -421,10 +445,10 @@ class HeadSummary:
     lift_both: float
 
 
-def index_fn(kind: str) -> Callable[[Tensor], Tensor]:
+def index_fn(kind: str) -> Ratio:
     """The specialisation index of mean u, on masses ("mass") or chances ("chance")."""
-    s, r = F[f"S_only_{kind}"], F[f"R_only_{kind}"]
-    return lambda u: (u[:, s] - u[:, r]) / (u[:, s] + u[:, r])
+    s, r = f"S_only_{kind}", f"R_only_{kind}"
+    return Ratio(((s, 1.0), (r, -1.0)), ((s, 1.0), (r, 1.0)))
 
 
 def summarise_heads(stats: dict[tuple[int, str], Pooled]) -> list[HeadSummary]:
@@ -511,24 +535,59 @@ def _estimates(pooled: Pooled, value, chance, group: int | None) -> tuple[Tensor
 
 def _head_rows(pooled: Pooled, metric: str, v: Tensor, ci: Tensor, c: Tensor, group: int, x: int) -> list[Row]:
     rows = pooled.u_sum[group, :, F["rows"]]
-    return [
-        Row(metric=metric, value=float(v[h]), layer=pooled.layer, stream=pooled.stream, head=h,
-            chance=float(c[h]), ci=float(ci[h]), n=int(rows[h]), x=x)
-        for h in range(pooled.n_heads)
+    return [  # tolist(): one conversion per tensor, not one per element
+        Row(metric=metric, value=v_h, layer=pooled.layer, stream=pooled.stream, head=h, chance=c_h, ci=ci_h, n=int(n_h), x=x)
+        for h, (v_h, c_h, ci_h, n_h) in enumerate(zip(v.tolist(), c.tolist(), ci.tolist(), rows.tolist()))
     ]
 
 
-def per_row(field: str) -> Callable[[Tensor], Tensor]:
+@dataclass(frozen=True)
+class Ratio:
+    """mean u -> (sum of c * u[field] over `num`) / (the same over `den`): every built-in metric is
+    such a ratio of two linear forms, so its delta-method gradient has a closed form,
+    (num_coefficients - value * den_coefficients) / denominator, with no autograd pass."""
+
+    num: tuple[tuple[str, float], ...]
+    den: tuple[tuple[str, float], ...]
+
+    @classmethod
+    def of(cls, num: list[str], den: list[str]) -> Ratio:
+        return cls(tuple((f, 1.0) for f in num), tuple((f, 1.0) for f in den))
+
+    def __call__(self, u: Tensor) -> Tensor:
+        return _linear(self.num, u) / _linear(self.den, u)
+
+    def value_and_grad(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """fn(u) and its gradient row by row, [n] and [n, field] (NaN where fn is not finite,
+        like autograd through 0 / 0)."""
+        den = _linear(self.den, u)
+        value = _linear(self.num, u) / den
+        a, b = (_coefficients(terms, u) for terms in (self.num, self.den))
+        return value, (a - value[:, None] * b) / den[:, None]
+
+
+def _linear(terms: tuple[tuple[str, float], ...], u: Tensor) -> Tensor:
+    return sum(u[:, F[f]] * c if c != 1.0 else u[:, F[f]] for f, c in terms)
+
+
+def _coefficients(terms: tuple[tuple[str, float], ...], u: Tensor) -> Tensor:
+    out = [0.0] * u.shape[-1]
+    for f, c in terms:
+        out[F[f]] += c
+    return torch.tensor(out, dtype=u.dtype, device=u.device)
+
+
+def per_row(field: str) -> Ratio:
     """mean u -> a field's mass per probed row."""
-    return lambda u: u[:, F[field]] / u[:, F["rows"]]
+    return Ratio.of([field], ["rows"])
 
 
-def lift(part: str) -> Callable[[Tensor], Tensor]:
+def lift(part: str) -> Ratio:
     """mean u -> mass / chance of a part (or of a sum of parts, e.g. "S_only+both")."""
     names = part.split("+")
-    return lambda u: sum(u[:, F[f"{p}_mass"]] for p in names) / sum(u[:, F[f"{p}_chance"]] for p in names)
+    return Ratio.of([f"{p}_mass" for p in names], [f"{p}_chance" for p in names])
 
 
-def summed(fields: list[str]) -> Callable[[Tensor], Tensor]:
+def summed(fields: list[str]) -> Ratio:
     """mean u -> the sum of some fields per probed row."""
-    return lambda u: sum(u[:, F[f]] for f in fields) / u[:, F["rows"]]
+    return Ratio.of(fields, ["rows"])

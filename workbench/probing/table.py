@@ -68,15 +68,12 @@ class Row:
 
 def rows_to_table(rows: list[tuple[str, str, Row]]) -> pa.Table:
     """(checkpoint, probe, Row) triples -> an Arrow table with SCHEMA."""
-    columns: dict[str, list] = {name: [] for name in COLUMNS}
-    for checkpoint, probe_name, row in rows:
-        columns["checkpoint"].append(checkpoint)
-        columns["probe"].append(probe_name)
-        for name in COLUMNS[1:]:
-            if name != "probe":
-                value = getattr(row, name)
-                columns[name].append(float(value) if name in ("value", "chance", "ci") else value)
-    return pa.table(columns, schema=SCHEMA)
+    columns: dict[str, list] = {"checkpoint": [c for c, _, _ in rows], "probe": [p for _, p, _ in rows]}
+    for name in COLUMNS:
+        if name not in columns:
+            values = [getattr(row, name) for _, _, row in rows]
+            columns[name] = [float(v) for v in values] if name in ("value", "chance", "ci") else values
+    return pa.table({name: columns[name] for name in COLUMNS}, schema=SCHEMA)
 
 
 def write_table(table: pa.Table, path: Path) -> None:
