@@ -10,7 +10,8 @@ random generation orders (the runner's, seeded). For each checkpoint, one proces
 Every time is the median of three runs.
 
 - `forward`: `model(tokens, order)` under torch.no_grad over every batch (batch size
-  `--batch-size`, fp32 like the probe run, the batches built on the device beforehand): the floor;
+  `--batch-size`, fp32 like the probe run; the faster of batches on the device beforehand and
+  batches on the CPU as the probe run gets them): the floor;
 - `statistics`: the attention statistics alone through the kernel (forward with hooks, kernel,
   accumulation, pooling; no model load, no table): where the run's time goes;
 - `probe`: `run_probes(..., fast=True, probes=<observational>)` end to end (model load, hooks,
@@ -72,19 +73,22 @@ def median_time(run) -> float:
 
 
 def time_forward(name: str, windows, batch_size: int, device: str) -> float:
+    """The faster of two plain-forward loops: batches already on the device (checked there: each
+    check waits for the device), or on the CPU as the probe run gets them (checked on the CPU,
+    copied asynchronously)."""
     from workbench.checkpoint import load, resolve
     from workbench.probing.context import ProbeContext, ProbeSettings
 
     model = load(resolve(name), device=device).eval()
     ctx = ProbeContext(model, windows, ProbeSettings(batch_size=batch_size), progress=False)
-    batches = [ctx.batch(i) for i in range(ctx.n_batches())]
-    def forward_all():
-        for tokens, order in batches:
-            model(tokens, order)
-
+    on_cpu = [ctx.batch(i) for i in range(ctx.n_batches())]
+    on_device = [(tokens.to(device), order.to(device)) for tokens, order in on_cpu]
+    times = []
     with torch.no_grad():
-        model(*batches[0])
-        return median_time(forward_all)
+        for batches in (on_device, on_cpu):
+            model(*batches[0])
+            times.append(median_time(lambda: [model(tokens, order) for tokens, order in batches]))
+    return min(times)
 
 
 def time_statistics(name: str, windows, batch_size: int, device: str) -> float:
