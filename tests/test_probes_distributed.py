@@ -86,14 +86,18 @@ def test_torchrun_two_ranks_write_the_one_process_table(checkpoint, tmp_path):
 
 def test_torchrun_block_sums_give_the_one_process_table(checkpoint, tmp_path):
     """Enough batches (66 > 64) that the statistics are summed in blocks of two batches, dealt
-    to the ranks by block and exchanged as block sums: still the one-process table, bit for bit."""
-    args = ["--checkpoint", str(checkpoint), "--probes", "parts,by_step", "--seq-len", "5",
-            "--max-sequences", "66", "--batch-size", "1", "--device", "cpu", "--threads", "1", "--no-progress"]
+    to the ranks by block and exchanged as block sums: still the one-process table, bit for bit.
+    r and w as --radius / --window: torchrun's own parser would take --r for its --rdzv-* options."""
+    args = ["--checkpoint", str(checkpoint), "--probes", "parts,by_step", "--seq-len", "5", "--radius", "2",
+            "--window", "3", "--max-sequences", "66", "--batch-size", "1", "--device", "cpu", "--threads", "1",
+            "--no-progress"]
     one = _cli([*args, "--out", str(tmp_path / "one")], None, tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     two = _cli([*args, "--out", str(tmp_path / "two")], 2, tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     pd.testing.assert_frame_equal(read_table(tmp_path / "one"), read_table(tmp_path / "two"), check_exact=True)
+    meta = json.loads((tmp_path / "two" / "metadata.json").read_text())
+    assert (meta["r"], meta["w"]) == (2, 3)
 
 
 def test_resume_loads_batches_by_global_index(checkpoint, tmp_path):

@@ -7,9 +7,10 @@
 
 Run it again with the same arguments after a kill and it resumes. On several GPUs:
 
-    torchrun --nproc_per_node=2 -m workbench.cli probe --checkpoint two_stream-1024 --fast --out out/x
+    torchrun --nproc_per_node=2 -m workbench.cli probe --checkpoint two_stream-1024 --fast --radius 2 --out out/x
 
 shares the batches out over the processes; rank 0 writes the table a one-process run writes.
+(Under torchrun write --radius / --window: torchrun's own parser reads --r as one of its options.)
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val", choices=("val", "train", "all"), help="which part of --data (default val: its last 10%%)")
     p.add_argument("--probes", default=None, help="comma-separated probe names (default: all; see --list)")
     p.add_argument("--out", help="output directory")
-    p.add_argument("--r", type=int, default=4, help="semantic radius: S_r = keys within r positions of the reference position (default 4)")
-    p.add_argument("--w", type=int, default=4, help="structural window: R_w = keys generated at most w steps ago (default 4)")
+    # --radius / --window: under torchrun, whose own parser takes --r for an abbreviation of its --rdzv-* options
+    p.add_argument("--r", "--radius", dest="r", type=int, default=4, help="semantic radius: S_r = keys within r positions of the reference position (default 4)")
+    p.add_argument("--w", "--window", dest="w", type=int, default=4, help="structural window: R_w = keys generated at most w steps ago (default 4)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the model's n_ctx)")
     p.add_argument("--max-sequences", type=int, default=64, help="probe the first N windows (default 64; 0 = all)")
     p.add_argument("--batch-size", type=int, default=8)

@@ -291,8 +291,9 @@ def _windows(model: HookedAOModel, ckpt: dict, data, split: str, seq_len: int) -
             raise ValueError(f"data tensor must be [sequence, pos] with pos = seq_len = {seq_len} and at least one sequence, got {tuple(data.shape)}.")
         if data.is_floating_point() or int(data.min()) < 0 or int(data.max()) >= model.cfg.d_vocab:
             raise ValueError(f"data tensor must hold token ids in [0, {model.cfg.d_vocab}).")
-        digest = hashlib.sha256(data.long().cpu().numpy().tobytes()).hexdigest()[:16]
-        return data.long().cpu(), {"spec": "tensor", "split": "all", "fingerprint": digest}
+        data = data.long().cpu().contiguous()
+        digest = hashlib.sha256(data.numpy().data).hexdigest()[:16]  # the array's buffer, not a copy
+        return data, {"spec": "tensor", "split": "all", "fingerprint": digest}
     if model.tokenizer is None:
         raise ValueError("this model has no tokenizer, so text data cannot be tokenised; pass data as a [sequence, pos] tensor of token ids.")
     info = getattr(model, "checkpoint", None)
