@@ -234,6 +234,26 @@ def test_kernel_source_matches_the_reference(variant):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5), key
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("variant", ["two_stream", "decoupled_rope"])
+def test_kernel_source_cuda_graphs_give_the_eager_sums(variant):
+    """KernelSource captures a stream's statistics call in a CUDA graph the second time a batch
+    shape comes: batch 0 eager, batch 1 captured and replayed, batches 2-3 replayed, and a smaller
+    last batch eager again. Every batch's sums equal the always-eager source's, bit for bit."""
+    from workbench.probing.engine import KernelSource
+
+    model = tiny(variant, d_head=16).to("cuda")
+    gen = torch.Generator().manual_seed(0)
+    graphed, eager = KernelSource(), KernelSource(graphs=False)
+    for batch in (3, 3, 3, 3, 2):
+        tokens = torch.randint(0, model.cfg.d_vocab, (batch, 16), generator=gen)
+        order = torch.stack([torch.randperm(16, generator=gen) for _ in range(batch)])
+        a = {k: v.clone() for k, v in graphed.collect(model, tokens, order, r=2, w=3).items()}
+        b = eager.collect(model, tokens, order, r=2, w=3)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), batch
+    assert sum(g is not None for g in graphed._seen.values()) == len(model.stream_names)
+
+
 # ---- registry ----------------------------------------------------------------------------------
 
 
