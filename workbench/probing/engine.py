@@ -12,9 +12,10 @@ A *statistics source* turns one batch into `ProbeStats` (workbench/kernels/contr
   them is captured, as nothing after it is needed) and reduced by the fused Triton kernel
   `workbench.kernels.probe_stats`, never materialising a pattern: one call (three launches) per stream and batch
   (all layers side by side on the head axis),
-  per-sequence outputs that stay on the device, and the moment sums below accumulated there too,
-  so the GPU is never waited for until the batch's sums are copied to the host. Needs CUDA;
-  `make_source` falls back to the reference with a warning line otherwise.
+  per-sequence outputs that stay on the device, and the moment sums below accumulated there too
+  (replayed as a CUDA graph once a batch shape repeats), so nothing waits for the GPU; the batch
+  map copies the sums to the host while the next batch runs. Needs CUDA; `make_source` falls
+  back to the reference with a warning line otherwise.
 
 Both sources give the same moment sums (within float32 rounding of the scores), per-step null-key
 mass included, so `--fast` writes the reference's table.
