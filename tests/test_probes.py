@@ -323,22 +323,48 @@ def test_confidence_intervals_are_finite_and_cover_zero_width_when_exact(known_r
     assert (null_sink.ci < 1e-6).all()  # the null head's sink mass is 1 in every sequence
 
 
-def test_summed_batch_maps_add_blocks_of_batches_in_order():
-    """map_batches(summed=True): one sum per block of consecutive batches (a block size that
-    depends only on the number of batches), whose sum is the sum over all batches."""
-    from workbench.probing.context import sum_block
+def test_summed_batch_maps_add_blocks_of_batches_by_a_fixed_tree():
+    """map_batches(summed=True): blocks of consecutive batches (a block size that depends only on
+    the number of batches) summed in order, the blocks by a fixed pairwise tree: one total."""
+    from workbench.probing.context import sum_block, tree_sum
 
     model = from_config(AOConfig(variant="decoupled_rope", n_layers=1, d_model=8, n_heads=1, d_head=8, d_mlp=8,
                                  n_ctx=4, d_vocab=5))
     windows = torch.zeros(150, 4, dtype=torch.long)
     ctx = ProbeContext(model, windows, ProbeSettings(batch_size=1), progress=False)
     assert (sum_block(64), sum_block(65), sum_block(150)) == (1, 2, 3)
-    blocks = ctx.map_batches("x", lambda i, t, o: {"i": torch.tensor(float(i)), "one": torch.ones(2)}, summed=True)
-    assert len(blocks) == 50
-    assert [float(b["i"]) for b in blocks[:2]] == [0 + 1 + 2, 3 + 4 + 5]
-    assert float(sum(b["i"] for b in blocks)) == sum(range(150)) and torch.equal(sum(b["one"] for b in blocks), torch.full((2,), 150.0))
+    values = torch.rand(150, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 10.0 ** torch.arange(-8, 7, 7.0)
+    [total] = ctx.map_batches("x", lambda i, t, o: {"v": values[i], "one": torch.ones(2)}, summed=True)
+    blocks = {b: {"v": values[3 * b] + values[3 * b + 1] + values[3 * b + 2]} for b in range(50)}
+    expected = tree_sum(blocks, 50)["v"]
+    by_hand = (((blocks[0]["v"] + blocks[1]["v"]) + (blocks[2]["v"] + blocks[3]["v"])))  # the tree's first node of 4
+    assert torch.equal(tree_sum(blocks, 50, (0, 4))["v"], by_hand)
+    assert torch.equal(total["v"], expected) and torch.equal(total["one"], torch.full((2,), 150.0))
     plain = ctx.map_batches("y", lambda i, t, o: {"i": torch.tensor(float(i))})
     assert [float(b["i"]) for b in plain] == list(range(150))
+
+
+@pytest.mark.parametrize("n_leaves", [1, 2, 5, 50, 64])
+def test_tree_sums_are_the_same_bits_however_the_leaves_are_split(n_leaves):
+    """What ranks do: each sums the subtrees covering its contiguous run of leaves (dyadic_cover),
+    and the root from those subtree sums is bit-identical to the root from all leaves, for any
+    number of ranks (float64 values of very different sizes, so the order of additions matters)."""
+    from workbench.probing.context import dyadic_cover, tree_sum
+
+    gen = torch.Generator().manual_seed(n_leaves)
+    leaves = {b: {"v": torch.randn(4, generator=gen, dtype=torch.float64) * 10.0 ** torch.randint(-9, 9, (4,), generator=gen)}
+              for b in range(n_leaves)}
+    alone = tree_sum(leaves, n_leaves)["v"]
+    for world in (1, 2, 3, 5, 7, 70):
+        nodes = {}
+        for rank in range(world):
+            first, stop = rank * n_leaves // world, (rank + 1) * n_leaves // world
+            spans = dyadic_cover(first, stop)
+            assert [s for span in spans for s in range(*span)] == list(range(first, stop))
+            nodes.update({span: tree_sum(leaves, n_leaves, span) for span in spans})
+        assert torch.equal(tree_sum(nodes, n_leaves)["v"], alone), world
+    in_order = sum((leaves[b]["v"] for b in range(1, n_leaves)), leaves[0]["v"])
+    assert torch.allclose(alone, in_order, rtol=1e-12, atol=0)
 
 
 def test_closed_form_ratio_estimates_match_autograd():

@@ -85,8 +85,9 @@ def test_torchrun_two_ranks_write_the_one_process_table(checkpoint, tmp_path):
 
 
 def test_torchrun_block_sums_give_the_one_process_table(checkpoint, tmp_path):
-    """Enough batches (66 > 64) that the statistics are summed in blocks of two batches, dealt
-    to the ranks by block and exchanged as block sums: still the one-process table, bit for bit.
+    """Enough batches (66 > 64) that the statistics are summed in blocks of two batches, runs of
+    blocks dealt to the ranks, which exchange the sums of their subtrees of the pairwise tree:
+    still the one-process table, bit for bit.
     r and w as --radius / --window: torchrun's own parser would take --r for its --rdzv-* options."""
     args = ["--checkpoint", str(checkpoint), "--probes", "parts,by_step", "--seq-len", "5", "--radius", "2",
             "--window", "3", "--max-sequences", "66", "--batch-size", "1", "--device", "cpu", "--threads", "1",

@@ -419,7 +419,7 @@ def test_probe_engine_reference_on_converted_xlnet(model):
     tokens, order = batch(model.cfg.d_vocab, n_seq, n_pos, seed=10)
     with torch.no_grad():  # as the runner's batch map calls it
         shard = engine.ReferenceSource().collect(model, tokens, order, r=2, w=2)
-    heads = engine.summarise_heads(engine.pool([shard], model, n_pos))
+    heads = engine.summarise_heads(engine.pool(shard, model, n_pos))
     assert len(heads) == model.cfg.n_layers * 2 * model.cfg.n_heads
     for head in heads:
         assert head.sink == pytest.approx(1 / n_pos if head.stream == "query" else 0.0, abs=1e-9)

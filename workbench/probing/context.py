@@ -4,8 +4,8 @@ Everything a probe computes per batch goes through `ctx.map_batches(key, fn)`: e
 (a dict of tensors) is written atomically to `<run dir>/.partial/<key>/<batch>.safetensors` while
 the next batch runs (one batch in flight, so the host never waits for the device in between), and
 a resumed run loads the batches already done instead of recomputing them. Results are then combined in batch order (sums: in fixed blocks of batches, then the blocks
-in order), so a run killed and resumed gives exactly the table of an uninterrupted run, with any
-number of processes.
+by a fixed pairwise tree), so a run killed and resumed gives exactly the table of an uninterrupted
+run, with any number of processes.
 
 Every random draw is seeded from (seed, purpose, index) by a hash, never from a shared stream, so
 what sequence s sees does not depend on the batch size, on which probes run, or on a resume.
@@ -126,19 +126,25 @@ class ProbeContext:
         """[fn(i, tokens, order) for each batch i], each result saved (and on resume, loaded).
         tokens and order come on the CPU (`batch`); fn's tensors may be on any device.
 
-        summed=True: the results are sums, and what comes back is their sums over blocks of
-        consecutive batches (`sum_block(n)` of them, added in batch order), one dict per block;
-        summing those in order gives the same bits on any number of processes.
+        summed=True: the results are sums, and what comes back is their total, [total]: the batches
+        are summed in blocks of consecutive batches (`sum_block`), in batch order, and the blocks by
+        a fixed pairwise tree (`tree_sum`), so the total has the same bits on any number of processes.
 
         Under torch.distributed (workbench/probing/distributed.py) this rank runs only its share of
-        the batches (i % world_size == rank; with summed, whole blocks, dealt the same way) and one
-        exchange then gives every rank all of them (with summed, only the block sums), in order."""
+        the batches (i % world_size == rank; with summed, a contiguous run of blocks) and one
+        exchange then gives every rank all of them (with summed, only the roots of the tree's
+        subtrees each rank holds: a few sums per rank), in order."""
         from workbench.probing import distributed
 
         n = self.n_batches(n_sequences)
         block = sum_block(n) if summed else 1
+        n_blocks = -(-n // block)
         rank, world = distributed.rank(), distributed.world_size()
-        mine = [i for i in range(n) if (i // block) % world == rank]
+        if summed:  # a contiguous run of blocks: whole subtrees of the pairwise tree
+            first, stop = rank * n_blocks // world, (rank + 1) * n_blocks // world
+            mine = [i for i in range(n) if first <= i // block < stop]
+        else:
+            mine = [i for i in range(n) if i % world == rank]
         shard_dir = self.workdir / key if self.workdir is not None else None
         saved = {i: shard_dir / f"{i:05d}.safetensors" for i in mine} if shard_dir is not None else {}
         done = sum(path.is_file() for path in saved.values())
@@ -177,10 +183,14 @@ class ProbeContext:
             if pending is not None:
                 finish(*pending)
         bar.close()
-        n = -(-n // block)
+        if not summed:
+            if world > 1:
+                results = distributed.gather(results)
+            return [results[i] for i in range(n)]
+        nodes = {span: tree_sum(results, n_blocks, span) for span in dyadic_cover(first, stop)}
         if world > 1:
-            results = distributed.gather(results)
-        return [results[i] for i in range(n)]
+            nodes = distributed.gather(nodes)
+        return [tree_sum(nodes, n_blocks)]
 
     # ---- pooled attention statistics -------------------------------------------------------
 
@@ -190,13 +200,13 @@ class ProbeContext:
         from workbench.probing.engine import pool
 
         s = self.settings
-        shards = self.map_batches(
+        [sums] = self.map_batches(
             f"stats_{self.source.name}",
             lambda i, tokens, order: self.source.collect(self.model, tokens, order, r=s.r, w=s.w),
             desc=f"attention statistics ({self.source.name})",
-            summed=True,  # moment sums: ranks exchange block sums, not every batch's
+            summed=True,  # moment sums: ranks exchange a few subtree sums, not every batch's
         )
-        return pool(shards, self.model, self.seq_len)
+        return pool(sums, self.model, self.seq_len)
 
     @cached_property
     def heads(self):
@@ -207,9 +217,44 @@ class ProbeContext:
 
 
 def sum_block(n_batches: int) -> int:
-    """Batches per block of a summed batch map: at most 64 blocks (what ranks exchange), and a
+    """Batches per block of a summed batch map: at most 64 blocks (the leaves of `tree_sum`), and a
     function of the number of batches alone, so that the sums do not depend on the world size."""
     return max(1, -(-n_batches // 64))
+
+
+Sums = dict[str, Tensor]
+
+
+def tree_sum(known: dict, n_leaves: int, span: tuple[int, int] | None = None) -> Sums:
+    """The sum of leaves [lo, hi) (default: all) by a fixed pairwise tree over leaf indices: node
+    [lo, hi) (aligned, hi - lo a power of two) = node [lo, mid) + node [mid, hi), a right half
+    past the last leaf left out. `known` maps leaf index b (or a node (lo, hi) already summed this
+    way) to its sums. Every node has the same bits whoever sums it, so ranks holding contiguous
+    runs of leaves can each sum their subtrees (`dyadic_cover`) and exchange only those."""
+    lo, hi = span if span is not None else (0, 1 << max(0, n_leaves - 1).bit_length())
+    if (lo, hi) in known:
+        return known[(lo, hi)]
+    if hi - lo == 1:
+        return known[lo]
+    mid = (lo + hi) // 2
+    left = tree_sum(known, n_leaves, (lo, mid))
+    if mid >= n_leaves:
+        return left
+    right = tree_sum(known, n_leaves, (mid, hi))
+    return {k: v + right[k] for k, v in left.items()}
+
+
+def dyadic_cover(start: int, stop: int) -> list[tuple[int, int]]:
+    """The largest aligned power-of-two intervals [lo, lo + 2^k) that tile [start, stop): the
+    tree nodes a rank holding leaves start..stop-1 sums whole."""
+    spans = []
+    while start < stop:
+        size = start & -start or 1 << (stop - start).bit_length()
+        while start + size > stop:
+            size //= 2
+        spans.append((start, start + size))
+        start += size
+    return spans
 
 
 class HostCopy:

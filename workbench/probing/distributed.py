@@ -1,12 +1,14 @@
 """Probe runs over several processes: `torchrun --nproc_per_node=N -m workbench.cli probe ...`.
 
 Under torchrun (WORLD_SIZE > 1 in the environment) `run_probes` joins a process group (NCCL on
-CUDA, gloo on CPU) and every rank takes one GPU (cuda:LOCAL_RANK). Batches are dealt round-robin:
-rank r computes (or, resuming, loads) the batches i with i % world_size == r and saves each as
-`.partial/<key>/<i>.safetensors`, keyed by the global batch index, exactly as a one-process run
-names them. One exchange per `map_batches` call (`gather`) then hands every rank all batches, in
-batch order, so the pooled statistics -- and the table -- are those of a one-process run; rank 0
-alone writes the table and the metadata. A killed run resumes with any number of processes.
+CUDA, gloo on CPU) and every rank takes one GPU (cuda:LOCAL_RANK). Batches are dealt round-robin
+(summed maps: a contiguous run of blocks per rank, `ProbeContext.map_batches`): rank r computes
+(or, resuming, loads) its batches and saves each as `.partial/<key>/<i>.safetensors`, keyed by the
+global batch index, exactly as a one-process run names them. One exchange per `map_batches` call
+(`gather`) then hands every rank all batches, in batch order (summed maps: the sums of the pairwise
+tree's subtrees each rank holds), so the pooled statistics -- and the table -- are those of a
+one-process run; rank 0 alone writes the table and the metadata. A killed run resumes with any
+number of processes.
 """
 
 from __future__ import annotations
@@ -72,8 +74,9 @@ def finish(joined: bool) -> None:
         d.destroy_process_group()
 
 
-def gather(local: dict[int, dict[str, Tensor]]) -> dict[int, dict[str, Tensor]]:
-    """Every rank's {batch index: {name: CPU tensor}}, merged (the one exchange per batch map).
+def gather(local: dict[Any, dict[str, Tensor]]) -> dict[Any, dict[str, Tensor]]:
+    """Every rank's {key (a batch index, or a tree node): {name: CPU tensor}}, merged (the one
+    exchange per batch map).
 
     The layouts (names, dtypes, shapes) travel as Python objects; the values as one byte buffer
     per rank through a single all_gather: pickling thousands of tensors was slower than the

@@ -441,20 +441,17 @@ class Pooled:
         return attn, chance, ci, rows
 
 
-def pool(shards: list[dict[str, Tensor]], model: HookedAOModel, seq_len: int) -> dict[tuple[int, str], Pooled]:
-    """Sum the moment sums of every block of batches (`ProbeContext.map_batches(summed=True)`), in
-    order, so that a resumed run, or one on several processes, adds up identically."""
+def pool(sums: dict[str, Tensor], model: HookedAOModel, seq_len: int) -> dict[tuple[int, str], Pooled]:
+    """The moment sums over every batch (`ProbeContext.map_batches(summed=True)`, whose fixed
+    summation order makes a resumed run, or one on several processes, add up identically), per
+    (layer, stream)."""
     out = {}
     for layer in range(model.cfg.n_layers):
         for stream in model.stream_names:
             prefix = f"L{layer}.{stream}"
-            parts = [{k[len(prefix) + 1 :]: v for k, v in shard.items() if k.startswith(prefix + ".")} for shard in shards]
-            if not parts or any(not p for p in parts):
+            total = {k[len(prefix) + 1 :]: v for k, v in sums.items() if k.startswith(prefix + ".")}
+            if not total:
                 raise ValueError(f"statistics of {prefix} are missing from a saved batch; delete the run's .partial directory and run again.")
-            total = {name: parts[0][name].clone() for name in parts[0]}
-            for part in parts[1:]:
-                for name in total:
-                    total[name] += part[name]
             n_rows = total["u_sum"].shape[0] - 1
             out[(layer, stream)] = Pooled(
                 layer=layer,
