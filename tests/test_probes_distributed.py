@@ -68,14 +68,19 @@ def _cli(args: list[str], nproc: int | None, tmp: Path) -> subprocess.CompletedP
     return subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=120)
 
 
+def _one_process_then_two_ranks(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
+    """Run `args` alone (--out tmp/one), then under torchrun on 2 ranks (--out tmp/two); both must succeed."""
+    for out, nproc in (("one", None), ("two", 2)):
+        run = _cli([*args, "--out", str(tmp / out)], nproc, tmp)
+        assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
 def test_torchrun_two_ranks_write_the_one_process_table(checkpoint, tmp_path):
     args = ["--checkpoint", str(checkpoint), "--probes", "parts,sink,by_step,knockout", "--max-sequences", "10",
             "--batch-size", "2", "--causal-sequences", "5", "--heads", "0.1", "--device", "cpu", "--threads", "1",
             "--no-progress"]
-    one = _cli([*args, "--out", str(tmp_path / "one")], None, tmp_path)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = _cli([*args, "--out", str(tmp_path / "two")], 2, tmp_path)
-    assert two.returncode == 0, two.stderr[-3000:]
+    two = _one_process_then_two_ranks(args, tmp_path)
     assert two.stdout.count("probed 10 sequences") == 1  # rank 0 reports
     a, b = read_table(tmp_path / "one"), read_table(tmp_path / "two")
     pd.testing.assert_frame_equal(a, b, check_exact=True)
@@ -92,10 +97,7 @@ def test_torchrun_block_sums_give_the_one_process_table(checkpoint, tmp_path):
     args = ["--checkpoint", str(checkpoint), "--probes", "parts,by_step", "--seq-len", "5", "--radius", "2",
             "--window", "3", "--max-sequences", "66", "--batch-size", "1", "--device", "cpu", "--threads", "1",
             "--no-progress"]
-    one = _cli([*args, "--out", str(tmp_path / "one")], None, tmp_path)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = _cli([*args, "--out", str(tmp_path / "two")], 2, tmp_path)
-    assert two.returncode == 0, two.stderr[-3000:]
+    two = _one_process_then_two_ranks(args, tmp_path)
     pd.testing.assert_frame_equal(read_table(tmp_path / "one"), read_table(tmp_path / "two"), check_exact=True)
     meta = json.loads((tmp_path / "two" / "metadata.json").read_text())
     assert (meta["r"], meta["w"]) == (2, 3)
