@@ -481,15 +481,19 @@ def _max_rec_edges(block_m: int, block_n: int) -> int:
     return max(1, (1 if span == 0 else 2 + math.ceil(math.log2(span))) - 1)
 
 
-def default_config(n_rows: int, d_head: int, device: torch.device, has_own: bool) -> dict[str, int]:
+def default_config(n_rows: int, d_head: int, device: torch.device, has_own: bool, n_sem: int) -> dict[str, int | None]:
     """Launch parameters of the statistics pass and (lse_*) of the LSE pass; docs/kernel.md says why."""
     if device.type != "cuda":  # interpreter: fewer, larger numpy ops
-        return dict(block_m=64, block_n=64, num_warps=4, num_stages=1, lse_block_m=64, lse_block_n=64, lse_warps=4)
+        return dict(block_m=64, block_n=64, num_warps=4, num_stages=1, maxnreg=None,
+                    lse_block_m=64, lse_block_n=64, lse_warps=4)
     lse_m = 128 if n_rows > 64 else 64
     # statistics pass: one warpgroup, 64 rows x 32 keys. The per-element work is unrolled over the
     # tile, and Nsight Compute showed 64 x 64 tiles stalling on instruction fetch (38% of samples);
-    # 64 x 32 measured fastest with and without own distances (docs/kernel.md).
-    return dict(block_m=64, block_n=32, num_warps=4, num_stages=2,
+    # 64 x 32 measured fastest with and without own distances. It needs ~200 registers, which
+    # leaves room for 2 programs per SM; capped at 168 (3 per SM) it is 5-10% faster without own
+    # distances up to 13 edges (T <= 4096), and slower with them or more edges (spills).
+    maxnreg = 168 if not has_own and n_sem <= 13 else None
+    return dict(block_m=64, block_n=32, num_warps=4, num_stages=2, maxnreg=maxnreg,
                 lse_block_m=lse_m, lse_block_n=64, lse_warps=8 if lse_m == 128 else 4)
 
 
@@ -548,8 +552,11 @@ def _prepare(q, k, key_pos, row_ref, row_own, recency_offset, r, w, scale, max_d
     n_sem = n_thresholds(max_distance)
     s_mode, r_idx = _s_mode(int(r), n_sem, max_distance)
 
-    cfg = default_config(R, D, dev, has_own)
+    cfg = default_config(R, D, dev, has_own, n_sem)
+    tile = cfg["block_m"], cfg["block_n"], cfg["num_warps"]
     cfg.update({k_: v for k_, v in overrides.items() if v is not None})
+    if (cfg["block_m"], cfg["block_n"], cfg["num_warps"]) != tile:
+        cfg["maxnreg"] = None  # the register cap was measured for the default tile only
     bm, bn = cfg["block_m"], cfg["block_n"]
     if bm < 16 or bn < 16 or bm & (bm - 1) or bn & (bn - 1):
         raise ValueError(f"block_m and block_n must be powers of two >= 16, got {bm}, {bn}")
@@ -566,6 +573,8 @@ def _prepare(q, k, key_pos, row_ref, row_own, recency_offset, r, w, scale, max_d
         HAS_OWN=has_own, S_MODE=s_mode, R_IDX=r_idx, MAX_REC_EDGES=_max_rec_edges(bm, bn), NBP=NBP,
         DOT_PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
+    if cfg["maxnreg"]:
+        constexprs["maxnreg"] = cfg["maxnreg"]
     args = (K, n_rb, qk_scale, int(recency_offset), int(r), int(w))
     lse_launch = dict(BLOCK_M=cfg["lse_block_m"], BLOCK_N=cfg["lse_block_n"], num_warps=cfg["lse_warps"],
                       num_stages=cfg["num_stages"], HEAD_DIM=D, D_PAD=constexprs["D_PAD"], DOT_PRECISION=precision)
