@@ -612,11 +612,11 @@ def _launch(pp: _Prepared, chance: bool, per_sequence: bool = False) -> tuple[Te
         n_heads, R, *pp.args, CHANCE=chance, **pp.constexprs,
     )
     # deterministic reduction over batch and row blocks, in float64
-    rows = rows_out.view(B, n_heads, N_ROW_FIELDS, R).double()
-    hist = hist_out.view(B, n_heads, pp.n_rb, 3, NBP).double().sum(2)[..., :N_BINS]
+    rows = rows_out.view(B, n_heads, N_ROW_FIELDS, R)
+    hist = hist_out.view(B, n_heads, pp.n_rb, 3, NBP).sum(2, dtype=torch.float64)[..., :N_BINS]
     if per_sequence:
-        return rows, hist
-    return rows.sum(0), hist.sum(0)
+        return rows.double(), hist
+    return rows.sum(0, dtype=torch.float64), hist.sum(0)  # no float64 copy of the per-row scratch
 
 
 def probe_stats(
