@@ -149,6 +149,17 @@ def test_other_arguments_are_refused_and_a_finished_run_is_reused(checkpoint, tm
 # ---- bad arguments -----------------------------------------------------------------------------
 
 
+def test_default_batch_size_follows_the_path(checkpoint, capfd):
+    """64 on the kernel path (GPU-bound work, measured in benchmarks/), 8 on the reference path
+    (patterns in memory); --fast without CUDA falls back to the reference and so to 8."""
+    for fast in (False, True):
+        meta = run(checkpoint, batch_size=None, probes="parts", max_sequences=10, fast=fast, device="cpu").metadata
+        assert meta["spec"]["batch_size"] == 8, meta["spec"]
+    if torch.cuda.is_available():
+        meta = run(checkpoint, batch_size=None, probes="parts", max_sequences=10, fast=True, device="cuda").metadata
+        assert meta["spec"]["batch_size"] == 64
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -157,6 +168,7 @@ def test_other_arguments_are_refused_and_a_finished_run_is_reused(checkpoint, tm
         (dict(w=16), r"w=16 is out of range: .* below seq_len=16"),
         (dict(r=2.5), r"r=2.5 must be an integer"),
         (dict(max_sequences=0), r"max_sequences=0 must be a positive integer"),
+        (dict(batch_size=0), r"batch_size=0 must be a positive integer"),
         (dict(heads="7.0"), r"head '7.0' is not in the model"),
         (dict(seq_len=99), r"seq_len=99 must be between 2 and the model's n_ctx=16"),
         (dict(split="test"), r"split='test' is unknown"),

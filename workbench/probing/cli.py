@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--w", "--window", dest="w", type=int, default=4, help="structural window: R_w = keys generated at most w steps ago (default 4)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the model's n_ctx)")
     p.add_argument("--max-sequences", type=int, default=64, help="probe the first N windows (default 64; 0 = all)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: 64 with --fast on a GPU, where smaller batches leave it waiting on Python; 8 otherwise)")
     p.add_argument("--seed", type=int, default=0, help="seeds the generation orders and the random controls")
     p.add_argument("--orders", default="random", choices=("random", "left_to_right"))
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")

@@ -72,7 +72,7 @@ def run_probes(
     w: int = 4,
     seq_len: int | None = None,
     max_sequences: int | None = 64,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     seed: int = 0,
     device: str = "auto",
     fast: bool = False,
@@ -97,14 +97,18 @@ def run_probes(
         string or a list); default: the heads labelled semantic / structural, `max_heads` of each
         per stream. causal_sequences: how many sequences the causal probes use.
     fast: statistics from the fused kernel (CUDA); without CUDA, falls back to the reference with
-        a warning. out: the output directory (None: nothing written, nothing resumable).
+        a warning. batch_size: sequences per batch (default: 64 on the kernel path, where small
+        batches leave the GPU waiting on Python; 8 on the reference path, which holds
+        [batch, head, T, T] patterns). out: the output directory (None: nothing written, nothing resumable).
     on_shard: called as (key, batch) after each batch is saved (progress hooks, tests).
     Under `torchrun --nproc_per_node=N` the batches are shared out over the ranks and rank 0 writes
     the table a one-process run writes (workbench/probing/distributed.py).
     """
     started = time.time()
     names = _probe_names(probes)
-    _check_ints(r=r, w=w, batch_size=batch_size, causal_sequences=causal_sequences, max_heads=max_heads, seed=seed)
+    _check_ints(r=r, w=w, causal_sequences=causal_sequences, max_heads=max_heads, seed=seed)
+    if batch_size is not None:
+        _check_ints(batch_size=batch_size)
     if max_sequences is not None:
         _check_ints(max_sequences=max_sequences)
     if split not in SPLITS:
@@ -131,6 +135,8 @@ def run_probes(
             windows = windows[:max_sequences]
         head_list = _heads(heads, model)
         source, source_note = make_source(fast, device)
+        if batch_size is None:
+            batch_size = 64 if source.name == "kernel" else 8
         settings = ProbeSettings(
             r=r, w=w, seed=seed, batch_size=batch_size, causal_sequences=causal_sequences, heads=head_list,
             max_heads=max_heads, orders=orders, extra=dict(options or {}),
