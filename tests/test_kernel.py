@@ -270,6 +270,7 @@ CASES = [  # (T, B, H, D, dtype, stream, r, w, extra)
     (1, 3, 2, 32, torch.float16, "content", 0, 0, {}),
     (1, 3, 1, 64, torch.float32, "main", 2, 2, {}),
     (97, 3, 2, 64, torch.float16, "query", 4, 4, {}),
+    (97, 2, 2, 8, torch.float32, "query", 2, 4, {}),  # d_head below the smallest dot: padded to 16
     (97, 1, 3, 32, torch.float32, "content", 3, 5, {"pad": True}),
     (97, 3, 1, 128, torch.float16, "main", 16, 1, {"pad": True}),
     (97, 3, 2, 64, torch.float32, "query", 2, 16, {"orders": "left_to_right"}),
@@ -414,7 +415,7 @@ def test_errors_say_what_is_wrong():
 # ----------------------------------------------------------------------------------------------
 
 GPU_CASES = [
-    (97, 3, 4, 64, "query"), (1025, 3, 4, 64, "main"), (1025, 2, 3, 128, "content"),
+    (97, 3, 4, 64, "query"), (97, 2, 2, 8, "content"), (1025, 3, 4, 64, "main"), (1025, 2, 3, 128, "content"),
     (2049, 1, 2, 32, "query"), (4097, 1, 2, 64, "main"),
 ]
 

@@ -43,7 +43,7 @@ Caveats:
 - float32 inputs use `tf32x3` dots (about float32 accuracy); float16 / bfloat16 use the tensor
   cores directly. Triton's interpreter computes bfloat16 dots wrongly: test bf16 on a GPU.
 - q and k may be arbitrary strided views as long as d_head is contiguous; otherwise they are
-  copied. d_head any size from 16 to 256 (padded to a power of two inside the kernel).
+  copied. d_head any size from 1 to 256 (padded to a power of two, at least 16, inside the kernel).
 - Positions are exact in float32 up to 2^24; distances above 2^14 share the last bin.
 - The per-row (per-step) outputs are written per (batch, head, row) before the batch reduction:
   28 bytes per row and head of scratch memory (with the LSE). `per_sequence=True` skips the batch
@@ -536,8 +536,8 @@ def _prepare(q, k, key_pos, row_ref, row_own, recency_offset, r, w, scale, max_d
             "probe_stats runs a Triton kernel: it needs CUDA tensors, or TRITON_INTERPRET=1 set before "
             "workbench.kernels.probe_kernel is imported. On CPU use workbench.kernels.reference_probe_stats."
         )
-    if not 16 <= D <= 256:
-        raise ValueError(f"d_head must be between 16 and 256, got {D}")
+    if not 1 <= D <= 256:
+        raise ValueError(f"d_head must be between 1 and 256, got {D}")
 
     # The kernel reads d_head contiguously; any other strides are passed through.
     q = q if q.stride(-1) == 1 else q.contiguous()
