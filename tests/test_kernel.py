@@ -396,6 +396,52 @@ def _sequence(stats: ProbeStats, b: int) -> ProbeStats:
                                          for n in STAT_FIELDS})
 
 
+SASS_COUNT = """
+import collections, json, subprocess, sys
+from pathlib import Path
+sys.path.insert(0, "benchmarks")
+import sass_kernel
+import triton.backends.nvidia as backend
+out = {}
+for edges in (5, 11):
+    kernel = sass_kernel.compile_stats(64, 32, 64, "bf16", edges, 4, False, 4, 2, None)
+    cubin = Path(sys.argv[1]) / f"k{edges}.cubin"
+    cubin.write_bytes(kernel.asm["cubin"])
+    sass = subprocess.run([Path(backend.__file__).parent / "bin" / "nvdisasm", "-c", cubin],
+                          capture_output=True, text=True, check=True).stdout
+    out[edges] = sum((ops for _, ops in sass_kernel.first_loop_blocks(sass)[1]), collections.Counter())
+print(json.dumps(out))
+"""
+
+
+def test_each_semantic_edge_costs_one_saturated_add_and_one_product_per_element(tmp_path):
+    """docs/kernel.md's cost model, on the SASS: the statistics kernel compiled for sm_90a (no GPU
+    needed) with 11 and with 5 semantic edges; the 6 extra edges cost, per element a thread holds
+    (16 in a 64 x 32 tile of 4 warps), one FADD.SAT (the folded clamp) and one FMUL or FFMA, plus
+    the row sums' adds."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton.backends.nvidia as backend
+
+    if not (Path(backend.__file__).parent / "bin" / "nvdisasm").exists():
+        pytest.skip("this triton has no bundled nvdisasm")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", SASS_COUNT, str(tmp_path)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    few, many = (json.loads(done.stdout.splitlines()[-1])[k] for k in ("5", "11"))
+    extra = {op: many.get(op, 0) - few.get(op, 0) for op in ("FADD.SAT", "FMUL", "FFMA", "FADD")}
+    per_element = {op: n / (6 * 16) for op, n in extra.items()}
+    print("per extra edge and element:", per_element)
+    assert per_element["FADD.SAT"] == 1.0
+    assert per_element["FMUL"] + per_element["FFMA"] == 1.0
+    assert per_element["FADD"] <= 0.6
+
+
 def test_errors_say_what_is_wrong():
     q, k, key_pos, row_ref, own, off = make_case(1, 1, 10, 16, torch.float32, "query", device="cpu")
     with pytest.raises(ValueError, match="rows"):
