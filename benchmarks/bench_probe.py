@@ -216,7 +216,7 @@ def report(files: list[str], out_dir: Path) -> None:
     single = next(r for r in runs if r["world_size"] == 1)
     multi = [r for r in runs if r["world_size"] > 1]
     device = single["device_name"].replace(" ", "_")
-    stem = out_dir / f"probe-{device}-{single['date']}-bs{single['batch_size']}"
+    stem = out_dir / f"probe-{device}-{single['date']}-bs{single['batch_size']}-x{single['repeat']}"
     lines = [
         f"# `workbench probe --fast` end to end ({single['device_name']}, {single['date']})",
         "",
