@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "0"  # compile, do not interpret
@@ -45,6 +46,17 @@ def compile_stats(block_m, block_n, d_head, dtype, n_sem, r, has_own, num_warps,
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()}, attrs=attrs)
     options = dict(num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}))
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def disassemble(kernel) -> tuple[str, str]:
+    """(resource usage, SASS) of a compiled kernel, through triton's bundled cuobjdump / nvdisasm."""
+    tools = Path(nvidia_backend.__file__).parent / "bin"
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "kernel.cubin"
+        cubin.write_bytes(kernel.asm["cubin"])
+        usage = subprocess.run([tools / "cuobjdump", "-res-usage", cubin], capture_output=True, text=True, check=True)
+        sass = subprocess.run([tools / "nvdisasm", "-c", cubin], capture_output=True, text=True, check=True)
+    return usage.stdout, sass.stdout
 
 
 def first_loop_blocks(sass: str):
@@ -82,11 +94,7 @@ def main() -> None:
     args = ap.parse_args()
     bm, bn, nw, ns = (int(x) for x in args.tile.split("x"))
     kernel = compile_stats(bm, bn, args.d_head, args.dtype, args.edges, args.r, args.own, nw, ns, args.maxnreg)
-    tools = Path(nvidia_backend.__file__).parent / "bin"
-    cubin = Path(os.environ.get("TMPDIR", "/tmp")) / "probe_stats_sm90.cubin"
-    cubin.write_bytes(kernel.asm["cubin"])
-    usage = subprocess.run([tools / "cuobjdump", "-res-usage", cubin], capture_output=True, text=True).stdout
-    sass = subprocess.run([tools / "nvdisasm", "-c", cubin], capture_output=True, text=True).stdout
+    usage, sass = disassemble(kernel)
     if args.sass:
         Path(args.sass).write_text(sass)
     regs = re.search(r"REG:\d+", usage).group(0)
