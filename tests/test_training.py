@@ -33,10 +33,15 @@ def corpus_file(tmp_path):
     return str(path)
 
 
-def tiny_settings(corpus_file, **overrides) -> TrainSettings:
+STEP = 16 * 32  # tokens per step of the tiny runs: 16 sequences of 32
+
+
+def tiny_settings(corpus_file, steps=160, eval_every=80, checkpoint_every=80, warmup=10, **overrides) -> TrainSettings:
+    """Tiny-run settings, with the schedule given in steps of STEP tokens."""
     fields = dict(variant="decoupled_rope", n_layers=2, d_model=48, n_heads=4, d_head=12, d_mlp=96,
-                  data=corpus_file, seq_len=32, steps=160, batch_size=16, lr=5e-3, warmup_steps=10,
-                  eval_every=80, eval_batches=2, checkpoint_every=80, seed=3)
+                  data=corpus_file, seq_len=32, tokens_per_step=STEP, train_tokens=steps * STEP, lr=5e-3,
+                  warmup_tokens=warmup * STEP, eval_every_tokens=eval_every * STEP, eval_windows=32,
+                  checkpoint_every_tokens=checkpoint_every * STEP, seed=3)
     fields.update(overrides)
     return TrainSettings(**fields)
 
@@ -79,23 +84,113 @@ def test_resume_matches_uninterrupted_run(tmp_path, corpus_file):
     assert [l["step"] for l in lines if "val_any_order_bits" in l] == [30, 60], "no duplicated or lost evals"
 
 
-def _train_until(settings: TrainSettings, out_dir, stop_after: int) -> None:
-    """Train and 'kill' the run right after the checkpoint at `stop_after`."""
+def _train_until(settings: TrainSettings, out_dir, stop_after: int, **kwargs) -> None:
+    """Train and 'kill' the run right after the checkpoint at step `stop_after`."""
     import workbench.training.trainer as trainer
 
-    original = trainer._save
+    original = trainer._Saver.full
 
-    def save_then_die(out_dir_, model, optimizer, settings_, step, *rest):
-        original(out_dir_, model, optimizer, settings_, step, *rest)
-        if step == stop_after:
+    def save_then_die(self, model, optimizer, state, metrics):
+        original(self, model, optimizer, state, metrics)
+        if state.step == stop_after:
             raise KeyboardInterrupt
 
-    trainer._save = save_then_die
+    trainer._Saver.full = save_then_die
     try:
         with pytest.raises(KeyboardInterrupt):
-            train(settings, out_dir, progress=False)
+            train(settings, out_dir, progress=False, **kwargs)
     finally:
-        trainer._save = original
+        trainer._Saver.full = original
+
+
+def _max_weight_difference(a, b) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_gradient_accumulation_matches_one_pass(tmp_path, corpus_file):
+    """4 micro-batches of 4 sequences = one pass over 16: the same data and (within float
+    rounding) the same weights; and a run may resume with another micro-batch size."""
+    settings = tiny_settings(corpus_file, steps=20, eval_every=20, checkpoint_every=10)
+    one = train(settings, tmp_path / "one", progress=False)
+    four = train(settings, tmp_path / "four", progress=False, micro_batch_tokens=4 * 32)
+    assert _max_weight_difference(one.model, four.model) < 1e-5
+    _train_until(settings, tmp_path / "mixed", stop_after=10, micro_batch_tokens=8 * 32)
+    mixed = train(settings, tmp_path / "mixed", progress=False, micro_batch_tokens=2 * 32)
+    assert _max_weight_difference(one.model, mixed.model) < 1e-5
+    with pytest.raises(ValueError, match="micro_batch_tokens=96 must be a whole number of sequences"):
+        train(settings, tmp_path / "bad", progress=False, micro_batch_tokens=96)
+
+
+def test_killed_before_its_first_checkpoint_then_rerun(tmp_path, corpus_file):
+    """Other settings are refused (nothing of the old run is touched); the same settings start
+    cleanly, without the dead run's metric lines."""
+    settings = tiny_settings(corpus_file, steps=40, eval_every=10, checkpoint_every=40)
+    import workbench.training.trainer as trainer
+
+    original = trainer._evaluate
+    calls = []
+
+    def evaluate_then_die(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args)
+
+    trainer._evaluate = evaluate_then_die
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(settings, tmp_path / "run", progress=False)
+    finally:
+        trainer._evaluate = original
+    run = tmp_path / "run"
+    assert not (run / "checkpoint").exists() and (run / "metrics.jsonl").read_text()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match=r"different settings \(differing: \['lr'\]\)"):
+        train(tiny_settings(corpus_file, steps=40, eval_every=10, checkpoint_every=40, lr=1e-2), run)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    train(settings, run, progress=False)
+    evals = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()
+             if "val_any_order_bits" in l]
+    assert evals == [10, 20, 30, 40]
+
+
+def test_resume_after_the_data_changed_is_refused(tmp_path, corpus_file):
+    settings = tiny_settings(corpus_file, steps=10, eval_every=10, checkpoint_every=10)
+    train(settings, tmp_path / "run", progress=False)
+    with open(corpus_file, "a") as f:
+        f.write("zebra quagga\n")
+    with pytest.raises(ValueError, match="was trained on data with fingerprint .* now has fingerprint"):
+        train(settings, tmp_path / "run", progress=False)
+
+
+def test_early_stopping_keeps_the_best_model_and_stays_stopped(tmp_path, corpus_file, monkeypatch):
+    import workbench.training.trainer as trainer
+
+    bits = iter([3.0, 2.5, 2.7, 2.8, 2.9, 3.0])
+    original = trainer._evaluate
+
+    def scripted(model, windows, settings, step):
+        return {**original(model, windows, settings, step), "val_any_order_bits": next(bits)}
+
+    monkeypatch.setattr(trainer, "_evaluate", scripted)
+    settings = tiny_settings(corpus_file, steps=60, eval_every=10, checkpoint_every=60, early_stop_evals=2)
+    result = train(settings, tmp_path / "run", progress=False)
+    assert result.stopped_early
+    best = ckpt.load(tmp_path / "run" / "best")
+    assert best.checkpoint.training["steps_done"] == 20 and best.checkpoint.metrics["val_any_order_bits"] == 2.5
+    state = json.loads((tmp_path / "run" / "checkpoint" / trainer.TRAINER_JSON).read_text())
+    assert state["step"] == 40 and state["stopped"]
+    again = train(settings, tmp_path / "run", progress=False)  # a rerun does not train on
+    assert again.stopped_early and _max_weight_difference(again.model, result.model) == 0
+
+
+def test_snapshots_are_log_spaced(tmp_path, corpus_file):
+    settings = tiny_settings(corpus_file, steps=16, eval_every=16, checkpoint_every=16, snapshots=3)
+    train(settings, tmp_path / "run", progress=False)
+    names = sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir())
+    assert names == ["step-000004", "step-000008", "step-000016"]
+    snap = ckpt.load(tmp_path / "run" / "snapshots" / "step-000004")
+    assert snap.checkpoint.training["tokens_done"] == 4 * STEP
 
 
 @pytest.mark.slow
@@ -120,22 +215,46 @@ def test_resume_with_other_settings_is_refused(tmp_path, corpus_file):
         train(tiny_settings(corpus_file, steps=20, checkpoint_every=20, eval_every=20, lr=1e-2), tmp_path / "run")
 
 
-def test_learning_rate_schedule(corpus_file):
-    s = tiny_settings(corpus_file, steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1)
+def test_learning_rate_schedule_is_stated_in_tokens(corpus_file):
+    s = tiny_settings(corpus_file, steps=100, warmup=10, lr=1e-3, min_lr_ratio=0.1)
     assert learning_rate(s, 0) == pytest.approx(1e-4)
-    assert learning_rate(s, 9) == pytest.approx(1e-3)
-    assert learning_rate(s, 10) == pytest.approx(1e-3)
-    assert learning_rate(s, 55) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
-    assert learning_rate(s, 100) == pytest.approx(1e-4)
+    assert learning_rate(s, 9 * STEP) == pytest.approx(1e-3)
+    assert learning_rate(s, 10 * STEP) == pytest.approx(1e-3)
+    assert learning_rate(s, 55 * STEP) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
+    assert learning_rate(s, 100 * STEP) == pytest.approx(1e-4)
+    # twice the tokens per step, half the steps: the same rate at the same token count
+    double = tiny_settings(corpus_file, steps=100, warmup=10, lr=1e-3, min_lr_ratio=0.1, tokens_per_step=2 * STEP)
+    assert double.steps == s.steps // 2
+    for tokens in (10 * STEP, 30 * STEP, 54 * STEP):
+        assert learning_rate(double, tokens) == pytest.approx(learning_rate(s, tokens))
 
 
-def test_bad_settings():
-    with pytest.raises(ValueError, match="variant='foo' is unknown"):
-        TrainSettings(variant="foo")
-    with pytest.raises(ValueError, match="warmup_steps=50 must be in"):
-        TrainSettings(variant="two_stream", steps=10, warmup_steps=50)
-    with pytest.raises(ValueError, match="order='backwards'"):
-        TrainSettings(variant="two_stream", order="backwards")
+@pytest.mark.parametrize("overrides,message", [
+    (dict(variant="foo"), "variant='foo' is unknown"),
+    (dict(train_tokens=10 * 4096, warmup_tokens=50 * 4096, tokens_per_step=4096), "warmup_tokens=204800 must be at most"),
+    (dict(order="backwards"), "order='backwards'"),
+    (dict(grad_clip=-1.0), r"grad_clip=-1.0 must be > 0"),
+    (dict(grad_clip=0.0), r"grad_clip=0.0 must be > 0"),
+    (dict(grad_clip=float("nan")), r"grad_clip=nan must be > 0"),
+    (dict(lr=0.0), r"lr=0.0 must be in \(0, 1\)"),
+    (dict(weight_decay=-0.1), r"weight_decay=-0.1 must be in \[0, 1\)"),
+    (dict(beta2=1.0), r"beta2=1.0 must be in \(0, 1\)"),
+    (dict(val_fraction=0.0), r"val_fraction=0.0 must be in"),
+    (dict(min_lr_ratio=2.0), r"min_lr_ratio=2.0 must be in \[0, 1\]"),
+    (dict(tokens_per_step=1000), "tokens_per_step=1000 must be a multiple of seq_len=128"),
+    (dict(train_tokens=4096), "train_tokens=4096 must be at least tokens_per_step=65536"),
+    (dict(seq_len=0), "seq_len=0 must be a positive integer"),
+    (dict(eval_windows=0), "eval_windows=0 must be a positive integer"),
+    (dict(early_stop_evals=-1), "early_stop_evals=-1 must be an integer >= 0"),
+    (dict(max_chars=0), "max_chars=0 must be a positive integer or None"),
+])
+def test_bad_settings(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainSettings(**{"variant": "two_stream", **overrides})
+
+
+def test_no_clipping_is_spelled_inf():
+    assert TrainSettings(variant="two_stream", grad_clip=float("inf")).grad_clip == float("inf")
 
 
 def test_evaluate_reports_intervals_and_steps():

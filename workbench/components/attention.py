@@ -80,6 +80,9 @@ class Attention(nn.Module):
             pattern = hooks.hook_pattern(scores.softmax(dim=-1))
             z = pattern.to(vh.dtype) @ vh
         elif first_row == 0:
+            # Keys past the last row are visible to no row (the query stream's last content slot):
+            # dropping them makes the causal attention square, the case every fused kernel has.
+            kh, vh = kh[:, :, :n_rows], vh[:, :, :n_rows]
             z = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=self.scale)
         elif n_rows == 1:  # a decoding step: the one row sees every cached key up to itself
             z = F.scaled_dot_product_attention(qh, kh[:, :, : first_row + 1], vh[:, :, : first_row + 1], scale=self.scale)

@@ -14,6 +14,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory (settings.json, metrics.jsonl, checkpoint/)")
     p.add_argument("--device", default=None, help="default: cuda if available (LOCAL_RANK under torchrun), else cpu")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-compile", action="store_true",
+                   help="run the step eagerly (default on CUDA: torch.compile, falling back to eager loudly if it fails)")
+    p.add_argument("--micro-batch-tokens", type=int, default=None,
+                   help="tokens per forward pass per process; gradient accumulation makes up tokens_per_step "
+                        "(default: the whole per-process share in one pass)")
     hints = typing.get_type_hints(TrainSettings)
     for field in dataclasses.fields(TrainSettings):
         flag = "--" + field.name.replace("_", "-")
@@ -38,7 +43,8 @@ def _run(args: argparse.Namespace) -> None:
     from workbench.training.trainer import train
 
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)}
-    result = train(TrainSettings(**fields), args.out, device=args.device, progress=not args.no_progress)
+    result = train(TrainSettings(**fields), args.out, device=args.device, progress=not args.no_progress,
+                   compile=False if args.no_compile else None, micro_batch_tokens=args.micro_batch_tokens)
     print(f"checkpoint: {result.checkpoint}")
     for key, value in result.metrics.items():
         print(f"  {key}: {value}")

@@ -1,11 +1,15 @@
-"""Training loop for every variant: AdamW, warmup + cosine decay, gradient clipping, bf16 autocast
-on GPU, fused attention, periodic evaluation, resumable checkpoints, JSON-lines metrics, and
-several GPUs through torchrun (DistributedDataParallel).
+"""Training loop for every variant: AdamW (fused on CUDA), warmup + cosine decay stated in tokens,
+gradient clipping and accumulation, bf16 autocast and a compiled step on CUDA, periodic
+evaluation with early stopping, resumable checkpoints, JSON-lines metrics, and several GPUs
+through torchrun (DistributedDataParallel).
 
-A run directory holds `settings.json`, `metrics.jsonl` and `checkpoint/` (a loadable checkpoint
-plus the optimiser state). Calling `train` on a directory with a checkpoint resumes it. The batch
-of step s is drawn from a generator seeded by (seed, s), so a resumed run sees exactly the
-batches and orders an uninterrupted one would, and N processes split the batch one would see.
+A run directory holds `settings.json` (the settings and the corpus fingerprint), `metrics.jsonl`,
+`checkpoint/` (a loadable checkpoint plus the optimiser state: what a resume starts from),
+`best/` (the model at the lowest validation any-order NLL so far) and, when asked,
+`snapshots/step-NNNNNN/` (intermediate models, log-spaced in tokens). Calling `train` on a
+directory with a checkpoint resumes it. The batch of step s is drawn from a generator seeded by
+(seed, s) on the training device (`workbench.training.step.BatchSource`), so a resumed run sees exactly the batches and
+orders an uninterrupted one would, whatever the number of processes or accumulation passes.
 """
 
 from __future__ import annotations
@@ -26,16 +30,17 @@ from safetensors.torch import save as safetensors_bytes
 from tqdm import tqdm
 
 from workbench import checkpoint as ckpt
-from workbench.data import load_corpus, make_tokenizer, random_windows, sequential_windows, train_val_split
+from workbench.data import load_corpus, make_tokenizer, sequential_windows, train_val_split
 from workbench.evaluation import Estimate, per_window_bits
 from workbench.models import HookedAOModel, from_config
-from workbench.orders import left_to_right, random_orders
 from workbench.results_io import write_bytes_atomic
 from workbench.training.settings import TrainSettings
+from workbench.training.step import BatchSource, CompiledOrEager, SlotLoss
 
 VAL_TEXT = "val.txt"  # the validation split as text, so `workbench eval` needs no corpus
 TRAINER_TENSORS = "trainer_state.safetensors"  # optimiser moments
-TRAINER_JSON = "trainer_state.json"  # step and optimiser hyper-parameters
+TRAINER_JSON = "trainer_state.json"  # step, optimiser hyper-parameters, early-stopping state
+LOG_EVERY = 25  # steps between metric lines (each costs one device sync)
 
 
 @dataclass
@@ -43,15 +48,41 @@ class RunResult:
     model: HookedAOModel
     checkpoint: Path
     metrics: dict[str, Any]
+    stopped_early: bool = False
 
 
-def train(settings: TrainSettings, out_dir: str | Path, device: str | None = None, progress: bool = True) -> RunResult:
-    """Train (or resume) a run in `out_dir`; returns the final model and its checkpoint path."""
+@dataclass
+class _Progress:
+    """What a resume needs besides weights and optimiser: where the run is and its best eval."""
+
+    step: int = 0
+    best_bits: float = math.inf
+    evals_since_best: int = 0
+    stopped: bool = False
+    """The run ended early (validation stopped improving): a rerun does not train further."""
+
+
+def train(
+    settings: TrainSettings,
+    out_dir: str | Path,
+    device: str | None = None,
+    progress: bool = True,
+    compile: bool | None = None,
+    micro_batch_tokens: int | None = None,
+) -> RunResult:
+    """Train (or resume) a run in `out_dir`; returns the final model and its checkpoint path.
+
+    `compile` (default: on CUDA) runs the step through torch.compile, falling back to eager with a
+    warning if compiling fails. `micro_batch_tokens` caps the tokens of one forward pass per
+    process (gradient accumulation makes up the step); default: the whole per-process batch.
+    Neither changes what is computed, so a run may resume with other values (or processes).
+    """
     out_dir = Path(out_dir)
     rank, world, device = _init_distributed(device)
-    if settings.batch_size % world:
-        raise ValueError(f"batch_size={settings.batch_size} must be divisible by the {world} processes")
+    per_rank, n_micro = _split_batch(settings, world, micro_batch_tokens)
     corpus = load_corpus(settings.data, **({"max_chars": settings.max_chars} if settings.max_chars else {}))
+    run_record = {"settings": settings.to_dict(), "corpus": corpus.metadata()}
+    _check_run_dir(out_dir, run_record)
     tokenizer = make_tokenizer(settings.tokenizer, corpus.text)
     split = train_val_split(tokenizer.encode_tensor(corpus.text), settings.seq_len, settings.val_fraction)
     val_windows = sequential_windows(split.val, settings.seq_len)
@@ -64,7 +95,7 @@ def train(settings: TrainSettings, out_dir: str | Path, device: str | None = Non
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=settings.lr, betas=(0.9, settings.beta2), fused=device.type == "cuda",
     )
-    start_step = _maybe_resume(out_dir, settings, model, optimizer, device)
+    state = _maybe_resume(out_dir, model, optimizer, device)
     data_meta = {
         "corpus": corpus.metadata(), "val_fraction": settings.val_fraction,
         "n_train_tokens": split.train.numel(), "n_val_tokens": split.val.numel(), "val_text": VAL_TEXT,
@@ -72,107 +103,223 @@ def train(settings: TrainSettings, out_dir: str | Path, device: str | None = Non
     n_params = sum(p.numel() for p in model.parameters())
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(out_dir / "settings.json", json.dumps(settings.to_dict(), indent=2).encode())
-    train_model = model
+        write_bytes_atomic(out_dir / "settings.json", json.dumps(run_record, indent=2).encode())
+        _truncate_metrics(out_dir / "metrics.jsonl", state.step)
+    loss_module: torch.nn.Module = SlotLoss(model)
     if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        loss_module = torch.nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[device] if device.type == "cuda" else None)
+    step_fn = CompiledOrEager(loss_module, device.type == "cuda" if compile is None else compile)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    per_rank = settings.batch_size // world
+    batches = BatchSource(settings, split.train, tokenizer.vocab_size, device)
+    saver = _Saver(out_dir, settings, data_meta, n_params, split.val, tokenizer)
+    snapshot_steps = _snapshot_steps(settings)
     metrics: dict[str, Any] = {}
-    bar = tqdm(total=settings.steps, initial=start_step, disable=not progress or rank != 0, desc=settings.variant)
-    t0, tokens_seen = time.perf_counter(), 0
-    for step in range(start_step, settings.steps):
-        # Every process draws the same global batch and keeps its own slice, so N processes
-        # compute exactly the gradient one process would on the whole batch.
-        generator = torch.Generator().manual_seed(_step_seed(settings.seed, step))
-        tokens = random_windows(split.train, settings.seq_len, settings.batch_size, generator)
-        if settings.order == "random":
-            order = random_orders(settings.batch_size, settings.seq_len, generator)
-        else:
-            order = left_to_right(settings.batch_size, settings.seq_len)
+    stopped_early = False
+    bar = tqdm(total=settings.steps, initial=state.step, disable=not progress or rank != 0,
+               desc=settings.variant, unit="step")
+    if state.stopped and rank == 0:
+        print(f"{out_dir} stopped early at step {state.step}; nothing to resume (best model: {out_dir / 'best'})")
+    clock, tokens_since = time.perf_counter(), 0
+    for step in range(state.step, state.step if state.stopped else settings.steps):
+        tokens, order = batches(step)
         mine = slice(rank * per_rank, (rank + 1) * per_rank)
-        tokens, order = tokens[mine], order[mine]
-        lr = learning_rate(settings, step)
+        micro_tokens, micro_order = tokens[mine].chunk(n_micro), order[mine].chunk(n_micro)
+        lr = learning_rate(settings, step * settings.tokens_per_step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with autocast:
-            loss = train_model(tokens.to(device), order.to(device), return_type="loss")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum = torch.zeros((), device=device)
+        for i, (t, o) in enumerate(zip(micro_tokens, micro_order)):
+            sync = nullcontext() if world == 1 or i == n_micro - 1 else loss_module.no_sync()
+            with sync:
+                with autocast:
+                    loss = step_fn.run(lambda l: (l / n_micro).backward(), t, o)
+            loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
-        tokens_seen += settings.batch_size * settings.seq_len
+        optimizer.zero_grad(set_to_none=True)
+        tokens_since += settings.tokens_per_step
         bar.update(1)
-        last = step + 1 == settings.steps
-        if rank == 0 and ((step + 1) % 50 == 0 or last):
-            elapsed = time.perf_counter() - t0
-            line = {"step": step + 1, "loss_bits": loss.item() / math.log(2), "lr": lr,
-                    "grad_norm": grad_norm.item(), "tokens_per_s": tokens_seen / elapsed}
+        done = step + 1
+        last = done == settings.steps
+        if rank == 0 and (done % LOG_EVERY == 0 or last):
+            loss_bits = (loss_sum / n_micro).item() / math.log(2)  # this rank's share of the batch
+            elapsed = time.perf_counter() - clock
+            line = {"step": done, "tokens": done * settings.tokens_per_step, "loss_bits": loss_bits,
+                    "lr": lr, "grad_norm": grad_norm.item(), "tokens_per_s": tokens_since / elapsed,
+                    "compiled": step_fn.compiled}
             _append_jsonl(out_dir / "metrics.jsonl", line)
-            bar.set_postfix(bits=f"{line['loss_bits']:.3f}")
-        if rank == 0 and ((step + 1) % settings.eval_every == 0 or last):
-            metrics = _evaluate(model, val_windows, settings, step + 1)
-            _append_jsonl(out_dir / "metrics.jsonl", metrics)
-        if rank == 0 and ((step + 1) % settings.checkpoint_every == 0 or last):
-            _save(out_dir, model, optimizer, settings, step + 1, data_meta, metrics, n_params, split.val, tokenizer)
+            bar.set_postfix_str(f"{line['tokens_per_s'] / 1e6:.2f} Mtok/s, train {loss_bits:.3f} bits"
+                                + (f", val {metrics['val_any_order_bits']:.3f}" if metrics else ""))
+            clock, tokens_since = time.perf_counter(), 0
+        evaluate = done % _every(settings.eval_every_tokens, settings) == 0 or last
+        checkpoint = done % _every(settings.checkpoint_every_tokens, settings) == 0 or last
+        if (evaluate or checkpoint or done in snapshot_steps) and device.type == "cuda":
+            torch.cuda.synchronize(device)  # the pause below should not absorb queued training work
+        stop, paused = False, time.perf_counter()
+        if evaluate:
+            if rank == 0:
+                metrics = _evaluate(model, val_windows, settings, done)
+                _append_jsonl(out_dir / "metrics.jsonl", metrics)
+                state.step = done
+                if metrics["val_any_order_bits"] < state.best_bits:
+                    state.best_bits, state.evals_since_best = metrics["val_any_order_bits"], 0
+                    saver.model_only(model, out_dir / "best", done, metrics)
+                else:
+                    state.evals_since_best += 1
+                stop = 0 < settings.early_stop_evals <= state.evals_since_best
+            stop = _agree(stop, world, device)
+        if rank == 0 and done in snapshot_steps:
+            saver.model_only(model, out_dir / "snapshots" / f"step-{done:06d}", done, metrics, dtype=torch.float16)
+        if rank == 0 and (checkpoint or stop):
+            state.step, state.stopped = done, stop
+            saver.full(model, optimizer, state, metrics)
+        clock += time.perf_counter() - paused  # tokens/s counts training time only
+        if stop:
+            stopped_early = True
+            if rank == 0:
+                print(f"early stop at step {done}: validation any-order bits have not improved for "
+                      f"{settings.early_stop_evals} evaluations (best {state.best_bits:.4f}, in {out_dir / 'best'})")
+            break
     bar.close()
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return RunResult(model.eval(), out_dir / "checkpoint", metrics)
+    return RunResult(model.eval(), out_dir / "checkpoint", metrics, stopped_early or state.stopped)
 
 
-def learning_rate(settings: TrainSettings, step: int) -> float:
-    """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at the last step."""
-    if step < settings.warmup_steps:
-        return settings.lr * (step + 1) / settings.warmup_steps
-    span = max(settings.steps - settings.warmup_steps, 1)
-    progress = min((step - settings.warmup_steps) / span, 1.0)
+def learning_rate(settings: TrainSettings, tokens_done: int) -> float:
+    """Linear warmup to `lr` over `warmup_tokens`, then cosine decay to `lr * min_lr_ratio` at
+    `train_tokens`; `tokens_done` is the tokens seen before the step it sets the rate of."""
+    if tokens_done < settings.warmup_tokens:
+        return settings.lr * min(1.0, (tokens_done + settings.tokens_per_step) / settings.warmup_tokens)
+    span = max(settings.train_tokens - settings.warmup_tokens, 1)
+    progress = min((tokens_done - settings.warmup_tokens) / span, 1.0)
     floor = settings.lr * settings.min_lr_ratio
     return floor + (settings.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _every(tokens: int, settings: TrainSettings) -> int:
+    """A cadence in tokens as a whole number of steps (at least one)."""
+    return max(tokens // settings.tokens_per_step, 1)
+
+
+def _snapshot_steps(settings: TrainSettings) -> set[int]:
+    """`snapshots` steps, log-spaced (halving back from the last step), for emergence studies."""
+    return {max(round(settings.steps / 2 ** k), 1) for k in range(settings.snapshots)} if settings.snapshots else set()
+
+
+def _split_batch(settings: TrainSettings, world: int, micro_batch_tokens: int | None) -> tuple[int, int]:
+    """(sequences per process, accumulation passes per step), or a clear error."""
+    if settings.batch_size % world:
+        raise ValueError(f"tokens_per_step={settings.tokens_per_step} is {settings.batch_size} sequences of "
+                         f"{settings.seq_len}, which {world} processes cannot share evenly; choose a "
+                         f"tokens_per_step that is a multiple of {world * settings.seq_len}")
+    per_rank = settings.batch_size // world
+    if micro_batch_tokens is None:
+        return per_rank, 1
+    micro = micro_batch_tokens // settings.seq_len
+    if micro < 1 or per_rank % micro:
+        raise ValueError(f"micro_batch_tokens={micro_batch_tokens} must be a whole number of sequences "
+                         f"(seq_len={settings.seq_len}) that divides each process's {per_rank} sequences")
+    return per_rank, per_rank // micro
+
+
+def _agree(stop: bool, world: int, device: torch.device) -> bool:
+    """Rank 0's decision, on every rank."""
+    if world == 1:
+        return stop
+    flag = torch.tensor([float(stop)], device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 @torch.no_grad()
 def _evaluate(model: HookedAOModel, windows: torch.Tensor, settings: TrainSettings, step: int) -> dict[str, Any]:
     """Validation bits/token on a fixed subset, with fixed orders, so curves are comparable."""
     model.eval()
-    subset = windows[: settings.eval_batches * 16]
+    subset = windows[: settings.eval_windows]
     any_order, _ = per_window_bits(model, subset, n_orders=2, seed=settings.seed + 1)
     l2r, _ = per_window_bits(model, subset, 1, 0, left_to_right=True)
     model.train()
     a, l = Estimate.of(any_order), Estimate.of(l2r)
-    return {"step": step, "val_any_order_bits": a.mean, "val_any_order_ci": [a.ci_low, a.ci_high],
-            "val_left_to_right_bits": l.mean, "val_windows": len(subset)}
+    return {"step": step, "tokens": step * settings.tokens_per_step, "val_any_order_bits": a.mean,
+            "val_any_order_ci": [a.ci_low, a.ci_high], "val_left_to_right_bits": l.mean,
+            "val_windows": len(subset)}
 
 
-def _save(out_dir, model, optimizer, settings, step, data_meta, metrics, n_params, val_tokens, tokenizer) -> None:
-    tensors, state = _optimizer_to_flat(optimizer)
-    state["step"] = step
-    training = {**settings.to_dict(), "n_params": n_params, "steps_done": step}
-    ckpt.save(model, out_dir / "checkpoint", data=data_meta, training=training, metrics=metrics,
-              extra_files={TRAINER_TENSORS: safetensors_bytes(tensors),
-                           TRAINER_JSON: json.dumps(state, indent=2).encode(),
-                           VAL_TEXT: tokenizer.decode(val_tokens).encode("utf-8")})
+@dataclass
+class _Saver:
+    out_dir: Path
+    settings: TrainSettings
+    data_meta: dict[str, Any]
+    n_params: int
+    val_tokens: torch.Tensor
+    tokenizer: Any
+
+    def _training(self, step: int) -> dict[str, Any]:
+        return {**self.settings.to_dict(), "n_params": self.n_params, "steps_done": step,
+                "tokens_done": step * self.settings.tokens_per_step}
+
+    def full(self, model, optimizer, state: _Progress, metrics) -> None:
+        """The resumable checkpoint: model, optimiser moments, progress, validation text."""
+        tensors, opt_state = _optimizer_to_flat(optimizer)
+        opt_state.update(step=state.step, best_bits=state.best_bits, evals_since_best=state.evals_since_best,
+                         stopped=state.stopped)
+        ckpt.save(model, self.out_dir / "checkpoint", data=self.data_meta, training=self._training(state.step),
+                  metrics=metrics, extra_files={TRAINER_TENSORS: safetensors_bytes(tensors),
+                                                TRAINER_JSON: json.dumps(opt_state, indent=2).encode(),
+                                                VAL_TEXT: self.tokenizer.decode(self.val_tokens).encode("utf-8")})
+
+    def model_only(self, model, path: Path, step: int, metrics, dtype: torch.dtype | None = None) -> None:
+        ckpt.save(model, path, data=self.data_meta, training=self._training(step), metrics=metrics, dtype=dtype,
+                  extra_files={VAL_TEXT: self.tokenizer.decode(self.val_tokens).encode("utf-8")})
 
 
-def _maybe_resume(out_dir: Path, settings: TrainSettings, model, optimizer, device) -> int:
-    path = out_dir / "checkpoint"
-    if not (path / TRAINER_JSON).is_file():
-        return 0
-    saved = json.loads((out_dir / "settings.json").read_text())
-    if saved != settings.to_dict():
-        diff = sorted(k for k in set(saved) | set(settings.to_dict()) if saved.get(k) != settings.to_dict().get(k))
+def _check_run_dir(out_dir: Path, run_record: dict[str, Any]) -> None:
+    """Refuse a directory that holds another run (other settings or other data), before any work."""
+    path = out_dir / "settings.json"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a run directory; choose a directory path.")
+    if not path.is_file():
+        if (out_dir / "checkpoint").exists():
+            raise ValueError(f"{out_dir} has a checkpoint/ but no settings.json, so it cannot be resumed "
+                             "safely; choose a new --out directory.")
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); it is not a run this trainer wrote. "
+                         "Choose a new --out directory.") from None
+    if "settings" not in saved:  # written before the corpus fingerprint was recorded
+        raise ValueError(f"{out_dir} holds a run in an older format (no corpus fingerprint in settings.json); "
+                         "it cannot be resumed safely. Choose a new --out directory.")
+    mine, theirs = run_record["settings"], saved["settings"]
+    if theirs != mine:
+        diff = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
         raise ValueError(
             f"{out_dir} holds a run with different settings (differing: {diff}); resume with the same "
             "settings, or choose a new --out directory."
         )
+    old, new = saved["corpus"].get("fingerprint"), run_record["corpus"]["fingerprint"]
+    if old != new:
+        raise ValueError(
+            f"{out_dir} was trained on data with fingerprint {old}, but --data {mine['data']} now has "
+            f"fingerprint {new} (the file changed); a resume would shift its token ids. Restore the data, "
+            "or choose a new --out directory."
+        )
+
+
+def _maybe_resume(out_dir: Path, model, optimizer, device) -> _Progress:
+    path = out_dir / "checkpoint"
+    if not (path / TRAINER_JSON).is_file():
+        return _Progress()
     loaded = ckpt.load(path, device=device)
     model.load_state_dict(loaded.state_dict())
     state = json.loads((path / TRAINER_JSON).read_text())
     _optimizer_from_flat(optimizer, load_file(str(path / TRAINER_TENSORS), device=str(device)), state)
-    _truncate_metrics(out_dir / "metrics.jsonl", state["step"])
     print(f"resuming {out_dir} from step {state['step']}")
-    return state["step"]
+    return _Progress(state["step"], state["best_bits"], state["evals_since_best"], state["stopped"])
 
 
 def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -198,10 +345,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if path.is_file():
         lines = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
         write_bytes_atomic(path, "".join(l + "\n" for l in lines).encode())
-
-
-def _step_seed(seed: int, step: int) -> int:
-    return seed * 1_000_003 + step
 
 
 def _append_jsonl(path: Path, line: dict[str, Any]) -> None:

@@ -1,0 +1,109 @@
+"""The training step's pieces: each step's batch, the loss the step differentiates, and running
+that loss compiled with a loud fallback to eager.
+
+Batches are drawn on the training device from valid parts (a token stream checked once, orders
+that are permutations by construction), so the compiled loss has no input checks (and so no
+graph breaks or device syncs) inside it. The loss is the mean NLL over every position,
+which does not depend on coordinates, so it is taken in slot (generation) order and the logits
+never need to go back to sequence positions.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from workbench.data import random_windows
+from workbench.models import HookedAOModel
+from workbench.orders import check_tokens, left_to_right, random_orders
+from workbench.training.settings import TrainSettings
+
+
+def step_seed(seed: int, step: int) -> int:
+    return seed * 1_000_003 + step
+
+
+class BatchSource:
+    """Each step's whole batch (every process's share): [batch_size, seq_len] tokens and orders,
+    drawn on the training device from a generator seeded by (seed, step).
+
+    The draw depends on nothing but the settings, the step and the device type, so any number
+    of processes (each keeps its slice), any number of accumulation passes, and a resumed run all
+    see the same data. Token ids are checked once, for the whole stream, when the source is made;
+    orders are permutations by construction (argsort of uniform keys). So a step costs the host a
+    few kernel launches and no copy or sync, and the compiled loss needs no input checks.
+    """
+
+    def __init__(self, settings: TrainSettings, train_tokens: Tensor, d_vocab: int, device: torch.device):
+        self.settings, self.device = settings, torch.device(device)
+        self.stream = check_tokens(train_tokens, d_vocab, train_tokens.numel())[0].to(self.device)
+
+    def __call__(self, step: int) -> tuple[Tensor, Tensor]:
+        s = self.settings
+        generator = torch.Generator(device=self.device).manual_seed(step_seed(s.seed, step))
+        tokens = random_windows(self.stream, s.seq_len, s.batch_size, generator)
+        if s.order == "random":
+            return tokens, random_orders(s.batch_size, s.seq_len, generator)
+        return tokens, left_to_right(s.batch_size, s.seq_len, self.device)
+
+
+class SlotLoss(nn.Module):
+    """Mean NLL (nats) of a model on checked inputs, computed in slot order.
+
+    Equal to `model(tokens, order, return_type="loss")` (the same terms, summed in another
+    order); a module so that DistributedDataParallel and torch.compile can wrap it.
+    """
+
+    def __init__(self, model: HookedAOModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: Tensor, order: Tensor) -> Tensor:
+        ordered = tokens.gather(1, order)
+        logits = self.model._forward_slots(ordered, order)  # row t predicts ordered[:, t]
+        return F.cross_entropy(logits.flatten(0, 1).float(), ordered.flatten())
+
+
+class CompiledOrEager:
+    """Runs `fn(*args)` through `torch.compile(module)`, and if compiling fails, says so loudly
+    (a warning and a line on stderr, with the error) and runs the eager module from then on.
+
+    Compilation happens on the first call (forward) and the first backward; `run` wraps both,
+    so a failure in either is caught. `compiled` says which path the last call took.
+    """
+
+    def __init__(self, module: nn.Module, enabled: bool, mode: str | None = None):
+        self.module = module
+        self.compiled = enabled
+        self._fn: Callable[..., Tensor] = torch.compile(module, dynamic=False, mode=mode) if enabled else module
+        self._proven = not enabled
+
+    def run(self, backward: Callable[[Tensor], None], *args: Tensor) -> Tensor:
+        """loss = fn(*args); backward(loss); returns the loss."""
+        if self._proven:
+            loss = self._fn(*args)
+            backward(loss)
+            return loss
+        try:
+            loss = self._fn(*args)
+            backward(loss)
+        except Exception as error:  # noqa: BLE001 (any compiler failure: report it, go on eager)
+            self.fall_back(error)
+            loss = self._fn(*args)
+            backward(loss)
+        self._proven = True
+        return loss
+
+    def fall_back(self, error: Exception) -> None:
+        message = (f"torch.compile failed ({type(error).__name__}: {str(error).strip().splitlines()[0][:300]}); "
+                   "training continues EAGER, which is several times slower. Pass --no-compile to skip compiling.")
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        print(f"WARNING: {message}", file=sys.stderr, flush=True)
+        for p in self.module.parameters():
+            p.grad = None  # drop any half-accumulated gradient of the failed attempt
+        self._fn, self.compiled = self.module, False
