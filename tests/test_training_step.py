@@ -9,7 +9,7 @@ import torch
 from tests.conftest import VARIANTS, random_batch, tiny_config
 from workbench import from_config
 from workbench.training import TrainSettings
-from workbench.training.step import BatchSource, CompiledOrEager, SlotLoss
+from workbench.training.step import COMPILE_MODE, BatchSource, CompiledOrEager, SlotLoss
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -99,7 +99,7 @@ def test_the_token_stream_is_checked_once():
 @pytest.mark.parametrize("seq_len", [128, 1024])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_inductor_compiled_step_matches_eager_on_the_gpu(variant, seq_len):
-    """Inductor at both lengths compiles (no fall-back); in float32 it gives the eager loss and
+    """Inductor (with CUDA graphs, as the trainer runs it) at both lengths compiles (no fall-back); in float32 it gives the eager loss and
     gradients to rounding; in bf16 autocast (as the trainer runs it) its gradients are no further
     from the float32 ones than eager bf16's are."""
     torch._dynamo.reset()
@@ -114,7 +114,7 @@ def test_inductor_compiled_step_matches_eager_on_the_gpu(variant, seq_len):
         return loss.detach(), _grads(model)
 
     def compiled(autocast: bool):
-        step = CompiledOrEager(loss_fn, enabled=True)
+        step = CompiledOrEager(loss_fn, enabled=True, mode=COMPILE_MODE)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             loss = step.run(lambda l: l.backward(), tokens, order)
         assert step.compiled, "torch.compile fell back to eager"

@@ -24,6 +24,11 @@ from workbench.orders import check_tokens, left_to_right, random_orders
 from workbench.training.settings import TrainSettings
 
 
+COMPILE_MODE = "reduce-overhead"
+"""torch.compile's mode for the training step: CUDA graphs, since a step of these small models is
+bound by kernel launches (benchmarks/results/train-*.md: +10-70% tokens/s over the default mode)."""
+
+
 def step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 

@@ -35,7 +35,7 @@ from workbench.evaluation import Estimate, per_window_bits
 from workbench.models import HookedAOModel, from_config
 from workbench.results_io import write_bytes_atomic
 from workbench.training.settings import TrainSettings
-from workbench.training.step import BatchSource, CompiledOrEager, SlotLoss
+from workbench.training.step import COMPILE_MODE, BatchSource, CompiledOrEager, SlotLoss
 
 VAL_TEXT = "val.txt"  # the validation split as text, so `workbench eval` needs no corpus
 TRAINER_TENSORS = "trainer_state.safetensors"  # optimiser moments
@@ -109,7 +109,10 @@ def train(
     if world > 1:
         loss_module = torch.nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[device] if device.type == "cuda" else None)
-    step_fn = CompiledOrEager(loss_module, device.type == "cuda" if compile is None else compile)
+    # CUDA graphs on one process; under DDP the default mode, since its gradient hooks run
+    # between the graph's kernels (the 2-GPU issue measures that case).
+    step_fn = CompiledOrEager(loss_module, device.type == "cuda" if compile is None else compile,
+                              COMPILE_MODE if world == 1 and device.type == "cuda" else None)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     batches = BatchSource(settings, split.train, tokenizer.vocab_size, device)
     saver = _Saver(out_dir, settings, data_meta, n_params, split.val, tokenizer)
