@@ -27,7 +27,7 @@ from safetensors.torch import save as safetensors_bytes
 from workbench.config import AOConfig
 from workbench.data.tokenizers import Tokenizer
 from workbench.models import HookedAOModel, from_config
-from workbench.results_io import fsync_directory, remove_temporaries, temporary_name, write_file_durable
+from workbench.results_io import errors_name, fsync_directory, remove_temporaries, temporary_name, write_file_durable
 
 FORMAT = "aoarm-workbench/1"
 WEIGHTS = "model.safetensors"
@@ -75,37 +75,38 @@ def save(
     delete `.NAME.old`. One writer per directory at a time.
     """
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    recover(directory)
-    meta = {
-        "format": FORMAT,
-        "config": model.cfg.to_dict(),
-        "tokenizer": model.tokenizer.to_json() if model.tokenizer is not None else None,
-        "data": data or {},
-        "training": training or {},
-        "metrics": metrics or {},
-    }
-    tensors = {
-        name: (p.detach().to(dtype) if dtype else p.detach()).contiguous().cpu()
-        for name, p in model.state_dict().items()
-    }
-    files = {
-        WEIGHTS: safetensors_bytes(tensors, metadata={"format": FORMAT}),
-        META: (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode(),
-        **(extra_files or {}),
-    }
-    staging = temporary_name(directory)
-    os.mkdir(staging, 0o777)  # the umask decides, as for any directory
-    try:
-        for name, content in files.items():
-            write_file_durable(staging / name, content)
-        fsync_directory(staging)
-        os.replace(staging, _sibling(directory, "new"))  # the commit point
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    fsync_directory(directory.parent)
-    _put_new_in_place(directory)
+    with errors_name(directory):
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        recover(directory)
+        meta = {
+            "format": FORMAT,
+            "config": model.cfg.to_dict(),
+            "tokenizer": model.tokenizer.to_json() if model.tokenizer is not None else None,
+            "data": data or {},
+            "training": training or {},
+            "metrics": metrics or {},
+        }
+        tensors = {
+            name: (p.detach().to(dtype) if dtype else p.detach()).contiguous().cpu()
+            for name, p in model.state_dict().items()
+        }
+        files = {
+            WEIGHTS: safetensors_bytes(tensors, metadata={"format": FORMAT}),
+            META: (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode(),
+            **(extra_files or {}),
+        }
+        staging = temporary_name(directory)
+        os.mkdir(staging, 0o777)  # the umask decides, as for any directory
+        try:
+            for name, content in files.items():
+                write_file_durable(staging / name, content)
+            fsync_directory(staging)
+            os.replace(staging, _sibling(directory, "new"))  # the commit point
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        fsync_directory(directory.parent)
+        _put_new_in_place(directory)
     return directory
 
 

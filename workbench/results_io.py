@@ -13,6 +13,8 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,17 +73,30 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+@contextmanager
+def errors_name(path: Path) -> Iterator[None]:
+    """Re-raise an OS error (a full disk: a failed write names no file) as one about `path`, the
+    file the user asked for rather than a temporary."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno is None or err.filename == str(path):
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
-    try:
-        write_file_durable(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
+    with errors_name(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_name(path)
+        try:
+            write_file_durable(tmp, data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_directory(path.parent)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
