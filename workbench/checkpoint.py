@@ -66,7 +66,7 @@ def save(
 ) -> Path:
     """Write `model` (and its tokenizer) to `directory`, crash-safe at every instant: a kill or a
     power cut at any point leaves the old checkpoint or the new one, which `recover` (run first
-    by every save, and by training before it resumes) puts in place. `dtype` stores the weights
+    by every save; a trainer runs it before deciding whether to resume) puts in place. `dtype` stores the weights
     in another float type (e.g. float16 to halve the size). `extra_files` (name -> bytes) are
     written inside the same swap: a training run's optimiser state and its validation text.
 
@@ -192,7 +192,7 @@ def resolve(name_or_path: str | Path) -> Path:
     if _sibling(path, "new").is_dir() or _sibling(path, "old").is_dir():
         raise CheckpointError(
             f"{path} is missing because a save of it was interrupted; workbench.checkpoint.recover({str(path)!r}) "
-            "puts the saved checkpoint in place (a resumed training run does it itself)."
+            "puts the saved checkpoint in place."
         )
     available = list_checkpoints()
     raise CheckpointError(
