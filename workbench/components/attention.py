@@ -106,15 +106,15 @@ def zero_non_finite(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     zero, and `bad` [batch, key, head]: where one was. A masked key's weight is exactly 0, but
     0 * NaN is NaN: zeroed, a key a row cannot see contributes exactly nothing to it (scores and
     values), whatever it holds. Which rows do see a bad key, `poison_rows` marks."""
-    # A NaN or inf anywhere in a vector makes its sum non-finite (a float32 sum: finite fp16/bf16
-    # values cannot overflow it), with no key-sized temporary.
+    # A NaN or inf anywhere in a vector makes its sum non-finite, with no key-sized temporary (a
+    # float32 sum: only finite values summing past 3.4e38 would be taken for non-finite ones).
     bad = ~torch.isfinite(k.sum(dim=-1, dtype=torch.float32) + v.sum(dim=-1, dtype=torch.float32))
     return k.masked_fill(bad[..., None], 0.0), v.masked_fill(bad[..., None], 0.0), bad
 
 
 def poison_rows(z: Float[Tensor, "batch slot head d_head"], sees_bad: Tensor) -> Tensor:
     """NaN in the head output of each row that sees a non-finite key or value ([batch, slot, head]
-    `sees_bad`): what the unzeroed computation would give, the same on every path."""
+    `sees_bad`), where the unzeroed computation gives NaN or inf; the same on every path."""
     return z.masked_fill(sees_bad[..., None], float("nan"))
 
 
