@@ -225,3 +225,15 @@ def test_a_config_that_does_not_match_the_weights_allocates_nothing(tmp_path, va
     (path / "checkpoint.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=message):
         ckpt.load(path)
+
+
+def test_the_cli_takes_the_bundled_checkpoint_and_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    from workbench.cli import main as cli_main
+
+    name = next(n for n in ckpt.list_checkpoints() if n.endswith("-128"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).mkdir()  # `probe --checkpoint NAME --out NAME` made it: the second run failed
+    assert cli_main(["eval", "--checkpoint", name, "--orders", "1", "--max-windows", "1", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err == (f"workbench eval: warning: {name!r} names both a bundled checkpoint and a directory here; took the "
+                   f"bundled one ({ckpt.BUNDLED_DIR / name}). Write ./{name} for the directory.")

@@ -12,6 +12,7 @@ import argparse
 import errno
 import importlib
 import sys
+import warnings
 
 COMMAND_MODULES = (
     "workbench.training.cli",
@@ -55,15 +56,17 @@ def _list_checkpoints(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if getattr(args, "device", None) is not None:
-            from workbench.devices import parse_device
+    with warnings.catch_warnings():  # a warning is one line too, not the warnings module's two
+        warnings.showwarning = lambda message, *_, **__: print(f"workbench {args.command}: warning: {message}", file=sys.stderr)
+        try:
+            if getattr(args, "device", None) is not None:
+                from workbench.devices import parse_device
 
-            parse_device(args.device)  # --device banana, or cuda without CUDA: before any work
-        args.func(args)
-    except (ValueError, OSError) as err:
-        print(f"workbench {args.command}: error: {describe_error(err)}", file=sys.stderr)
-        return 2
+                parse_device(args.device)  # --device banana, or cuda without CUDA: before any work
+            args.func(args)
+        except (ValueError, OSError) as err:
+            print(f"workbench {args.command}: error: {describe_error(err)}", file=sys.stderr)
+            return 2
     return 0
 
 
