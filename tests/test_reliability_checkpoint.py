@@ -199,6 +199,8 @@ def test_bad_config_values_are_refused_with_the_field_named(tmp_path, field, val
         (lambda m: m["tokenizer"].__setitem__("chars", "abcdef"), "6 tokens but the config's d_vocab is 5"),
         (lambda m: m.__setitem__("config", None), "bad config: 'config' must be an object"),
         (lambda m: m.__setitem__("metrics", [1]), "'metrics' must be an object"),
+        (lambda m: m.__setitem__("data", {"val_text": "../../etc/passwd"}), "val_text=.* must be a file name inside"),
+        (lambda m: m.__setitem__("data", {"val_text": 5}), "val_text=5 must be a file name"),
     ],
 )
 def test_bad_checkpoint_json_is_refused_before_the_weights_are_read(tmp_path, edit, message, no_real_allocation):

@@ -233,6 +233,9 @@ def read_info(name_or_path: str | Path) -> CheckpointInfo:
     for key, value in sections.items():
         if not isinstance(value, dict):
             raise CheckpointError(f"{meta_file}: {key!r} must be an object, got {type(value).__name__}. Fix the file, or save the checkpoint again.")
+    val_text = sections["data"].get("val_text")
+    if val_text is not None and (not isinstance(val_text, str) or Path(val_text).name != val_text):
+        raise CheckpointError(f"{meta_file}: data.val_text={val_text!r} must be a file name inside the checkpoint directory.")
     tokenizer = meta.get("tokenizer")
     if tokenizer is not None:
         try:
