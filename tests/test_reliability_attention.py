@@ -15,7 +15,7 @@ POISON_SLOT = 5
 
 
 def _model(variant: str):
-    return from_config(tiny_config(variant, d_model=32 if variant != "xlnet" else 32, seed=0)).eval()
+    return from_config(tiny_config(variant, seed=0)).eval()
 
 
 def _poison(value: float):
