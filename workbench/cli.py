@@ -2,14 +2,17 @@
 
 Each command lives in the module that does its work and exposes `register(subparsers)`, which
 adds its parser and sets `func`; this file only gathers them. Errors a user can fix (bad
-arguments, missing files, bad checkpoints) print one clear line and exit with status 2.
+arguments, a bad --device, missing files, bad checkpoints, a full or read-only disk) print one
+clear line, naming the file and the fix, and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
+import warnings
 
 COMMAND_MODULES = (
     "workbench.training.cli",
@@ -44,6 +47,7 @@ def _list_checkpoints(args: argparse.Namespace) -> None:
         info = read_info(f"{root}/{name}")
         cfg = info.config
         bits = info.metrics.get("val_any_order_bits")
+        bits = bits if isinstance(bits, (int, float)) else None
         print(
             f"{name:<28} {cfg.variant:<15} {cfg.n_ctx:>6} {info.training.get('n_params', '?'):>9}  "
             f"{'' if bits is None else f'{bits:.3f}'}"
@@ -52,12 +56,41 @@ def _list_checkpoints(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except (ValueError, FileNotFoundError, PermissionError) as err:
-        print(f"workbench {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():  # a warning is one line too, not the warnings module's two
+        warnings.showwarning = lambda message, *_, **__: print(f"workbench {args.command}: warning: {message}", file=sys.stderr)
+        try:
+            if getattr(args, "device", None) is not None:
+                from workbench.devices import parse_device
+
+                parse_device(args.device)  # --device banana, or cuda without CUDA: before any work
+            args.func(args)
+        except (ValueError, OSError) as err:
+            print(f"workbench {args.command}: error: {describe_error(err)}", file=sys.stderr)
+            return 2
     return 0
+
+
+# What to do about an OS error, by errno; finished work (checkpoints, saved probe batches) is kept.
+_OS_FIXES = {
+    errno.ENOSPC: "the disk is full: free some space (or choose another location), then run the same command again",
+    errno.EDQUOT: "the disk quota is used up: free some space (or choose another location), then run the same command again",
+    errno.EROFS: "the file system is read-only: choose a writable location (e.g. another --out)",
+    errno.EACCES: "permission denied: choose a location you can write (e.g. another --out), or fix its permissions",
+    errno.EPERM: "operation not permitted: choose a location you can write (e.g. another --out), or fix its permissions",
+    errno.ENOTDIR: "a part of this path is a file, not a directory: choose another path",
+    errno.EEXIST: "it exists and is not a directory: choose another path",
+    errno.EISDIR: "it is a directory, a file was expected: give a file",
+    errno.ENOENT: "no such file or directory: check the path",
+}
+
+
+def describe_error(err: BaseException) -> str:
+    """One line for an error a user can fix: an OS error names its file and what to do."""
+    if not isinstance(err, OSError) or err.errno is None:
+        return " ".join(str(err).split()) or type(err).__name__
+    where = f"{err.filename}" + (f" -> {err.filename2}" if err.filename2 else "") if err.filename else ""
+    fix = _OS_FIXES.get(err.errno, err.strerror or errno.errorcode.get(err.errno, "an OS error"))
+    return f"{where + ': ' if where else ''}{fix} ([Errno {err.errno}] {err.strerror})."
 
 
 if __name__ == "__main__":

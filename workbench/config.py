@@ -6,6 +6,7 @@ Saved verbatim (as JSON) in every checkpoint, so a model rebuilds from the file 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -51,7 +52,7 @@ class AOConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.variant not in VARIANTS:
+        if not isinstance(self.variant, str) or self.variant not in VARIANTS:
             problems.append(
                 f"variant={self.variant!r} is unknown; use one of {', '.join(VARIANTS)}"
             )
@@ -80,10 +81,14 @@ class AOConfig:
                 f"rotary_dim={self.rotary_dim!r} must be an even integer in [2, d_head={self.d_head}]"
                 " or None for all dimensions"
             )
-        if self.act_fn not in ("gelu", "relu"):
+        if not isinstance(self.act_fn, str) or self.act_fn not in ("gelu", "relu"):
             problems.append(f"act_fn={self.act_fn!r} is unknown; use 'gelu' or 'relu'")
-        if not self.rope_base > 1:
-            problems.append(f"rope_base={self.rope_base!r} must be > 1")
+        for name, low, strict in (("rope_base", 1.0, True), ("layer_norm_eps", 0.0, True), ("init_range", 0.0, False)):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value) or value < low or (strict and value == low):
+                problems.append(f"{name}={value!r} must be a finite number {'>' if strict else '>='} {low:g}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
+            problems.append(f"seed={self.seed!r} must be a non-negative integer or None")
         if problems:
             raise ValueError("Invalid AOConfig: " + "; ".join(problems) + ".")
 
@@ -117,3 +122,7 @@ class AOConfig:
         if missing:
             raise ValueError(f"Config is missing required fields {missing}.")
         return cls(**data)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

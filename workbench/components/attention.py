@@ -3,6 +3,8 @@
 Every stream is causal in slot coordinates (docs/coordinates.md): row i sees keys 0..i. The fast
 path calls fused SDPA; the hooked path materialises `hook_attn_scores` and `hook_pattern`, and is
 taken only when a hook (a cache counts) is attached to one of them. Both give the same output.
+A non-finite key or value reaches exactly the rows that can see it (as NaN in that head's output),
+never an earlier row: `zero_non_finite`.
 `hook_result` (per-head outputs) is likewise only formed when something hooks it.
 """
 
@@ -72,9 +74,14 @@ class Attention(nn.Module):
         n_rows, n_keys = q.shape[1], k.shape[1]
         if first_row + n_rows > n_keys:
             raise RuntimeError(f"rows up to slot {first_row + n_rows - 1} need that many keys, got {n_keys}")
+        k_raw = k
+        k, v, bad = zero_non_finite(k, v)
+        sees_bad = bad.cumsum(dim=1)[:, first_row : first_row + n_rows] > 0  # [batch, slot, head]
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [batch, head, slot, d_head]
         if hooks.hook_attn_scores.has_hooks() or hooks.hook_pattern.has_hooks():
-            scores = (qh @ kh.transpose(-1, -2)) * self.scale
+            # The raw keys: masked_fill replaces a masked NaN score exactly, and a row that sees a
+            # non-finite key shows it in its pattern.
+            scores = (qh @ k_raw.transpose(1, 2).transpose(-1, -2)) * self.scale
             visible = _visible(n_rows, n_keys, first_row, q.device)
             scores = hooks.hook_attn_scores(scores.masked_fill(~visible, float("-inf")))
             pattern = hooks.hook_pattern(scores.softmax(dim=-1))
@@ -89,11 +96,29 @@ class Attention(nn.Module):
         else:
             visible = _visible(n_rows, n_keys, first_row, q.device)
             z = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=visible, scale=self.scale)
-        z = hooks.hook_z(z.transpose(1, 2))  # [batch, slot, head, d_head]
+        z = poison_rows(z.transpose(1, 2), sees_bad)
+        z = hooks.hook_z(z)  # [batch, slot, head, d_head]
         if hooks.hook_result.has_hooks():
             result = einops.einsum(z, self.W_O, "b s h e, h e d -> b s h d")
             return hooks.hook_result(result).sum(dim=2) + self.b_O
         return einops.einsum(z, self.W_O, "b s h e, h e d -> b s d") + self.b_O
+
+
+def zero_non_finite(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Keys and values [batch, key, head, d_head] with every non-finite key or value vector set to
+    zero, and `bad` [batch, key, head]: where one was. A masked key's weight is exactly 0, but
+    0 * NaN is NaN: zeroed, a key a row cannot see contributes exactly nothing to it (scores and
+    values), whatever it holds. Which rows do see a bad key, `poison_rows` marks."""
+    # A NaN or inf anywhere in a vector makes its sum non-finite, with no key-sized temporary (a
+    # float32 sum: only finite values summing past 3.4e38 would be taken for non-finite ones).
+    bad = ~torch.isfinite(k.sum(dim=-1, dtype=torch.float32) + v.sum(dim=-1, dtype=torch.float32))
+    return k.masked_fill(bad[..., None], 0.0), v.masked_fill(bad[..., None], 0.0), bad
+
+
+def poison_rows(z: Float[Tensor, "batch slot head d_head"], sees_bad: Tensor) -> Tensor:
+    """NaN in the head output of each row that sees a non-finite key or value ([batch, slot, head]
+    `sees_bad`), where the unzeroed computation gives NaN or inf; the same on every path."""
+    return z.masked_fill(sees_bad[..., None], float("nan"))
 
 
 def _visible(n_rows: int, n_keys: int, first_row: int, device: torch.device) -> Tensor:

@@ -27,6 +27,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from workbench.components.attention import poison_rows, zero_non_finite
 from workbench.config import AOConfig
 
 SCORE_HOOKS = (
@@ -102,7 +103,10 @@ class RelativeAttention(nn.Module):
         visible = visible_keys(n_rows, n_keys, first_row, x.device)
         scores = hooks.hook_attn_scores((scores * self.scale).masked_fill(~visible, float("-inf")))
         pattern = hooks.hook_pattern(scores.softmax(dim=-1))
-        z = hooks.hook_z(einops.einsum(pattern.to(v.dtype), v, "b h s k, b k h e -> b s h e"))
+        _, v, bad = zero_non_finite(k, v)  # a key this row cannot see contributes nothing, even NaN
+        sees_bad = einops.einsum(visible.to(v.dtype), bad.to(v.dtype), "s k, b k h -> b s h") > 0
+        z = einops.einsum(pattern.to(v.dtype), v, "b h s k, b k h e -> b s h e")
+        z = hooks.hook_z(poison_rows(z, sees_bad))
         if hooks.hook_result.has_hooks():
             result = einops.einsum(z, self.W_O, "b s h e, h e d -> b s h d")
             return hooks.hook_result(result).sum(dim=2)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,6 +175,7 @@ def convert_state_dict(
 
 def read_hf_xlnet_dir(directory: str | Path) -> tuple[XLNetConfig, dict[str, Tensor]]:
     """`config.json` and the safetensors weights (one file or shards) of a local HF XLNet dir."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformers import XLNetConfig
 
@@ -183,14 +185,17 @@ def read_hf_xlnet_dir(directory: str | Path) -> tuple[XLNetConfig, dict[str, Ten
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise ConversionError(f"{directory} has no config.json, so it is not a Hugging Face model directory.")
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    model_type = _read_json(config_file).get("model_type")
     if model_type != "xlnet":
         raise ConversionError(f"{config_file} has model_type={model_type!r}; this converter reads XLNet ('xlnet') only.")
     hf_config = XLNetConfig.from_json_file(str(config_file))
 
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ConversionError(f"{index} has no 'weight_map' object; save the model again with save_pretrained.")
+        shards = sorted(set(map(str, weight_map.values())))
         files = [directory / s for s in shards]
     else:
         files = [directory / "model.safetensors"]
@@ -207,8 +212,21 @@ def read_hf_xlnet_dir(directory: str | Path) -> tuple[XLNetConfig, dict[str, Ten
         raise ConversionError(f"{directory} has no {', '.join(absent)}.{hint}")
     tensors: dict[str, Tensor] = {}
     for f in files:
-        tensors.update(load_file(str(f)))
+        try:
+            tensors.update(load_file(str(f)))
+        except SafetensorError as err:
+            raise ConversionError(f"{f} is not a readable safetensors file ({err}); it is corrupt or truncated, save it again.") from err
     return hf_config, tensors
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ConversionError(f"{file} is not valid JSON ({err}); save the model again with save_pretrained.") from err
+    if not isinstance(data, dict):
+        raise ConversionError(f"{file} holds a {type(data).__name__}, not a JSON object; save the model again with save_pretrained.")
+    return data
 
 
 def from_hf_xlnet(
@@ -282,13 +300,18 @@ def _tokenizer(tokenizer: Any, directory: Path | None, d_vocab: int) -> Any:
 def main(argv: list[str] | None = None) -> None:
     """Convert a local HF XLNet directory into a workbench checkpoint directory."""
     from workbench.checkpoint import save
+    from workbench.cli import describe_error
 
     parser = argparse.ArgumentParser(prog="python -m workbench.convert", description=main.__doc__)
     parser.add_argument("source", help="directory with config.json and model.safetensors of an XLNetLMHeadModel")
     parser.add_argument("out", help="workbench checkpoint directory to write (e.g. checkpoints/xlnet-base-cased)")
     parser.add_argument("--n-ctx", type=int, default=DEFAULT_N_CTX, help="longest sequence accepted (default 512)")
     args = parser.parse_args(argv)
-    model = from_hf_xlnet(args.source, n_ctx=args.n_ctx)
-    hf_config = json.loads((Path(args.source) / "config.json").read_text())
-    out = save(model, args.out, training={"converted_from": str(Path(args.source).resolve()), "hf_config": hf_config})
+    try:
+        model = from_hf_xlnet(args.source, n_ctx=args.n_ctx)
+        hf_config = _read_json(Path(args.source) / "config.json")
+        out = save(model, args.out, training={"converted_from": str(Path(args.source).resolve()), "hf_config": hf_config})
+    except (ValueError, OSError) as err:  # ConversionError and JSON errors are ValueErrors
+        print(f"{parser.prog}: error: {describe_error(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"wrote {out} ({sum(p.numel() for p in model.parameters()):,} parameters, tokenizer: {model.tokenizer is not None})")

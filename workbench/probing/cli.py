@@ -16,6 +16,10 @@ shares the batches out over the processes; rank 0 writes the table a one-process
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,15 +80,16 @@ def _run(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
 
-    result = run_probes(
-        args.checkpoint, data=args.data, probes=args.probes, out=args.out, r=args.r, w=args.w,
-        seq_len=args.seq_len, max_sequences=args.max_sequences or None, batch_size=args.batch_size,
-        seed=args.seed, device=args.device, fast=args.fast, split=args.split, orders=args.orders,
-        causal_sequences=args.causal_sequences, heads=args.heads, max_heads=args.max_heads,
-        options=options, progress=not args.no_progress,
-    )
-    import os
-
+    try:
+        result = run_probes(
+            args.checkpoint, data=args.data, probes=args.probes, out=args.out, r=args.r, w=args.w,
+            seq_len=args.seq_len, max_sequences=args.max_sequences or None, batch_size=args.batch_size,
+            seed=args.seed, device=args.device, fast=args.fast, split=args.split, orders=args.orders,
+            causal_sequences=args.causal_sequences, heads=args.heads, max_heads=args.max_heads,
+            options=options, progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        _interrupted(Path(args.out))
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 reports
     meta = result.metadata
@@ -97,3 +102,15 @@ def _run(args: argparse.Namespace) -> None:
     if len(labels):
         counts = labels.groupby(["stream", "label"]).size()
         print("head labels: " + "; ".join(f"{s} {lab}: {n}" for (s, lab), n in counts.items()))
+
+
+def _interrupted(out: Path) -> NoReturn:
+    """Ctrl-C: say what was kept, and exit 130 (the shell's code for SIGINT)."""
+    from workbench.probing.out_dir import saved_batches
+    from workbench.probing.runner import PARTIAL_DIR
+
+    n = saved_batches(out / PARTIAL_DIR)
+    if int(os.environ.get("RANK", "0")) == 0:
+        kept = f"{n} batches saved in {out / PARTIAL_DIR}, rerun the same command to resume" if n else "no batch was finished, nothing kept"
+        print(f"workbench probe: interrupted: {kept}.", file=sys.stderr)
+    raise SystemExit(130)

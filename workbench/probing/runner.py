@@ -14,8 +14,11 @@ Guarantees:
   call leaves no output at all;
 - the table and the metadata are written atomically (temp file + os.replace), never half;
 - a run killed midway resumes from its finished batches when started again with the same
-  arguments, and gives exactly the table an uninterrupted run gives; a directory holding a run
-  with other arguments is refused, naming the arguments that differ;
+  arguments (deleting the temporaries the kill left), and gives exactly the table an
+  uninterrupted run gives; a directory holding a run with other arguments is refused, naming the
+  arguments that differ; a failure before the first batch is saved leaves nothing behind;
+- one run per --out at a time: a second one is refused at once, naming the first one's pid
+  (workbench/probing/out_dir.py);
 - results are deterministic for a seed (each sequence's order is seeded by (seed, sequence)).
 """
 
@@ -29,6 +32,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,8 +41,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from workbench.devices import parse_device
 from workbench.models import HookedAOModel
-from workbench.probing import distributed, registry
+from workbench.probing import distributed, out_dir, registry
 from workbench.probing.context import ProbeContext, ProbeSettings
 from workbench.probing.engine import make_source
 from workbench.probing.table import TABLE_FILE, Row, read_table, rows_to_table, write_table
@@ -116,7 +121,8 @@ def run_probes(
     if orders not in ORDERS:
         raise ValueError(f"orders={orders!r} is unknown; use one of {', '.join(ORDERS)}.")
     selected = registry.get(names)
-    device, joined = distributed.init_from_env(_device(device))
+    device, joined = distributed.init_from_env(parse_device(device))
+    held = ExitStack()
     try:
         model, ckpt = _model(checkpoint, device)
         seq_len = model.cfg.n_ctx if seq_len is None else seq_len
@@ -151,13 +157,19 @@ def run_probes(
         workdir, created = None, []
         if out is not None:
             out = Path(out)
+            if out.exists() and not out.is_dir():
+                raise ValueError(f"--out {out} is a file; give a directory.")
+            workdir = out / PARTIAL_DIR
+            if distributed.is_main():  # rank 0 creates the run directory and holds it; the others wait for it
+                created = [d for d in (workdir, *workdir.parents) if not d.exists()][::-1]  # outermost first
+                out.mkdir(parents=True, exist_ok=True)
+                held.enter_context(out_dir.locked(out))
+                out_dir.remove_leftovers(out, workdir, (TABLE_FILE, METADATA_FILE))
             done = _prepare_out(out, spec)
             if done is not None:
                 return done
-            workdir = out / PARTIAL_DIR
-            if distributed.is_main():  # rank 0 creates the run directory; the others wait for it
-                created = [d for d in (workdir, *workdir.parents) if not d.exists()][::-1]  # outermost first
-                workdir.mkdir(parents=True, exist_ok=True)
+            if distributed.is_main():
+                workdir.mkdir(exist_ok=True)
                 if not (workdir / STATE_FILE).is_file():
                     write_json_atomic(workdir / STATE_FILE, {"format": FORMAT, "spec": spec})
             distributed.barrier()
@@ -170,7 +182,7 @@ def run_probes(
             rows = _run(selected, ctx, ckpt["name"])
         except BaseException:
             if distributed.is_main():
-                _forget_if_nothing_done(workdir, created)
+                out_dir.forget_if_nothing_done(workdir, created)
             raise
         table = rows_to_table(rows)
 
@@ -207,6 +219,7 @@ def run_probes(
         shutil.rmtree(workdir)
         return ProbeRun(table.to_pandas(), metadata, out)
     finally:
+        held.close()  # the --out lock
         distributed.finish(joined)
 
 
@@ -218,17 +231,6 @@ def _run(selected: list[registry.Probe], ctx: ProbeContext, checkpoint: str) -> 
                 raise TypeError(f"probe {entry.name!r} ({entry.source}) yielded {type(row).__name__}; probes must yield workbench.probing.Row.")
             rows.append((checkpoint, entry.name, row))
     return rows
-
-
-def _forget_if_nothing_done(workdir: Path | None, created: list[Path]) -> None:
-    """After a failure: if no batch was saved, remove what this run created (a failure before any
-    work leaves nothing behind); otherwise keep it, to resume from."""
-    if workdir is None or any(workdir.glob("*/*.safetensors")):
-        return
-    (workdir / STATE_FILE).unlink(missing_ok=True)
-    for directory in reversed(created):  # the partial dir, then OUT (and parents) if this run made them
-        if directory.is_dir() and not any(directory.iterdir()):
-            directory.rmdir()
 
 
 # ---- validation --------------------------------------------------------------------------------
@@ -252,18 +254,6 @@ def _check_ints(**values: Any) -> None:
             continue
         if value < (0 if name == "seed" else 1):
             raise ValueError(f"{name}={value} must be {'>= 0' if name == 'seed' else 'a positive integer'}.")
-
-
-def _device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device={device!r} is not a torch device; use cpu, cuda, cuda:0 or auto.") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda was asked for but no CUDA device is available; use --device cpu (or auto).")
-    return device
 
 
 def _model(checkpoint: str | Path | HookedAOModel, device: torch.device) -> tuple[HookedAOModel, dict[str, Any]]:
@@ -360,12 +350,13 @@ def _heads(heads: Iterable[str] | str | None, model: HookedAOModel) -> list[tupl
 def _prepare_out(out: Path, spec: dict[str, Any]) -> ProbeRun | None:
     """Check `out` against this run's spec: None to go on (fresh or resuming), a ProbeRun when the
     same run is already complete; raise when `out` holds a different run."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a directory.")
     state = out / PARTIAL_DIR / STATE_FILE
     if state.is_file():
         saved = json.loads(state.read_text())
         _compare(saved.get("spec", {}), spec, out, "a partial run")
+        n = out_dir.saved_batches(out / PARTIAL_DIR)
+        if n and distributed.is_main():
+            print(f"workbench probe: resuming {out}: {n} batches saved by an earlier run are reused.")
         return None
     meta_file = out / METADATA_FILE
     if meta_file.is_file() and (out / TABLE_FILE).is_file():

@@ -344,10 +344,26 @@ def _optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, to
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines a killed run wrote after its last checkpoint (they will be redone)."""
-    if path.is_file():
-        lines = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
-        write_bytes_atomic(path, "".join(l + "\n" for l in lines).encode())
+    """Drop metric lines a killed run wrote after its last checkpoint (they will be redone), and a
+    torn last line (the kill cut its write short); a bad line before the last one is an error."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            entry = json.loads(line) if line.strip() else None
+            if entry is not None and not isinstance(entry.get("step"), int):
+                raise ValueError("no integer 'step'")
+        except (ValueError, AttributeError) as err:
+            if number == len(lines):
+                break  # the line a kill tore: dropped, it will be written again
+            raise ValueError(
+                f"{path} line {number} is not a metrics record ({err}); fix or delete that line, then resume."
+            ) from err
+        if entry is not None and entry["step"] <= step:
+            kept.append(line)
+    write_bytes_atomic(path, "".join(l + "\n" for l in kept).encode())
 
 
 def _append_jsonl(path: Path, line: dict[str, Any]) -> None:
