@@ -5,7 +5,7 @@ comparison is fair. Runs the six trainings in parallel on one GPU, exports each 
 float16 into checkpoints/<variant>-<seq_len>/, then evaluates them with `workbench eval` and
 writes docs/results.md's table source, results/nll.json.
 
-    python scripts/train_bundled.py --data path/to/tinyshakespeare.txt --steps 4000 --runs runs/
+    python scripts/train_bundled.py --data path/to/tinyshakespeare.txt --steps 3000 --runs runs/
 """
 
 from __future__ import annotations
@@ -23,26 +23,27 @@ from workbench.training.trainer import VAL_TEXT
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("two_stream", "decoupled_rope", "sigma_gpt")
-SHAPES = {128: 64, 1024: 8}  # seq_len -> sequences per step: 8192 tokens per step at both lengths
+TOKENS_PER_STEP = 8192  # 64 x 128 or 8 x 1024, the bundled recipe
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True)
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--runs", default="runs")
     parser.add_argument("--orders", type=int, default=4, help="random orders per window in the final eval")
     args = parser.parse_args()
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     jobs = []
-    for seq_len, batch in SHAPES.items():
+    step = TOKENS_PER_STEP
+    for seq_len in (128, 1024):
         for variant in VARIANTS:
             out = runs / f"{variant}-{seq_len}"
             cmd = [sys.executable, "-m", "workbench.cli", "train", "--variant", variant, "--data", args.data,
-                   "--seq-len", str(seq_len), "--batch-size", str(batch), "--steps", str(args.steps),
-                   "--lr", "2e-3", "--warmup-steps", "200", "--eval-every", "500",
-                   "--checkpoint-every", "1000", "--out", str(out), "--no-progress"]
+                   "--seq-len", str(seq_len), "--tokens-per-step", str(step), "--train-tokens", str(args.steps * step),
+                   "--lr", "2e-3", "--warmup-tokens", str(200 * step), "--eval-every-tokens", str(500 * step),
+                   "--checkpoint-every-tokens", str(1000 * step), "--out", str(out), "--no-progress"]
             log = open(runs / f"{variant}-{seq_len}.log", "w")
             jobs.append((out, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
     failed = [str(out) for out, job in jobs if job.wait() != 0]

@@ -19,7 +19,8 @@ from workbench.data.records import load_hf_dataset, load_jsonl, load_parquet
 from workbench.data.specs import detect_kind, load_corpus, make_tokenizer
 from workbench.data.text_files import STDLIB_MAX_CHARS, load_stdlib, load_text_dir, load_text_file
 from workbench.data.tokenizers import ByteTokenizer, Tokenizer
-from workbench.data.windows import TokenSplit, random_windows, sequential_windows, train_val_split
+from workbench.data.wiki import load_mediawiki, text8_clean
+from workbench.data.windows import TokenSplit, document_split, random_windows, sequential_windows, train_val_split
 
 __all__ = [
     "DOCUMENT_SEPARATOR",
@@ -32,9 +33,11 @@ __all__ = [
     "TokenSplit",
     "Tokenizer",
     "detect_kind",
+    "document_split",
     "load_corpus",
     "load_hf_dataset",
     "load_jsonl",
+    "load_mediawiki",
     "load_parquet",
     "load_stdlib",
     "load_text_dir",
@@ -42,5 +45,6 @@ __all__ = [
     "make_tokenizer",
     "random_windows",
     "sequential_windows",
+    "text8_clean",
     "train_val_split",
 ]

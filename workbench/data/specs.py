@@ -12,6 +12,7 @@ network. Corpus kinds:
 | ``jsonl`` | a ``.jsonl``/``.ndjson`` file | the ``text_field`` of each line's object |
 | ``parquet`` | a ``.parquet``/``.pq`` file | each row's ``text_field`` column |
 | ``hf`` | a directory written by ``datasets``' ``save_to_disk`` | each row's ``text_field`` |
+| ``mediawiki`` | a MediaWiki XML dump (``.xml``: enwik8, enwik9) | each non-redirect page, text8-cleaned by default (``clean="none"`` keeps the wikitext) |
 
 Files and directory entries are read in sorted order (by code point, locale-independent), so a
 corpus and its fingerprint are the same on every run.
@@ -30,10 +31,12 @@ from workbench.data.hf_tokenizer import HFTokenizer
 from workbench.data.records import load_hf_dataset, load_jsonl, load_parquet
 from workbench.data.text_files import load_stdlib, load_text_dir, load_text_file
 from workbench.data.tokenizers import ByteTokenizer, Tokenizer
+from workbench.data.wiki import load_mediawiki
 
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".rst", ".py"})
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
+MEDIAWIKI_SUFFIXES = frozenset({".xml"})
 # Files that `datasets.Dataset.save_to_disk` / `DatasetDict.save_to_disk` write.
 HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
@@ -45,6 +48,7 @@ LOADERS: dict[str, Loader] = {
     "jsonl": load_jsonl,
     "parquet": load_parquet,
     "hf": load_hf_dataset,
+    "mediawiki": load_mediawiki,
 }
 
 
@@ -83,12 +87,13 @@ def detect_kind(spec: str | Path) -> str:
         ("text", TEXT_SUFFIXES),
         ("jsonl", JSONL_SUFFIXES),
         ("parquet", PARQUET_SUFFIXES),
+        ("mediawiki", MEDIAWIKI_SUFFIXES),
     ):
         if suffix in suffixes:
             return kind
     raise CorpusError(
         f"cannot tell what kind of corpus {path} is from its suffix {suffix or '(none)'!r}; "
-        f"known suffixes: {sorted(TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES)}. Pass "
+        f"known suffixes: {sorted(TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES | MEDIAWIKI_SUFFIXES)}. Pass "
         "kind='text' to read it as plain text (or kind='jsonl' / 'parquet')."
     )
 

@@ -7,13 +7,15 @@ learned vector inside the model, not a token), so no extra target token is cut.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from workbench.data.corpus import CorpusError
+from workbench.data.corpus import DOCUMENT_SEPARATOR, CorpusError
 
 DEFAULT_VAL_FRACTION = 0.1
 
@@ -52,6 +54,37 @@ def train_val_split(
             "a shorter seq_len, or another val_fraction."
         )
     return TokenSplit(train=tokens[: n - n_val], val=tokens[n - n_val :])
+
+
+def document_split(
+    documents: Sequence[str], encode: Callable[[str], Tensor], seq_len: int, val_fraction: float = DEFAULT_VAL_FRACTION
+) -> TokenSplit:
+    """Validation = whole documents, each held out when the sha256 of its text falls below
+    ``val_fraction`` of the hash range; train = the others. Each part is its documents joined by
+    DOCUMENT_SEPARATOR, in corpus order, then encoded.
+
+    A held-out set by document, not a cut inside one: no validation window shares text with a
+    training document, the choice depends on the text alone (not on its position or the other
+    documents), and about ``val_fraction`` of the documents are held out. Both parts must hold
+    one window of ``seq_len`` tokens.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
+    held = [_held_out(d, val_fraction) for d in documents]
+    parts = [DOCUMENT_SEPARATOR.join(d for d, h in zip(documents, held) if h == want) for want in (False, True)]
+    train, val = (encode(p) for p in parts)
+    if min(train.numel(), val.numel()) < seq_len:
+        raise CorpusError(
+            f"held out by document, validation has {val.numel()} tokens ({sum(held)} of {len(documents)} "
+            f"documents) and training {train.numel()}, but each needs at least one window of "
+            f"seq_len={seq_len}; use more (or smaller) documents, another val_fraction, or the tail split."
+        )
+    return TokenSplit(train=train, val=val)
+
+
+def _held_out(document: str, val_fraction: float) -> bool:
+    digest = hashlib.sha256(document.encode("utf-8", errors="surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") < val_fraction * 2**64
 
 
 def _n_val(n: int, val_fraction: float) -> int:

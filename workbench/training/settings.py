@@ -34,6 +34,9 @@ class TrainSettings:
     """"char" (built from the corpus), "byte", or a path to a local tokenizer.json."""
     seq_len: int = 128
     val_fraction: float = 0.1
+    split: Literal["tail", "documents"] = "tail"
+    """How validation is held out: "tail" (the last val_fraction of the text) or "documents"
+    (whole documents, chosen by a hash of their text; workbench.data.document_split)."""
     max_chars: int | None = None
     """Cap on corpus characters (None: all; the stdlib loader has its own default cap)."""
     # ---- optimisation, in tokens ----
@@ -112,6 +115,8 @@ def _problems(s: TrainSettings) -> list[str]:
             problems.append(f"{name}={value!r} must be an integer >= 0")
     if s.max_chars is not None and (not isinstance(s.max_chars, int) or s.max_chars < 1):
         problems.append(f"max_chars={s.max_chars!r} must be a positive integer or None")
+    if s.split not in ("tail", "documents"):
+        problems.append(f"split={s.split!r} must be 'tail' or 'documents'")
     if s.order not in ("random", "left_to_right"):
         problems.append(f"order={s.order!r} must be 'random' or 'left_to_right'")
     for name, low, high in (("lr", 0.0, 1.0), ("val_fraction", 0.0, 1.0), ("beta2", 0.0, 1.0)):

@@ -30,7 +30,7 @@ from safetensors.torch import save as safetensors_bytes
 from tqdm import tqdm
 
 from workbench import checkpoint as ckpt
-from workbench.data import load_corpus, make_tokenizer, sequential_windows, train_val_split
+from workbench.data import document_split, load_corpus, make_tokenizer, sequential_windows, train_val_split
 from workbench.evaluation import Estimate, per_window_bits
 from workbench.models import HookedAOModel, from_config
 from workbench.results_io import write_bytes_atomic
@@ -84,7 +84,10 @@ def train(
     run_record = {"settings": settings.to_dict(), "corpus": corpus.metadata()}
     _check_run_dir(out_dir, run_record)
     tokenizer = make_tokenizer(settings.tokenizer, corpus.text)
-    split = train_val_split(tokenizer.encode_tensor(corpus.text), settings.seq_len, settings.val_fraction)
+    if settings.split == "documents":
+        split = document_split(corpus.documents, tokenizer.encode_tensor, settings.seq_len, settings.val_fraction)
+    else:
+        split = train_val_split(tokenizer.encode_tensor(corpus.text), settings.seq_len, settings.val_fraction)
     val_windows = sequential_windows(split.val, settings.seq_len)
     model = from_config(settings.model_config(tokenizer.vocab_size))
     model.tokenizer = tokenizer
@@ -95,9 +98,13 @@ def train(
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=settings.lr, betas=(0.9, settings.beta2), fused=device.type == "cuda",
     )
+    if rank == 0:
+        _recover_saves(out_dir)
+    if world > 1:
+        dist.barrier()  # every rank reads the checkpoint rank 0 has recovered
     state = _maybe_resume(out_dir, model, optimizer, device)
     data_meta = {
-        "corpus": corpus.metadata(), "val_fraction": settings.val_fraction,
+        "corpus": corpus.metadata(), "val_fraction": settings.val_fraction, "split": settings.split,
         "n_train_tokens": split.train.numel(), "n_val_tokens": split.val.numel(), "val_text": VAL_TEXT,
     }
     n_params = sum(p.numel() for p in model.parameters())
@@ -311,6 +318,14 @@ def _check_run_dir(out_dir: Path, run_record: dict[str, Any]) -> None:
             f"fingerprint {new} (the file changed); a resume would shift its token ids. Restore the data, "
             "or choose a new --out directory."
         )
+
+
+def _recover_saves(out_dir: Path) -> None:
+    """Finish or roll back the saves a kill interrupted (workbench.checkpoint.recover)."""
+    for saved in (out_dir / "checkpoint", out_dir / "best"):
+        note = ckpt.recover(saved)
+        if note:
+            print(note)
 
 
 def _maybe_resume(out_dir: Path, model, optimizer, device) -> _Progress:
