@@ -356,3 +356,19 @@ def test_a_save_killed_mid_swap_is_recovered_before_resuming(tmp_path, corpus_fi
     resumed = train(settings, run, progress=False)
     assert _max_weight_difference(full.model, resumed.model) == 0
     assert sorted(p.name for p in run.iterdir()) == ["best", "checkpoint", "metrics.jsonl", "settings.json"]
+
+
+def test_a_run_in_time_limited_chunks_trains_as_one(tmp_path, corpus_file, monkeypatch):
+    import workbench.training.trainer as trainer
+
+    settings = tiny_settings(corpus_file, steps=50, eval_every=50, checkpoint_every=50)
+    full = train(settings, tmp_path / "full", progress=False)
+    monkeypatch.setattr(trainer, "LOG_EVERY", 5)
+    chunks = []
+    while True:
+        result = train(settings, tmp_path / "chunks", progress=False, time_limit_s=0.0)
+        chunks.append(result.out_of_time)
+        if not result.out_of_time:
+            break
+    assert chunks == [True] * 9 + [False]  # a checkpoint every 5 steps, the last chunk finishes
+    assert _max_weight_difference(full.model, result.model) == 0

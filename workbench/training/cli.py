@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-compile", action="store_true",
                    help="run the step eagerly (default on CUDA: torch.compile, falling back to eager loudly if it fails)")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="seconds: save a checkpoint and exit once this much time has passed (rerun to go on)")
     p.add_argument("--micro-batch-tokens", type=int, default=None,
                    help="tokens per forward pass per process; gradient accumulation makes up tokens_per_step "
                         "(default: the whole per-process share in one pass)")
@@ -44,7 +46,7 @@ def _run(args: argparse.Namespace) -> None:
 
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)}
     result = train(TrainSettings(**fields), args.out, device=args.device, progress=not args.no_progress,
-                   compile=False if args.no_compile else None, micro_batch_tokens=args.micro_batch_tokens)
+                   compile=False if args.no_compile else None, micro_batch_tokens=args.micro_batch_tokens, time_limit_s=args.time_limit)
     print(f"checkpoint: {result.checkpoint}")
     for key, value in result.metrics.items():
         print(f"  {key}: {value}")

@@ -49,6 +49,8 @@ class RunResult:
     checkpoint: Path
     metrics: dict[str, Any]
     stopped_early: bool = False
+    out_of_time: bool = False
+    """The run saved its checkpoint and returned at `time_limit_s`; call `train` again to go on."""
 
 
 @dataclass
@@ -69,6 +71,7 @@ def train(
     progress: bool = True,
     compile: bool | None = None,
     micro_batch_tokens: int | None = None,
+    time_limit_s: float | None = None,
 ) -> RunResult:
     """Train (or resume) a run in `out_dir`; returns the final model and its checkpoint path.
 
@@ -76,6 +79,8 @@ def train(
     warning if compiling fails. `micro_batch_tokens` caps the tokens of one forward pass per
     process (gradient accumulation makes up the step); default: the whole per-process batch.
     Neither changes what is computed, so a run may resume with other values (or processes).
+    `time_limit_s` saves a checkpoint and returns once that much time has passed (checked every
+    LOG_EVERY steps): a long run done as chunks, each resuming the last, trains exactly as one.
     """
     out_dir = Path(out_dir)
     rank, world, device = _init_distributed(device)
@@ -125,7 +130,8 @@ def train(
     saver = _Saver(out_dir, settings, data_meta, n_params, split.val, tokenizer)
     snapshot_steps = _snapshot_steps(settings)
     metrics: dict[str, Any] = {}
-    stopped_early = False
+    stopped_early = out_of_time = False
+    started = time.perf_counter()
     bar = tqdm(total=settings.steps, initial=state.step, disable=not progress or rank != 0,
                desc=settings.variant, unit="step")
     if state.stopped and rank == 0:
@@ -162,8 +168,10 @@ def train(
             bar.set_postfix_str(f"{line['tokens_per_s'] / 1e6:.2f} Mtok/s, train {loss_bits:.3f} bits"
                                 + (f", val {metrics['val_any_order_bits']:.3f}" if metrics else ""))
             clock, tokens_since = time.perf_counter(), 0
+        if time_limit_s is not None and done % LOG_EVERY == 0 and not last:
+            out_of_time = _agree(time.perf_counter() - started > time_limit_s, world, device)
         evaluate = done % _every(settings.eval_every_tokens, settings) == 0 or last
-        checkpoint = done % _every(settings.checkpoint_every_tokens, settings) == 0 or last
+        checkpoint = done % _every(settings.checkpoint_every_tokens, settings) == 0 or last or out_of_time
         if (evaluate or checkpoint or done in snapshot_steps) and device.type == "cuda":
             torch.cuda.synchronize(device)  # the pause below should not absorb queued training work
         stop, paused = False, time.perf_counter()
@@ -191,11 +199,15 @@ def train(
                 print(f"early stop at step {done}: validation any-order bits have not improved for "
                       f"{settings.early_stop_evals} evaluations (best {state.best_bits:.4f}, in {out_dir / 'best'})")
             break
+        if out_of_time:
+            if rank == 0:
+                print(f"time limit of {time_limit_s:.0f} s reached at step {done}: checkpoint saved; rerun to go on")
+            break
     bar.close()
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return RunResult(model.eval(), out_dir / "checkpoint", metrics, stopped_early or state.stopped)
+    return RunResult(model.eval(), out_dir / "checkpoint", metrics, stopped_early or state.stopped, out_of_time)
 
 
 def learning_rate(settings: TrainSettings, tokens_done: int) -> float:
