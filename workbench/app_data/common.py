@@ -1,0 +1,67 @@
+"""What every page's compute shares: where checkpoints and results live, the error a user can
+act on (`AppInputError`), the streams of a variant, and a loaded model with its lock."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workbench.checkpoint import BUNDLED_DIR, CheckpointError
+from workbench.models import HookedAOModel
+
+__all__ = ["REPO", "RESULTS_ENV", "CHECKPOINTS_ENV", "STREAMS_OF", "AppInputError", "results_dir", "checkpoints_dir", "streams_of", "load_model", "LoadedModel"]
+
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS_ENV = "WORKBENCH_RESULTS"
+"""Directory holding `nll.json` and `probes/<checkpoint>/` (default: `results/` of the repo)."""
+CHECKPOINTS_ENV = "WORKBENCH_CHECKPOINTS"
+"""Directory of checkpoints the app lists (default: the bundled `checkpoints/`)."""
+
+
+STREAMS_OF = {"two_stream": ("content", "query"), "xlnet": ("content", "query")}
+
+
+class AppInputError(ValueError):
+    """Something the user gave (or a file the app needs) is unusable; the message says what to do."""
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get(RESULTS_ENV) or REPO / "results")
+
+
+def checkpoints_dir() -> Path:
+    return Path(os.environ.get(CHECKPOINTS_ENV) or BUNDLED_DIR)
+
+
+def streams_of(variant: str) -> tuple[str, ...]:
+    return STREAMS_OF.get(variant, ("main",))
+
+
+def load_model(name_or_path: str | Path) -> HookedAOModel:
+    """`workbench.load`, with every failure (missing, corrupt, mismatched) as an AppInputError."""
+    from workbench.checkpoint import load
+
+    path = Path(name_or_path)
+    if not path.is_dir():
+        path = checkpoints_dir() / str(name_or_path)
+    try:
+        return load(path)
+    except (CheckpointError, OSError, ValueError, RuntimeError, KeyError) as err:
+        raise AppInputError(f"checkpoint {Path(name_or_path).name!r} could not be loaded: {err}") from err
+
+
+@dataclass
+class LoadedModel:
+    """A model and the lock that serialises hooked runs on it (hooks are module state: two
+    sessions adding hooks to the same model at once would see each other's)."""
+
+    model: HookedAOModel
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def name(self) -> str:
+        info = getattr(self.model, "checkpoint", None)
+        return info.name if info is not None else "model"
