@@ -8,6 +8,7 @@ from app_pages.common import (
     checkpoint_picker,
     ensure_choice,
     ensure_range,
+    export_menu,
     get_model,
     loadable,
     probe_results,
@@ -41,9 +42,11 @@ if res is not None:
         kind = st.radio("Ablation", kinds, key="p_causal_ablation_kind", horizontal=True, format_func=lambda k: f"{k} ablation")
         rows = ablation[ablation["kind"] == kind]
         frame = rows.assign(label="", dnll_ci=rows["ci"], dnll_chance=float("nan"))
-        grids = {s: app_data.head_grid(frame, s, "dnll") for s in dict.fromkeys(frame["stream"])}
-        show_figure(viz.head_maps(grids, title=f"{ckpt}: ΔNLL when one head is {kind}-ablated (bits/token)",
-                                  value_name="ΔNLL (bits)", diverging=True, digits=3), key="causal_ablation_map")
+        grids = {(ckpt, s): app_data.head_grid(frame, s, "dnll") for s in dict.fromkeys(frame["stream"])}
+        fig = viz.head_maps(grids, title=f"{ckpt}: ΔNLL when one head is {kind}-ablated (bits/token)",
+                            value_name="ΔNLL (bits)", colour="value", diverging=True, digits=3)
+        show_figure(fig, key="causal_ablation_map")
+        export_menu("ablation", frame=ablation, fig=fig)
         clean = res.table[res.table["metric"] == "clean_bits"]
         if len(clean):
             st.caption(f"Clean NLL of those sequences: {clean['value'].iloc[0]:.3f} ± {clean['ci'].iloc[0]:.3f} bits/token "
@@ -55,9 +58,11 @@ if res is not None:
         groups = [f"{s} set" for s in knockout["set"]] + ["random set (same size)"] * len(knockout)
         show_figure(viz.effect_bars(names_k + names_k, values, cis, groups=groups,
                                     title=f"{ckpt}: knocking out a head's set vs as many random keys"), key="causal_knockout")
-        st.dataframe(knockout, hide_index=True, key="causal_knockout_table",
-                     column_config={c: st.column_config.NumberColumn(format="%.4f") for c in
+        shown_k = app_data.effect_table(knockout)
+        st.dataframe(shown_k, hide_index=True, key="causal_knockout_table",
+                     column_config={app_data.EFFECT_COLUMNS[c]: st.column_config.NumberColumn(format="%.4f") for c in
                                     ("dnll", "ci", "random_dnll", "random_ci", "excess", "excess_ci", "keys")})
+        export_menu("knockout", frame=knockout)
 
 # ---- live -------------------------------------------------------------------------------------------------------------
 st.subheader("Run your own")
@@ -110,7 +115,9 @@ if stored is not None and stored[0] == ckpt:
     groups = ["random" if "random" in i else "semantic" if "semantic" in i else "structural" if "structural" in i else "ablation"
               for i in eff["intervention"]]
     show_figure(viz.effect_bars(labels, eff["dnll"], eff["ci"], groups=groups, title="Change in NLL"), key="causal_live")
-    st.dataframe(eff, hide_index=True, key="causal_live_table",
-                 column_config={"dnll": st.column_config.NumberColumn("ΔNLL (bits/token)", format="%+.4f"),
-                                "ci": st.column_config.NumberColumn("95% CI ±", format="%.4f"),
-                                "bits": st.column_config.NumberColumn("intervened bits/token", format="%.3f")})
+    if eff["excess"].isna().all():
+        st.caption("Pick a set knockout and the random knockout of the same size to get the paired excess over random keys.")
+    st.dataframe(app_data.effect_table(eff), hide_index=True, key="causal_live_table",
+                 column_config={app_data.EFFECT_COLUMNS[c]: st.column_config.NumberColumn(format=f) for c, f in
+                                (("dnll", "%+.4f"), ("ci", "%.4f"), ("excess", "%+.4f"), ("excess_ci", "%.4f"), ("bits", "%.3f"))})
+    export_menu("causal_live", frame=eff)

@@ -24,6 +24,7 @@ sets, `intervention_hook` / `mean_z` / `Effect` for live causal checks, `order_d
 from workbench.app_data.causal import *  # noqa: F403
 from workbench.app_data.common import *  # noqa: F403
 from workbench.app_data.divergence import *  # noqa: F403
+from workbench.app_data.export import *  # noqa: F403
 from workbench.app_data.heads import *  # noqa: F403
 from workbench.app_data.overview import *  # noqa: F403
 from workbench.app_data.probes import *  # noqa: F403

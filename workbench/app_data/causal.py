@@ -15,7 +15,7 @@ import torch
 from workbench.app_data.common import AppInputError, LoadedModel
 from workbench.orders import random_orders
 
-__all__ = ["ablation_frame", "knockout_frame", "HeadRef", "INTERVENTIONS", "CausalRun", "val_windows", "run_causal"]
+__all__ = ["ablation_frame", "knockout_frame", "HeadRef", "INTERVENTIONS", "CausalRun", "val_windows", "run_causal", "EFFECT_COLUMNS", "effect_table"]
 
 
 def ablation_frame(table: pd.DataFrame) -> pd.DataFrame:
@@ -81,7 +81,7 @@ class CausalRun:
     """Clean and intervened bits/token per sequence, and the effects with 95% CIs."""
 
     clean_bits: np.ndarray  # [sequence]
-    effects: pd.DataFrame  # what, heads, dnll, ci, n, bits
+    effects: pd.DataFrame  # intervention, heads, dnll, ci, n, bits, excess, excess_ci
     n_sequences: int
     seq_len: int
 
@@ -135,7 +135,7 @@ def run_causal(
     generator = torch.Generator().manual_seed(int(seed))
     order = random_orders(tokens.shape[0], tokens.shape[1], generator)
     groups = [list(heads)] if joint else [[h] for h in heads]
-    rows = []
+    rows, deltas = [], {}
     with loaded.lock:
         clean = model.nll(tokens, order).double().mean(-1) / LN2
         z_means = mean_z(model, tokens, order) if any(INTERVENTIONS[k][0] == "mean" for k in kinds) else None
@@ -150,7 +150,27 @@ def run_causal(
                 ]
                 with model.hooks(fwd_hooks=hooks):
                     bits = model.nll(tokens, order).double().mean(-1) / LN2
+                names = ", ".join(h.name for h in group)
+                deltas[(kind, key_set, names)] = bits - clean
                 effect = Effect.of(bits - clean)
-                rows.append({"intervention": kind_name, "heads": ", ".join(h.name for h in group), "dnll": effect.mean,
+                rows.append({"intervention": kind_name, "heads": names, "dnll": effect.mean,
                              "ci": effect.ci, "n": effect.n, "bits": float(bits.mean())})
+    for row in rows:  # a set knockout's paired excess over the random keys of the same size, when both ran
+        kind, key_set = INTERVENTIONS[row["intervention"]]
+        control = deltas.get(("knockout", f"random:{key_set}", row["heads"])) if kind == "knockout" else None
+        excess = Effect.of(deltas[(kind, key_set, row["heads"])] - control) if control is not None else None
+        row["excess"], row["excess_ci"] = (excess.mean, excess.ci) if excess is not None else (math.nan, math.nan)
     return CausalRun(clean.numpy(), pd.DataFrame(rows), int(tokens.shape[0]), int(tokens.shape[1]))
+
+
+EFFECT_COLUMNS = {
+    "dnll": "ΔNLL (bits/token)", "ci": "± 95%", "random_dnll": "ΔNLL, random keys", "random_ci": "± 95% (random)",
+    "excess": "excess over random (paired)", "excess_ci": "± 95% (excess)", "keys": "keys knocked out",
+    "bits": "intervened bits/token", "n": "sequences",
+}
+"""Display names of the columns of `knockout_frame`, `ablation_frame` and `CausalRun.effects`."""
+
+
+def effect_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """A causal frame with readable column names (EFFECT_COLUMNS) for tables and downloads."""
+    return frame.rename(columns=EFFECT_COLUMNS)

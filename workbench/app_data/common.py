@@ -11,7 +11,7 @@ from pathlib import Path
 from workbench.checkpoint import BUNDLED_DIR, CheckpointError
 from workbench.models import HookedAOModel
 
-__all__ = ["REPO", "RESULTS_ENV", "CHECKPOINTS_ENV", "STREAMS_OF", "AppInputError", "results_dir", "checkpoints_dir", "streams_of", "load_model", "LoadedModel"]
+__all__ = ["REPO", "RESULTS_ENV", "CHECKPOINTS_ENV", "STREAMS_OF", "AppInputError", "results_dir", "checkpoints_dir", "source_dir", "streams_of", "load_model", "LoadedModel"]
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,6 +34,28 @@ def results_dir() -> Path:
 
 def checkpoints_dir() -> Path:
     return Path(os.environ.get(CHECKPOINTS_ENV) or BUNDLED_DIR)
+
+
+def source_dir(kind: str, text: str) -> Path:
+    """A directory the user typed for "checkpoints" or "results", checked: it must exist and hold
+    what the app reads (checkpoint directories; `nll.json` or `probes/`). A checkpoint directory
+    given as the checkpoints directory stands for its parent."""
+    from workbench.checkpoint import META
+
+    path = Path(text.strip()).expanduser()
+    if not path.is_dir():
+        raise AppInputError(f"{path} is not a directory.")
+    if kind == "checkpoints":
+        if (path / META).is_file():
+            return path.parent
+        if not any((p / META).is_file() for p in path.iterdir() if p.is_dir()):
+            raise AppInputError(f"{path} holds no checkpoint (no sub-directory with {META}).")
+        return path
+    if kind == "results":
+        if not ((path / "nll.json").is_file() or (path / "probes").is_dir()):
+            raise AppInputError(f"{path} holds neither nll.json nor probes/: it is not a results directory.")
+        return path
+    raise ValueError(f"kind must be 'checkpoints' or 'results', got {kind!r}")
 
 
 def streams_of(variant: str) -> tuple[str, ...]:

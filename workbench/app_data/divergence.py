@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from workbench.app_data.common import AppInputError
+from workbench.app_data.probes import chance_of
 from workbench.app_data.text import make_order
 
 __all__ = ["divergence_frame", "divergence_live", "divergence_example"]
@@ -21,7 +22,7 @@ def divergence_frame(table: pd.DataFrame) -> pd.DataFrame:
     rows = table[table["metric"].str.match(r"^overlap_k\d+$")]
     frame = pd.DataFrame({
         "length": rows["x"].to_numpy(int), "k": rows["metric"].str[len("overlap_k"):].astype(int).to_numpy(),
-        "overlap": rows["value"].to_numpy(float), "chance": rows["chance"].to_numpy(float), "ci": rows["ci"].to_numpy(float),
+        "overlap": rows["value"].to_numpy(float), "chance": chance_of(rows), "ci": rows["ci"].to_numpy(float),
     })
     return frame.sort_values(["k", "length"]).reset_index(drop=True)
 

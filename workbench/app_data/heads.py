@@ -9,7 +9,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["HEAD_METRICS", "SCATTER_PLANES", "head_frame", "head_grid", "head_record", "bin_labels", "head_histograms", "head_by_step"]
+from workbench.app_data.probes import HEAD_KEYS, JointHistogram, chance_of, head_labels, label_at, parts_at
+
+__all__ = ["HEAD_METRICS", "SCATTER_PLANES", "over_chance", "over_chance_name", "head_frame", "READ_OUT", "head_frame_at", "SUMMARY_LABELS",
+           "stream_summary", "takeaway", "head_grid", "head_record", "bin_labels", "head_histograms", "head_by_step"]
 
 
 # What the head maps can show: key -> (probe metric, label for axes and menus).
@@ -35,32 +38,67 @@ SCATTER_PLANES: dict[str, tuple[str, str]] = {
 }
 
 
+def over_chance(key: str, value, chance):
+    """How far a head is from uniform attention, 0 at chance: log2(value / chance) for a lift (a
+    ratio, whose chance is 1), value - chance for everything else (masses, index, entropy)."""
+    value, chance = np.asarray(value, float), np.asarray(chance, float)
+    if key.endswith("lift"):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log2(value / chance)
+    return value - chance
+
+
+def over_chance_name(key: str) -> str:
+    """Axis / colour-bar name of `over_chance` for a HEAD_METRICS key."""
+    label = HEAD_METRICS[key][1]
+    return f"log2 {label}" if key.endswith("lift") else f"{label} − chance"
+
+
 def head_frame(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (layer, stream, head): every HEAD_METRICS value with `<key>_ci` and
-    `<key>_chance`, and the specialisation `label` ("" where the table has none)."""
+    """One row per (layer, stream, head): every HEAD_METRICS value with `<key>_ci`, `<key>_chance`
+    and `<key>_excess` (`over_chance`), and the specialisation `label` ("" where the table has none)."""
     scalars = table[(table["layer"] >= 0) & (table["head"] >= 0) & (table.get("x", -1) == -1)]
     if "probe" in scalars:
         scalars = scalars[scalars["probe"] != "by_step"]
-    keys = ["layer", "stream", "head"]
-    heads = scalars[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
+    heads = scalars[HEAD_KEYS].drop_duplicates().sort_values(HEAD_KEYS).reset_index(drop=True)
     for key, (metric, _) in HEAD_METRICS.items():
-        rows = scalars[scalars["metric"] == metric].drop_duplicates(keys, keep="last")
-        part = rows[keys].copy()
+        rows = scalars[scalars["metric"] == metric].drop_duplicates(HEAD_KEYS, keep="last")
+        part = rows[HEAD_KEYS].copy()
         part[key] = rows["value"].to_numpy()
         part[f"{key}_ci"] = rows["ci"].to_numpy() if "ci" in rows else np.nan
-        part[f"{key}_chance"] = rows["chance"].to_numpy() if "chance" in rows else np.nan
-        heads = heads.merge(part, on=keys, how="left")
-    labels = scalars[scalars["metric"] == "label"].drop_duplicates(keys, keep="last")
-    if "label" in labels and len(labels):
-        heads = heads.merge(labels[keys + ["label"]], on=keys, how="left")
-        heads["label"] = heads["label"].fillna("")
-    else:
-        heads["label"] = ""
+        part[f"{key}_chance"] = chance_of(rows)
+        part[f"{key}_excess"] = over_chance(key, part[key], part[f"{key}_chance"])
+        heads = heads.merge(part, on=HEAD_KEYS, how="left")
+    heads = heads.merge(head_labels(table), on=HEAD_KEYS, how="left")
+    heads["label"] = heads["label"].fillna("")
     return heads
 
 
+READ_OUT = ("semantic_mass", "structural_mass", "semantic_lift", "structural_lift", "index", "S_only", "R_only", "both",
+            "neither", "S_only_lift", "R_only_lift")
+"""The HEAD_METRICS that depend on (r, w), and so are read out of the joint histogram at another (r, w)."""
+
+
+def head_frame_at(heads: pd.DataFrame, joints: dict[tuple[int, str, int], JointHistogram], r: int, w: int) -> pd.DataFrame:
+    """`heads` with every (r, w)-dependent metric and the label read out of the joint histograms at
+    (r, w) instead. The read-out pools the histogram, so it has no interval: the `_ci` columns are NaN."""
+    out = heads.copy()
+    for i, row in enumerate(out.itertuples(index=False)):
+        joint = joints.get((int(row.layer), row.stream, int(row.head)))
+        if joint is None:
+            continue
+        parts = parts_at(joint, r, w)
+        for key in READ_OUT:
+            chance = parts.get(f"{key}_chance", 1.0 if key.endswith("lift") else np.nan)
+            out.loc[out.index[i], [key, f"{key}_ci", f"{key}_chance", f"{key}_excess"]] = (
+                parts[key], np.nan, chance, float(over_chance(key, parts[key], chance)))
+        out.loc[out.index[i], "label"] = label_at(parts, sink=row.sink, entropy=row.entropy, uniform_entropy=row.entropy_chance)
+    return out
+
+
 def head_grid(heads: pd.DataFrame, stream: str, key: str, n_layers: int | None = None, n_heads: int | None = None) -> dict[str, np.ndarray]:
-    """[layer, head] arrays of one metric of one stream: value, ci, chance, label (NaN / "" if absent)."""
+    """[layer, head] arrays of one metric of one stream: value, ci, chance, excess (over chance,
+    NaN where there is no chance value) and label (NaN / "" if absent)."""
     rows = heads[heads["stream"] == stream]
     n_layers = int(heads["layer"].max()) + 1 if n_layers is None else n_layers
     n_heads = int(heads["head"].max()) + 1 if n_heads is None else n_heads
@@ -72,7 +110,47 @@ def head_grid(heads: pd.DataFrame, stream: str, key: str, n_layers: int | None =
         out["ci"][at] = getattr(row, f"{key}_ci", np.nan)
         out["chance"][at] = getattr(row, f"{key}_chance", np.nan)
         out["label"][at] = row.label
+    out["excess"] = over_chance(key, out["value"], out["chance"])
     return out
+
+
+# ---- what a checkpoint's heads add up to ------------------------------------------------------------------
+
+SUMMARY_LABELS = ("semantic", "structural", "sink")
+
+
+def stream_summary(heads: pd.DataFrame) -> pd.DataFrame:
+    """Per stream: how many heads, and how many carry each label (semantic, structural and sink
+    first, then any other label the table uses), with the median index over chance."""
+    rows = []
+    for stream, group in heads.groupby("stream", sort=False):
+        counts = group["label"].replace("", "no label").value_counts()
+        row = {"stream": stream, "heads": len(group)}
+        row.update({lab: int(counts.get(lab, 0)) for lab in SUMMARY_LABELS})
+        row.update({lab: int(n) for lab, n in counts.items() if lab not in SUMMARY_LABELS})
+        row["median index − chance"] = float(np.nanmedian(group["index_excess"])) if group["index_excess"].notna().any() else np.nan
+        rows.append(row)
+    frame = pd.DataFrame(rows).fillna(0)
+    counts = [c for c in frame.columns if c not in ("stream", "heads", "median index − chance")]
+    frame[counts] = frame[counts].astype(int)
+    return frame[["stream", "heads", *counts, "median index − chance"]]
+
+
+def takeaway(checkpoint: str, summary: pd.DataFrame, r: int | None = None, w: int | None = None) -> str:
+    """One sentence on what the checkpoint's heads do, computed from `stream_summary`."""
+    at = f" at r = {r}, w = {w}" if r is not None else ""
+    parts = []
+    for row in summary.to_dict("records"):
+        n = int(row["heads"])
+        counts = ", ".join(f"{int(row[lab])} {lab}" for lab in SUMMARY_LABELS)
+        parts.append(f"{row['stream']} stream: {counts} of {n} heads (median index {row['median index − chance']:+.2f} over chance)")
+    total = {lab: int(summary[lab].sum()) for lab in SUMMARY_LABELS}
+    verdict = ", ".join(f"{total[lab]} {lab}" for lab in SUMMARY_LABELS) + f" of {int(summary['heads'].sum())} heads"
+    if total["structural"] == 0:
+        verdict += " (none structural)"
+    if len(parts) == 1:
+        return f"{checkpoint}{at}: {parts[0].split(': ', 1)[1]}" + (" (none structural)." if total["structural"] == 0 else ".")
+    return f"{checkpoint}{at}: {verdict}. " + "; ".join(parts) + "."
 
 
 def head_record(heads: pd.DataFrame, layer: int, stream: str, head: int) -> dict[str, Any] | None:
@@ -108,7 +186,7 @@ def head_histograms(table: pd.DataFrame, layer: int, stream: str, head: int) -> 
         frame = pd.DataFrame({
             "bin": rows["x"].to_numpy(int),
             "attention": rows["value"].to_numpy(float),
-            "chance": rows["chance"].to_numpy(float),
+            "chance": chance_of(rows),
             "ci": rows["ci"].to_numpy(float),
         })
         frame["label"] = [labels[b] if 0 <= b < len(labels) else str(b) for b in frame["bin"]]
@@ -123,4 +201,5 @@ def head_by_step(table: pd.DataFrame, layer: int, stream: str, head: int, metric
         return pd.DataFrame(columns=["x", "metric", "value", "chance", "ci"])
     sel = table[(table["probe"] == "by_step") & (table["layer"] == layer) & (table["stream"] == stream)
                 & (table["head"] == head) & table["metric"].isin(list(metrics))]
-    return sel[["x", "metric", "value", "chance", "ci"]].sort_values(["metric", "x"]).reset_index(drop=True)
+    out = sel[["x", "metric", "value", "ci"]].assign(chance=chance_of(sel))
+    return out[["x", "metric", "value", "chance", "ci"]].sort_values(["metric", "x"]).reset_index(drop=True)

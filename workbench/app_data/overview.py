@@ -14,7 +14,7 @@ import pandas as pd
 from workbench.app_data.common import AppInputError, checkpoints_dir, results_dir, streams_of
 from workbench.checkpoint import META, CheckpointError, read_info
 
-__all__ = ["CLAIM", "CheckpointEntry", "catalog", "catalog_frame", "nll_table", "nll_gaps", "nll_by_fraction"]
+__all__ = ["CLAIM", "VERDICT_FILE", "CheckpointEntry", "catalog", "catalog_frame", "nll_table", "nll_gaps", "gap_change", "nll_by_fraction"]
 
 CLAIM = (
     "In any-order generation each step must attend both to semantically informative tokens "
@@ -25,6 +25,9 @@ CLAIM = (
     "(Pynadath and Zhang, 2026)."
 )
 """The paper's claim: the hypothesis the workbench tests, never shown as a finding."""
+VERDICT_FILE = "verdict.md"
+"""Markdown in the results directory in which the study states its verdict, with its intervals; the
+Overview shows it as written, and says that there is none while it is missing."""
 
 @dataclass(frozen=True)
 class CheckpointEntry:
@@ -152,6 +155,20 @@ def nll_gaps(frame: pd.DataFrame, baseline: str = "two_stream") -> pd.DataFrame:
             rows.append({"length": int(length), "variant": r.variant, "gap": r.any_order - b.any_order,
                          "ci": math.hypot(r.any_order_ci, b.any_order_ci)})
     return pd.DataFrame(rows, columns=["length", "variant", "gap", "ci"])
+
+
+def gap_change(gaps: pd.DataFrame) -> pd.DataFrame:
+    """Per variant: the gap to the baseline at the longest length minus that at the shortest, with
+    the 95% half-width of the difference (the two gaps' intervals in quadrature: the lengths are
+    separate models on separate windows). The paper's claim is about this change."""
+    rows = []
+    for variant, group in gaps.groupby("variant", sort=False):
+        if group["length"].nunique() < 2:
+            continue
+        short, long_ = group.loc[group["length"].idxmin()], group.loc[group["length"].idxmax()]
+        rows.append({"variant": variant, "from": int(short["length"]), "to": int(long_["length"]),
+                     "change": float(long_["gap"] - short["gap"]), "ci": math.hypot(short["ci"], long_["ci"])})
+    return pd.DataFrame(rows, columns=["variant", "from", "to", "change", "ci"])
 
 
 def nll_by_fraction(path: Path | None = None) -> pd.DataFrame:
