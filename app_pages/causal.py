@@ -4,10 +4,10 @@ NLL; the committed probe results first, then live runs on validation windows."""
 import streamlit as st
 
 from app_pages.common import (
+    bounded_int,
     catalog,
     checkpoint_picker,
     ensure_choice,
-    ensure_range,
     export_menu,
     get_model,
     loadable,
@@ -79,8 +79,6 @@ if [h for h in st.session_state.get("p_causal_heads", []) if h not in all_heads]
     st.session_state["p_causal_heads"] = default_heads
 if "p_causal_kinds" not in st.session_state:
     st.session_state["p_causal_kinds"] = ["zero ablation", "knock out semantic set S_r", "knock out random keys (as many as S_r)"]
-for key, value in (("p_causal_r", 4), ("p_causal_w", 4), ("p_causal_seed", 0)):
-    ensure_range(key, 1 if key != "p_causal_seed" else 0, model.cfg.n_ctx - 1 if key != "p_causal_seed" else 2**31 - 1, value)
 with st.form("causal_form"):
     c = st.columns([3, 3])
     heads = c[0].multiselect("Heads", all_heads, key="p_causal_heads")
@@ -92,9 +90,9 @@ with st.form("causal_form"):
     if not isinstance(st.session_state.get("p_causal_n"), int) or st.session_state["p_causal_n"] > max_seq:
         st.session_state["p_causal_n"] = min(8, max_seq)
     n_seq = d[1].slider("Validation windows", 2, max_seq, key="p_causal_n")
-    r = d[2].number_input("r (semantic)", 1, model.cfg.n_ctx - 1, step=1, key="p_causal_r")
-    w = d[3].number_input("w (structural)", 1, model.cfg.n_ctx - 1, step=1, key="p_causal_w")
-    seed = d[4].number_input("Seed (orders)", 0, 2**31 - 1, step=1, key="p_causal_seed")
+    r = bounded_int(d[2], "r (semantic)", "p_causal_r", 1, model.cfg.n_ctx - 1, 4)
+    w = bounded_int(d[3], "w (structural)", "p_causal_w", 1, model.cfg.n_ctx - 1, 4)
+    seed = bounded_int(d[4], "Seed (orders)", "p_causal_seed", 0, 2**31 - 1, 0)
     submitted = st.form_submit_button("Run", type="primary")
 if submitted:
     try:

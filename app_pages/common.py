@@ -282,6 +282,21 @@ def ensure_range(key: str, low: int, high: int, default: int) -> None:
         st.session_state[key] = min(max(default, low), high)
 
 
+def bounded_int(container, label: str, key: str, low: int, high: int, default: int, **kwargs) -> int:
+    """An integer input that says when a typed value is out of range (Streamlit's own bounds drop
+    it silently): the value is kept in the box, a warning names the range, and the nearest
+    allowed value is used."""
+    value = st.session_state.get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        st.session_state[key] = min(max(default, low), high)
+    value = int(container.number_input(label, step=1, key=key, **kwargs))
+    if not low <= value <= high:
+        used = min(max(value, low), high)
+        container.warning(f"{label}: {value} is outside {low}–{high}; using {used}.")
+        return used
+    return value
+
+
 def show_figure(fig, key: str | None = None, **kwargs):
     """st.plotly_chart with the app's defaults (full width, no Plotly logo; the camera icon saves
     an SVG drawn by the browser, so vector figures need no kaleido)."""

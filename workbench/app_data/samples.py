@@ -17,7 +17,7 @@ from workbench.app_data.text import display_char, token_strings
 from workbench.hook_names import hook_name
 from workbench.orders import probe_layout
 
-__all__ = ["SampleRun", "run_sample", "RowView", "row_slot", "attention_row", "head_pattern", "top_predictions", "COORDINATES", "row_cells", "row_bars", "row_summary"]
+__all__ = ["SampleRun", "run_sample", "RowView", "row_slot", "attention_row", "head_pattern", "top_predictions", "COORDINATES", "row_cells", "row_bars", "row_summary", "row_frame", "row_arrays"]
 
 
 @dataclass
@@ -276,3 +276,27 @@ def row_summary(run: SampleRun, row: RowView) -> str:
     held = f" and holds the token at position {row.own} ({display_char(run.tokens[row.own])!r}, generated at step {t - 1})" if row.own is not None else ""
     return (f"Step {t} generates position {target} ({char!r}, hidden from the model). The {row.stream} row predicts it{held}; "
             f"it sees the {n_keys} tokens generated before step {t} plus the null key.")
+
+
+def row_frame(run: SampleRun, row: RowView) -> pd.DataFrame:
+    """The displayed row as a table, one line per visible key (the null key first): slot, position
+    (-1: null key), step it was generated at, token, attention, in S_r, in R_w, distance, recency."""
+    keys = np.flatnonzero(row.visible)
+    pos = row.key_pos[keys]
+    return pd.DataFrame({
+        "slot": keys, "position": pos, "step": row.key_step[keys],
+        "token": ["<null>" if p < 0 else run.tokens[p] for p in pos], "attention": row.weights[keys],
+        "in_S_r": row.semantic[keys], "in_R_w": row.structural[keys], "distance": row.distance[keys], "recency": row.recency[keys],
+    })
+
+
+def row_arrays(run: SampleRun, row: RowView) -> dict[str, np.ndarray]:
+    """The row and its head's whole pattern as arrays (slot coordinates, docs/coordinates.md):
+    `row` [key] attention (0 past the row's last visible key), `pattern` [row, key], `key_pos`,
+    `order` (σ), `token_ids`, `semantic` / `structural` [key] set masks."""
+    return {
+        "row": np.where(row.visible, row.weights, 0.0).astype(np.float32),
+        "pattern": run.patterns[(row.layer, row.stream)][row.head].astype(np.float32),
+        "key_pos": row.key_pos.astype(np.int64), "order": run.order.astype(np.int64), "token_ids": run.ids.astype(np.int64),
+        "semantic": row.semantic.astype(np.uint8), "structural": row.structural.astype(np.uint8),
+    }

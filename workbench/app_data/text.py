@@ -16,7 +16,7 @@ from workbench.app_data.common import AppInputError
 from workbench.checkpoint import read_info
 from workbench.orders import random_orders
 
-__all__ = ["MAX_TEXT_CHARS", "val_samples", "PreparedText", "unknown_characters", "prepare_text", "token_strings", "display_char", "ORDER_KINDS", "make_order", "parse_order"]
+__all__ = ["MAX_TEXT_CHARS", "val_samples", "PreparedText", "read_text_upload", "unknown_characters", "prepare_text", "token_strings", "display_char", "ORDER_KINDS", "make_order", "parse_order"]
 
 
 MAX_TEXT_CHARS = 200_000
@@ -49,6 +49,19 @@ class PreparedText:
     """Tokens in the whole (possibly longer) text."""
     start: int = 0
     """First token of the window shown."""
+
+
+def read_text_upload(data: bytes, name: str = "the file") -> str:
+    """An uploaded text file as text: UTF-8 (a BOM is dropped), else an AppInputError that says so."""
+    if b"\x00" in data[:4096]:
+        raise AppInputError(f"{name} looks binary (it has NUL bytes): upload a plain-text file.")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise AppInputError(f"{name} is not UTF-8 text (byte {err.start} cannot be decoded): save it as UTF-8 and upload again.") from err
+    if not text.strip():
+        raise AppInputError(f"{name} is empty.")
+    return text[:MAX_TEXT_CHARS]
 
 
 def unknown_characters(text: str, tokenizer) -> list[str]:
