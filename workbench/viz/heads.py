@@ -163,8 +163,9 @@ def head_scatter(
                                  line=dict(dash="dot", color="#999", width=1), hoverinfo="skip"))
     fig.update_xaxes(title_text=x_title, range=[0, top(x)] if len(points) else None)
     fig.update_yaxes(title_text=y_title, range=[0, top(y)] if len(points) else None)
-    return base_layout(fig, title, height=480, legend=dict(orientation="v", x=1.02, y=1), clickmode="event+select",
-                       dragmode="select", shapes=shapes)
+    # No dragmode here: Streamlit turns a click into a selection only when the drag mode is not
+    # select / lasso (it sets clickmode "event" then), so box select stays a toolbar button.
+    return base_layout(fig, title, height=480, legend=dict(orientation="v", x=1.02, y=1), shapes=shapes)
 
 
 def histogram_figure(frames: Mapping[str, pd.DataFrame], *, title: str, x_titles: Mapping[str, str]) -> go.Figure:
