@@ -208,6 +208,20 @@ def head_frame_at(checkpoint: str, source: str, r: int, w: int, _heads, _joints)
     return app_data.head_frame_at(_heads, _joints, r, w)
 
 
+@st.cache_resource(show_spinner=False, max_entries=32)
+def cached_figure(kind: str, key: tuple, _build):
+    """A figure that depends only on `key` (what is shown, not which head is selected), built once
+    and shared, never copied: a click then costs no figure building. Callers must not mutate it."""
+    return _build()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def summary_and_takeaway(checkpoint: str, source: str, r: int, w: int, _heads):
+    """The per-stream summary of a checkpoint's heads and its one-line takeaway, at (r, w)."""
+    summary = app_data.stream_summary(_heads)
+    return summary, app_data.takeaway(checkpoint, summary, r, w)
+
+
 @st.cache_data(show_spinner=False, max_entries=4)
 def _committed_divergence(checkpoints: str, root: str, stamp: tuple):
     for entry in app_data.catalog(Path(checkpoints), Path(root)):

@@ -10,6 +10,7 @@ from app_pages.common import (
     PAGES,
     catalog,
     checkpoint_picker,
+    cached_figure,
     ensure_choice,
     export_menu,
     head_frame,
@@ -21,6 +22,7 @@ from app_pages.common import (
     results_root,
     select_head,
     show_figure,
+    summary_and_takeaway,
 )
 from workbench import app_data, viz
 from workbench.viz.heads import label_legend
@@ -128,8 +130,8 @@ def on_select(key: str) -> None:
 # ---- what the heads do ------------------------------------------------------------------------------
 st.subheader("What the heads do")
 for name, f in frames.items():
-    summary = app_data.stream_summary(f)
-    st.markdown(f"**{app_data.takeaway(name, summary, r, w)}**")
+    summary, line = summary_and_takeaway(name, sources[name], r, w, f)
+    st.markdown(f"**{line}**")
     st.dataframe(summary, hide_index=True, key=f"heads_summary_{name}",
                  column_config={"median index − chance": st.column_config.NumberColumn(format="%+.2f")})
     st.caption(describe(results[name]))
@@ -138,12 +140,19 @@ for name, f in frames.items():
 
 # ---- maps ---------------------------------------------------------------------------------------------
 metric_label = app_data.over_chance_name(metric)
-grids = {(name, s): app_data.head_grid(f, s, metric) for name, f in frames.items() for s in dict.fromkeys(f["stream"])}
 st.subheader(f"Layer x head: {metric_label}")
 st.caption("Every map is centred at chance (0, white: what uniform attention over the visible keys gives; "
            + ("a lift is shown as log2 lift" if metric.endswith("lift") else "the value minus its chance")
            + "), on one colour scale for every stream and checkpoint. The hover gives the value, its 95% CI and chance.")
-fig = viz.head_maps(grids, title=" vs ".join(frames), value_name=metric_label, colour="excess")
+view = (tuple(frames), tuple(sources[n] for n in frames), r, w)  # what the maps and the scatter depend on
+
+
+def build_maps():
+    grids = {(name, s): app_data.head_grid(f, s, metric) for name, f in frames.items() for s in dict.fromkeys(f["stream"])}
+    return viz.head_maps(grids, title=" vs ".join(frames), value_name=metric_label, colour="excess")
+
+
+fig = cached_figure("maps", (*view, metric), build_maps)
 show_figure(fig, key="heads_maps", selection_mode="points", on_select=partial(on_select, "heads_maps"))
 cells = pd.concat([f.assign(checkpoint=name) for name, f in frames.items()], ignore_index=True)
 selected = (st.session_state.get("p_head_ckpt"), st.session_state.get("p_head_layer"),
@@ -159,9 +168,10 @@ if labels_present:
 st.subheader("Heads in the semantic / structural plane")
 plane = st.radio("Plane", list(app_data.SCATTER_PLANES), key="p_heads_plane", horizontal=True)
 x_key, y_key = app_data.SCATTER_PLANES[plane]
-fig = viz.head_scatter(cells, x=x_key, y=y_key, x_title=app_data.HEAD_METRICS[x_key][1], y_title=app_data.HEAD_METRICS[y_key][1],
-                       title="Each point is a head (colour: stream; cross: chance for uniform attention); click one",
-                       selected=selected if None not in selected else None)
+base = cached_figure("scatter", (*view, plane), lambda: viz.head_scatter(
+    cells, x=x_key, y=y_key, x_title=app_data.HEAD_METRICS[x_key][1], y_title=app_data.HEAD_METRICS[y_key][1],
+    title="Each point is a head (colour: stream; cross: chance for uniform attention); click one"))
+fig = viz.with_selected(base, cells, x_key, y_key, selected if None not in selected else None)
 show_figure(fig, key="heads_scatter", on_select=partial(on_select, "heads_scatter"), selection_mode=("points", "box"))
 
 # ---- one head ---------------------------------------------------------------------------------------------

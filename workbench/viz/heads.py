@@ -140,13 +140,7 @@ def head_scatter(
                         hoverinfo="text",
                     ))
     if selected is not None:
-        sel = points[(points["checkpoint"] == selected[0]) & (points["layer"] == selected[1])
-                     & (points["stream"] == selected[2]) & (points["head"] == selected[3])]
-        if not sel.empty:
-            fig.add_trace(go.Scatter(
-                x=sel[x], y=sel[y], mode="markers", name="selected head", hoverinfo="skip",
-                marker=dict(size=22, symbol="circle-open", color="#e7298a", line=dict(width=3, color="#e7298a")),
-            ))
+        fig.add_trace(selected_ring(points, x, y, selected))
 
     def top(column: str) -> float:  # axis ranges from the heads (and chance), not from the diagonal
         cols = [c for c in (column, f"{column}_chance") if c in points]
@@ -166,6 +160,22 @@ def head_scatter(
     # No dragmode here: Streamlit turns a click into a selection only when the drag mode is not
     # select / lasso (it sets clickmode "event" then), so box select stays a toolbar button.
     return base_layout(fig, title, height=480, legend=dict(orientation="v", x=1.02, y=1), shapes=shapes)
+
+
+def selected_ring(points: pd.DataFrame, x: str, y: str, selected: tuple[str, int, str, int]) -> go.Scatter:
+    """The ring that marks the selected (checkpoint, layer, stream, head) on `head_scatter` (no
+    point when it is not among `points`)."""
+    sel = points[(points["checkpoint"] == selected[0]) & (points["layer"] == selected[1])
+                 & (points["stream"] == selected[2]) & (points["head"] == selected[3])]
+    return go.Scatter(x=sel[x], y=sel[y], mode="markers", name="selected head", hoverinfo="skip",
+                      marker=dict(size=22, symbol="circle-open", color="#e7298a", line=dict(width=3, color="#e7298a")))
+
+
+def with_selected(fig: go.Figure, points: pd.DataFrame, x: str, y: str, selected: tuple[str, int, str, int] | None) -> go.Figure:
+    """A new figure: `fig` (a `head_scatter` drawn once, e.g. cached) with the selected head ringed."""
+    if selected is None:
+        return fig
+    return go.Figure(data=[*fig.data, selected_ring(points, x, y, selected)], layout=fig.layout)
 
 
 def histogram_figure(frames: Mapping[str, pd.DataFrame], *, title: str, x_titles: Mapping[str, str]) -> go.Figure:
