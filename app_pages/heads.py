@@ -106,7 +106,7 @@ with rw[2]:
         st.info("r and w are fixed at the committed " + ", ".join(f"{n}: r = {c[0]}, w = {c[1]}" for n, c in committed.items())
                 + ": these results hold no joint semantic x recency histogram (metric `joint_hist`), which reading "
                   "other r and w needs. Re-run `workbench probe` with a version that records it.")
-at_committed = (r, w) == first
+at_committed = not readable or (r, w) == first
 frames = {name: f if at_committed else head_frame_at(name, sources[name], r, w, f, joints[name]) for name, f in base.items()}
 
 

@@ -12,21 +12,9 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load
 
-from tests.app_support import figure, make_checkpoints, make_results, texts
-from tests.test_app import open_page
+from tests.app_support import figure, make_checkpoints, texts
+from tests.test_app import env, open_page, results  # noqa: F401 (env and results are fixtures)
 from workbench import app_data
-
-
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    return make_results(tmp_path_factory.mktemp("results"))
-
-
-@pytest.fixture
-def env(monkeypatch, results):
-    monkeypatch.setenv(app_data.RESULTS_ENV, str(results))
-    monkeypatch.delenv(app_data.CHECKPOINTS_ENV, raising=False)
-    return monkeypatch
 
 
 def downloads(at) -> dict[str, str]:

@@ -12,20 +12,8 @@ import numpy as np
 import pytest
 
 from tests.app_support import REPO, figure, make_results, texts
-from tests.test_app import open_page
+from tests.test_app import env, open_page, results  # noqa: F401 (env and results are fixtures)
 from workbench import app_data
-
-
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    return make_results(tmp_path_factory.mktemp("results"))
-
-
-@pytest.fixture
-def env(monkeypatch, results):
-    monkeypatch.setenv(app_data.RESULTS_ENV, str(results))
-    monkeypatch.delenv(app_data.CHECKPOINTS_ENV, raising=False)
-    return monkeypatch
 
 
 # ---- item 2: the Overview -------------------------------------------------------------------------------------
