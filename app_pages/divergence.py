@@ -3,7 +3,7 @@ grows, with no model at all (Pynadath and Zhang, 2026)."""
 
 import streamlit as st
 
-from app_pages.common import bounded_int, committed_divergence, divergence_live, ensure_range, show_figure
+from app_pages.common import bounded_int, committed_divergence, divergence_live, ensure_range, export_menu, show_figure
 from workbench import app_data, viz
 
 st.title("Order divergence")
@@ -43,7 +43,9 @@ else:
         st.stop()
     lengths = tuple(t for t in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if t <= max_len)
     frame = divergence_live(lengths, tuple(sorted(ks)), int(n_orders), int(seed))
-show_figure(viz.divergence_figure(frame), key="div_curve")
+curve = viz.divergence_figure(frame)
+show_figure(curve, key="div_curve")
+export_menu("divergence", frame=frame, fig=curve)
 marks = frame[frame["length"].isin([128, 1024])].pivot_table(index="k", columns="length", values="overlap")
 if marks.shape[1] == 2:
     st.markdown("Overlap at the two bundled lengths: " + "; ".join(

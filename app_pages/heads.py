@@ -210,6 +210,7 @@ parts = pd.DataFrame({
 parts["lift"] = parts["attention mass"] / parts["chance (uniform)"]
 # Small tables as st.table (static HTML): selecting a head redraws them, and a data grid costs more to draw.
 st.table(parts.set_index("part").style.format("{:.3f}", na_rep="n/a"))
+export_menu(f"parts_{head_ckpt}_L{layer}_{stream}_H{head}", frame=parts, label="Export this head")
 
 hists = app_data.head_histograms(res.table, layer, stream, head)
 if hists:
@@ -220,6 +221,8 @@ if hists:
                                                titles["own"]: "distance bin"},
                                      title="Where the attention goes, by log2 bins (dashes: uniform attention)"),
                 key="head_histograms")
+    export_menu(f"histograms_{head_ckpt}_L{layer}_{stream}_H{head}",
+                frame=pd.concat([v.assign(histogram=k) for k, v in hists.items()], ignore_index=True), label="Export histograms")
 steps = app_data.head_by_step(res.table, layer, stream, head, ["S_only", "R_only", "both", "index", "sink"])
 if len(steps):
     show_figure(viz.by_step_figure(steps, title=f"Along the generation: parts and index by how many keys the row sees (committed r = {first[0]}, w = {first[1]})",

@@ -37,7 +37,9 @@ if not entries:
     st.warning(f"No checkpoints in {checkpoints_root()}. Train one with `workbench train`, pick a directory in the sidebar, or set "
                "WORKBENCH_CHECKPOINTS to a directory of checkpoints.")
 else:
-    st.dataframe(app_data.catalog_frame(entries), hide_index=True, key="overview_catalog")
+    listing = app_data.catalog_frame(entries)
+    st.dataframe(listing, hide_index=True, key="overview_catalog")
+    export_menu("checkpoints", frame=listing)
     for e in entries:
         if e.error:
             st.error(f"Checkpoint {e.name} cannot be loaded: {e.error}")

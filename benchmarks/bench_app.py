@@ -196,7 +196,9 @@ def browser_timings(repeats: int) -> dict[str, dict] | str:
         times, l0 = [], load()
         for i in range(repeats):
             layer, head = (i + 1) % 4, (2 * i + 1) % 6
-            box = plot.locator(".nsewdrag").nth(1).bounding_box()
+            drag = page.locator(".js-plotly-plot").first.locator(".nsewdrag").nth(1)  # the query-stream map, found afresh
+            drag.wait_for(state="visible")
+            box = drag.bounding_box()
             t = time.perf_counter()
             page.mouse.click(box["x"] + box["width"] * (head + 0.5) / 6, box["y"] + box["height"] * (layer + 0.5) / 4)
             page.get_by_text(f"query stream · layer {layer} · head {head}", exact=False).first.wait_for()
@@ -207,16 +209,22 @@ def browser_timings(repeats: int) -> dict[str, dict] | str:
         scatter = page.locator(".js-plotly-plot").filter(has_text="Each point is a head").first
         scatter.scroll_into_view_if_needed()
         wait_idle(page)
+        # query-stream points at least 10 px from any other point, so a click cannot land on a neighbour
         points = scatter.evaluate("""gd => { const L = gd._fullLayout, pts = [];
-            gd.data.forEach((t, i) => { if (t.name === 'query') gd.calcdata[i].forEach((c, j) => pts.push(
-                {px: L.xaxis.l2p(c.x) + L._size.l, py: L.yaxis.l2p(c.y) + L._size.t, cd: t.customdata[j]})); }); return pts; }""")
+            gd.data.forEach((t, i) => { if (t.customdata && t.customdata.length && t.customdata[0].length === 4)
+                gd.calcdata[i].forEach((c, j) => pts.push({px: L.xaxis.l2p(c.x) + L._size.l, py: L.yaxis.l2p(c.y) + L._size.t,
+                                                            cd: t.customdata[j]})); });
+            return pts.filter(p => p.cd[2] === 'query' && Math.min(...pts.filter(q => q !== p).map(
+                q => Math.hypot(q.px - p.px, q.py - p.py))) > 10); }""")
         times, l0 = [], load()
         for i in range(repeats):
-            point = points[(7 * i + 3) % len(points)]
+            point = points[(7 * i + 3) % len(points)]  # a different head each time (7 is prime to most counts)
+            scatter.wait_for(state="visible")
             box = scatter.bounding_box()
             t = time.perf_counter()
             page.mouse.click(box["x"] + point["px"], box["y"] + point["py"])
-            page.get_by_text("· layer", exact=False).first.wait_for()
+            _, layer, stream, head = point["cd"]
+            page.get_by_text(f"{stream} stream · layer {layer} · head {head}", exact=False).first.wait_for()
             wait_idle(page, poll=0.02, quiet_polls=1)
             times.append(time.perf_counter() - t)
         out["select a head (click a scatter point), head page"] = summary(times, l0)
