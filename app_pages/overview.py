@@ -32,6 +32,29 @@ else:
             f"summary goes in {verdict} and is shown here as written. Until then, below is only what the committed "
             "results show.")
 
+st.subheader("What the committed results show")
+try:
+    table = nll_table()
+except app_data.AppInputError as err:
+    table = None
+    st.info(str(err))
+if table is not None:
+    gaps = app_data.nll_gaps(table)
+    if len(gaps):
+        parts = [f"{g.variant} − two_stream at {g.length}: **{g.gap:+.3f} ± {g.ci:.3f}**" for g in gaps.itertuples()]
+        st.markdown("**NLL.** Gaps in any-order bits/token (95% intervals): " + "; ".join(parts) + ".")
+        change = app_data.gap_change(gaps)
+        if len(change):
+            st.markdown("Change of the gap with length, the quantity the claim is about: " + "; ".join(
+                f"{c.variant}: **{c.change:+.3f} ± {c.ci:.3f}** from {c.frm} to {c.to}" for c in change.rename(columns={"from": "frm"}).itertuples())
+                + ". One model per variant and length (one seed), so these intervals hold the evaluation's noise only, "
+                  "not the spread between training runs.")
+        st.caption("The intervals count evaluation windows as independent and combine two models' intervals in "
+                   "quadrature; docs/results.md says how they were made.")
+takeaways = head_takeaways()
+if takeaways:
+    st.markdown("**Heads**, at the committed r and w:\n" + "\n".join(f"- {line}" for line in takeaways))
+
 st.subheader("Checkpoints")
 if not entries:
     st.warning(f"No checkpoints in {checkpoints_root()}. Train one with `workbench train`, pick a directory in the sidebar, or set "
@@ -45,11 +68,7 @@ else:
             st.error(f"Checkpoint {e.name} cannot be loaded: {e.error}")
 
 st.subheader("NLL by variant and length")
-try:
-    table = nll_table()
-except app_data.AppInputError as err:
-    st.info(str(err))
-else:
+if table is not None:
     show_figure(viz.nll_bars(table, title="Bits per token on the validation text (95% CI over windows)"), key="overview_nll")
     shown = table.rename(columns={
         "any_order": "any-order bits/token", "any_order_ci": "± (95%)", "left_to_right": "left-to-right bits/token",
@@ -57,27 +76,13 @@ else:
     st.dataframe(shown, hide_index=True, key="overview_nll_table",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in shown.columns if "bits" in c or "±" in c})
     export_menu("nll", frame=table)
-    gaps = app_data.nll_gaps(table)
-    if len(gaps):
-        parts = [f"{g.variant} − two_stream at {g.length}: **{g.gap:+.3f} ± {g.ci:.3f}**" for g in gaps.itertuples()]
-        st.markdown("**What the committed results show.** Gaps in any-order bits/token (95% intervals): " + "; ".join(parts) + ".")
-        change = app_data.gap_change(gaps)
-        if len(change):
-            st.markdown("Change of the gap with length, the quantity the claim is about: " + "; ".join(
-                f"{c.variant}: **{c.change:+.3f} ± {c.ci:.3f}** from {c.frm} to {c.to}" for c in change.rename(columns={"from": "frm"}).itertuples())
-                + ". One model per variant and length (one seed), so these intervals hold the evaluation's noise only, "
-                  "not the spread between training runs.")
-        st.caption("The intervals count evaluation windows as independent and combine two models' intervals in "
-                   "quadrature; docs/results.md says how they were made.")
     with st.expander("NLL as the text fills in (by fraction already generated)"):
         try:
-            show_figure(viz.nll_fraction_figure(app_data.nll_by_fraction()), key="overview_fraction")
+            show_figure(viz.nll_fraction_figure(app_data.nll_by_fraction(results_root() / "nll.json")), key="overview_fraction")
         except app_data.AppInputError as err:
             st.info(str(err))
 
 st.subheader("Probe results")
-for line in head_takeaways():
-    st.markdown(f"- {line}")
 if n_probed == 0:
     st.info("No probe results are committed yet (results/probes/<checkpoint>/). Run "
             "`workbench probe --checkpoint <name> --out results/probes/<name>`; the head page can also compute a "

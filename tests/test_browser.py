@@ -241,7 +241,8 @@ def comparison(page, path: Path) -> dict:
     go_to(page, "Head specialisation")
     pick(page, "Compare with", "the other length")
     page.get_by_text("two_stream-128 vs two_stream-1024").first.wait_for()
-    plot = page.locator(".js-plotly-plot").first
+    wait_idle(page)
+    plot = page.locator(".js-plotly-plot").filter(has_text="two_stream-128 vs two_stream-1024").first
     plot.scroll_into_view_if_needed()
     wait_idle(page)
     page.mouse.move(0, 0)

@@ -146,10 +146,8 @@ def takeaway(checkpoint: str, summary: pd.DataFrame, r: int | None = None, w: in
         parts.append(f"{row['stream']} stream: {counts} of {n} heads (median index {row['median index − chance']:+.2f} over chance)")
     total = {lab: int(summary[lab].sum()) for lab in SUMMARY_LABELS}
     verdict = ", ".join(f"{total[lab]} {lab}" for lab in SUMMARY_LABELS) + f" of {int(summary['heads'].sum())} heads"
-    if total["structural"] == 0:
-        verdict += " (none structural)"
     if len(parts) == 1:
-        return f"{checkpoint}{at}: {parts[0].split(': ', 1)[1]}" + (" (none structural)." if total["structural"] == 0 else ".")
+        return f"{checkpoint}{at}: {parts[0].split(': ', 1)[1]}."
     return f"{checkpoint}{at}: {verdict}. " + "; ".join(parts) + "."
 
 
