@@ -8,10 +8,11 @@ Presentation only: every number comes from `workbench.app_data` and every figure
 
 import streamlit as st
 
-from app_pages.common import PAGES, keep_widget_state
+from app_pages.common import PAGES, keep_widget_state, source_pickers
 
 st.set_page_config(page_title="AO-ARM workbench", page_icon=":material/hub:", layout="wide")
 keep_widget_state()
+source_pickers()
 
 pages = [
     st.Page(PAGES["overview"], title="Overview", icon=":material/home:", default=True),

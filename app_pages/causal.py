@@ -4,10 +4,11 @@ NLL; the committed probe results first, then live runs on validation windows."""
 import streamlit as st
 
 from app_pages.common import (
+    bounded_int,
     catalog,
     checkpoint_picker,
     ensure_choice,
-    ensure_range,
+    export_menu,
     get_model,
     loadable,
     probe_results,
@@ -41,9 +42,11 @@ if res is not None:
         kind = st.radio("Ablation", kinds, key="p_causal_ablation_kind", horizontal=True, format_func=lambda k: f"{k} ablation")
         rows = ablation[ablation["kind"] == kind]
         frame = rows.assign(label="", dnll_ci=rows["ci"], dnll_chance=float("nan"))
-        grids = {s: app_data.head_grid(frame, s, "dnll") for s in dict.fromkeys(frame["stream"])}
-        show_figure(viz.head_maps(grids, title=f"{ckpt}: ΔNLL when one head is {kind}-ablated (bits/token)",
-                                  value_name="ΔNLL (bits)", diverging=True, digits=3), key="causal_ablation_map")
+        grids = {(ckpt, s): app_data.head_grid(frame, s, "dnll") for s in dict.fromkeys(frame["stream"])}
+        fig = viz.head_maps(grids, title=f"{ckpt}: ΔNLL when one head is {kind}-ablated (bits/token)",
+                            value_name="ΔNLL (bits)", colour="value", diverging=True, digits=3)
+        show_figure(fig, key="causal_ablation_map")
+        export_menu("ablation", frame=ablation, fig=fig)
         clean = res.table[res.table["metric"] == "clean_bits"]
         if len(clean):
             st.caption(f"Clean NLL of those sequences: {clean['value'].iloc[0]:.3f} ± {clean['ci'].iloc[0]:.3f} bits/token "
@@ -55,9 +58,11 @@ if res is not None:
         groups = [f"{s} set" for s in knockout["set"]] + ["random set (same size)"] * len(knockout)
         show_figure(viz.effect_bars(names_k + names_k, values, cis, groups=groups,
                                     title=f"{ckpt}: knocking out a head's set vs as many random keys"), key="causal_knockout")
-        st.dataframe(knockout, hide_index=True, key="causal_knockout_table",
-                     column_config={c: st.column_config.NumberColumn(format="%.4f") for c in
+        shown_k = app_data.effect_table(knockout)
+        st.dataframe(shown_k, hide_index=True, key="causal_knockout_table",
+                     column_config={app_data.EFFECT_COLUMNS[c]: st.column_config.NumberColumn(format="%.4f") for c in
                                     ("dnll", "ci", "random_dnll", "random_ci", "excess", "excess_ci", "keys")})
+        export_menu("knockout", frame=knockout)
 
 # ---- live -------------------------------------------------------------------------------------------------------------
 st.subheader("Run your own")
@@ -74,8 +79,6 @@ if [h for h in st.session_state.get("p_causal_heads", []) if h not in all_heads]
     st.session_state["p_causal_heads"] = default_heads
 if "p_causal_kinds" not in st.session_state:
     st.session_state["p_causal_kinds"] = ["zero ablation", "knock out semantic set S_r", "knock out random keys (as many as S_r)"]
-for key, value in (("p_causal_r", 4), ("p_causal_w", 4), ("p_causal_seed", 0)):
-    ensure_range(key, 1 if key != "p_causal_seed" else 0, model.cfg.n_ctx - 1 if key != "p_causal_seed" else 2**31 - 1, value)
 with st.form("causal_form"):
     c = st.columns([3, 3])
     heads = c[0].multiselect("Heads", all_heads, key="p_causal_heads")
@@ -87,9 +90,9 @@ with st.form("causal_form"):
     if not isinstance(st.session_state.get("p_causal_n"), int) or st.session_state["p_causal_n"] > max_seq:
         st.session_state["p_causal_n"] = min(8, max_seq)
     n_seq = d[1].slider("Validation windows", 2, max_seq, key="p_causal_n")
-    r = d[2].number_input("r (semantic)", 1, model.cfg.n_ctx - 1, step=1, key="p_causal_r")
-    w = d[3].number_input("w (structural)", 1, model.cfg.n_ctx - 1, step=1, key="p_causal_w")
-    seed = d[4].number_input("Seed (orders)", 0, 2**31 - 1, step=1, key="p_causal_seed")
+    r = bounded_int(d[2], "r (semantic)", "p_causal_r", 1, model.cfg.n_ctx - 1, 4)
+    w = bounded_int(d[3], "w (structural)", "p_causal_w", 1, model.cfg.n_ctx - 1, 4)
+    seed = bounded_int(d[4], "Seed (orders)", "p_causal_seed", 0, 2**31 - 1, 0)
     submitted = st.form_submit_button("Run", type="primary")
 if submitted:
     try:
@@ -110,7 +113,9 @@ if stored is not None and stored[0] == ckpt:
     groups = ["random" if "random" in i else "semantic" if "semantic" in i else "structural" if "structural" in i else "ablation"
               for i in eff["intervention"]]
     show_figure(viz.effect_bars(labels, eff["dnll"], eff["ci"], groups=groups, title="Change in NLL"), key="causal_live")
-    st.dataframe(eff, hide_index=True, key="causal_live_table",
-                 column_config={"dnll": st.column_config.NumberColumn("ΔNLL (bits/token)", format="%+.4f"),
-                                "ci": st.column_config.NumberColumn("95% CI ±", format="%.4f"),
-                                "bits": st.column_config.NumberColumn("intervened bits/token", format="%.3f")})
+    if eff["excess"].isna().all():
+        st.caption("Pick a set knockout and the random knockout of the same size to get the paired excess over random keys.")
+    st.dataframe(app_data.effect_table(eff), hide_index=True, key="causal_live_table",
+                 column_config={app_data.EFFECT_COLUMNS[c]: st.column_config.NumberColumn(format=f) for c, f in
+                                (("dnll", "%+.4f"), ("ci", "%.4f"), ("excess", "%+.4f"), ("excess_ci", "%.4f"), ("bits", "%.3f"))})
+    export_menu("causal_live", frame=eff)

@@ -9,6 +9,7 @@ hooks are module state shared by every session using the model.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import streamlit as st
@@ -34,6 +35,47 @@ def keep_widget_state() -> None:
             st.session_state[key] = st.session_state[key]
 
 
+# ---- where checkpoints and results come from ------------------------------------------------------------
+
+SOURCE_KEYS = {"checkpoints": "p_source_checkpoints", "results": "p_source_results"}
+
+
+def _chosen(kind: str) -> Path | None:
+    """The directory this session picked in the sidebar, if it is usable (else None: the default)."""
+    text = str(st.session_state.get(SOURCE_KEYS[kind]) or "").strip()
+    if not text:
+        return None
+    try:
+        return app_data.source_dir(kind, text)
+    except AppInputError:
+        return None
+
+
+def checkpoints_root() -> Path:
+    """This session's checkpoints directory: the sidebar's choice, else $WORKBENCH_CHECKPOINTS or the bundled ones."""
+    return _chosen("checkpoints") or app_data.checkpoints_dir()
+
+
+def results_root() -> Path:
+    """This session's results directory: the sidebar's choice, else $WORKBENCH_RESULTS or `results/`."""
+    return _chosen("results") or app_data.results_dir()
+
+
+def source_pickers() -> None:
+    """The sidebar's "bring your own": a checkpoints directory and a results directory, by path on
+    the machine the app runs on. A path that cannot be used says why; the default stays in use."""
+    with st.sidebar.expander("Your checkpoints and results", icon=":material/folder_open:"):
+        for kind, label, default in (("checkpoints", "Checkpoints directory", app_data.checkpoints_dir()),
+                                     ("results", "Results directory", app_data.results_dir())):
+            text = st.text_input(label, key=SOURCE_KEYS[kind], placeholder=str(default),
+                                 help=f"A path on the machine the app runs on. Empty: {default}")
+            if text.strip():
+                try:
+                    st.caption(f"Using {app_data.source_dir(kind, text)}")
+                except AppInputError as err:
+                    st.error(f"{err} Using {default}.")
+
+
 # ---- caches ---------------------------------------------------------------------------------------------
 
 
@@ -52,7 +94,7 @@ def _loaded_model(path: str) -> LoadedModel:
 def get_model(name: str) -> LoadedModel | None:
     """The cached model of a checkpoint, or None after showing why it cannot be loaded."""
     try:
-        return _loaded_model(str(app_data.checkpoints_dir() / name))
+        return _loaded_model(str(checkpoints_root() / name))
     except AppInputError as err:
         st.error(str(err))
         return None
@@ -64,7 +106,7 @@ def _catalog(root: str, results: str, stamp: tuple) -> list[app_data.CheckpointE
 
 
 def catalog() -> list[app_data.CheckpointEntry]:
-    root, results = app_data.checkpoints_dir(), app_data.results_dir()
+    root, results = checkpoints_root(), results_root()
     stamp = (_mtime(root), _mtime(results / "probes"))
     return _catalog(str(root), str(results), stamp)
 
@@ -75,7 +117,7 @@ def _nll_table(path: str, mtime: float):
 
 
 def nll_table():
-    path = app_data.results_dir() / "nll.json"
+    path = results_root() / "nll.json"
     return _nll_table(str(path), _mtime(path))
 
 
@@ -96,7 +138,7 @@ def quick_key(checkpoint: str) -> str:
 def probe_results(checkpoint: str, *, allow_quick: bool = True) -> app_data.ProbeResults | None:
     """Committed results of a checkpoint; else a quick estimate if one was asked for on this
     session; else None after showing where results come from (and a button for the estimate)."""
-    root = app_data.results_dir()
+    root = results_root()
     table = app_data.probe_results_path(checkpoint, root) / "probes.parquet"
     try:
         return _probe_results(checkpoint, str(root), _mtime(table))
@@ -105,11 +147,12 @@ def probe_results(checkpoint: str, *, allow_quick: bool = True) -> app_data.Prob
     quick = st.session_state.get(quick_key(checkpoint))
     if quick:
         try:
-            return _quick_results(str(app_data.checkpoints_dir() / checkpoint), *quick)
+            return _quick_results(str(checkpoints_root() / checkpoint), *quick)
         except AppInputError as err:
             st.error(str(err))
             return None
-    st.info(missing)
+    st.info(missing + (" Or compute a quick estimate here:" if allow_quick else
+                       " The quick estimate (on the Head specialisation page) holds no causal checks; use \"Run your own\" below."))
     if allow_quick:
         n = 4 if _n_ctx(checkpoint) <= 256 else 1
         if st.button(f"Compute a quick estimate for {checkpoint} ({n} validation windows, on CPU)", key=f"btn_{quick_key(checkpoint)}"):
@@ -132,8 +175,56 @@ def head_frame(checkpoint: str, source: str, _results: app_data.ProbeResults):
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def _committed_divergence(root: str, stamp: tuple):
-    for entry in app_data.catalog(app_data.checkpoints_dir(), Path(root)):
+def _head_takeaways(checkpoints: str, root: str, stamp: tuple) -> list[str]:
+    lines = []
+    for entry in app_data.catalog(Path(checkpoints), Path(root)):
+        if entry.probes is None:
+            continue
+        try:
+            res = app_data.load_probe_results(entry.name, Path(root))
+        except AppInputError as err:
+            lines.append(f"{entry.name}: {err}")
+            continue
+        lines.append(app_data.takeaway(entry.name, app_data.stream_summary(app_data.head_frame(res.table)), res.r, res.w))
+    return lines
+
+
+def head_takeaways() -> list[str]:
+    """The one-line takeaway of every checkpoint with committed probe results."""
+    entries = catalog()
+    stamp = tuple((e.name, _mtime(e.probes)) for e in entries if e.probes is not None)
+    return _head_takeaways(str(checkpoints_root()), str(results_root()), stamp)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def joint_histograms(checkpoint: str, source: str, _results: app_data.ProbeResults):
+    """The joint semantic x recency histograms of a probe result ({} when it has none)."""
+    return app_data.joint_histograms(_results.table)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def head_frame_at(checkpoint: str, source: str, r: int, w: int, _heads, _joints):
+    """`app_data.head_frame_at`, cached per (checkpoint, source, r, w): moving a slider back is free."""
+    return app_data.head_frame_at(_heads, _joints, r, w)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def cached_figure(kind: str, key: tuple, _build):
+    """A figure that depends only on `key` (what is shown, not which head is selected), built once
+    and shared, never copied: a click then costs no figure building. Callers must not mutate it."""
+    return _build()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def summary_and_takeaway(checkpoint: str, source: str, r: int, w: int, _heads):
+    """The per-stream summary of a checkpoint's heads and its one-line takeaway, at (r, w)."""
+    summary = app_data.stream_summary(_heads)
+    return summary, app_data.takeaway(checkpoint, summary, r, w)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _committed_divergence(checkpoints: str, root: str, stamp: tuple):
+    for entry in app_data.catalog(Path(checkpoints), Path(root)):
         if entry.probes is None:
             continue
         try:
@@ -149,7 +240,7 @@ def committed_divergence():
     """(checkpoint, frame) of the first committed probe run that holds the divergence probe, or None."""
     entries = catalog()
     stamp = tuple((e.name, _mtime(e.probes)) for e in entries if e.probes is not None)
-    return _committed_divergence(str(app_data.results_dir()), stamp)
+    return _committed_divergence(str(checkpoints_root()), str(results_root()), stamp)
 
 
 @st.cache_data(show_spinner="Comparing orders (no model needed)...", max_entries=8)
@@ -160,15 +251,19 @@ def divergence_live(lengths: tuple, ks: tuple, n_orders: int, seed: int):
 @st.cache_data(show_spinner=False, max_entries=16)
 def val_samples(checkpoint: str, n_ctx: int) -> list[tuple[int, str]]:
     try:
-        return app_data.val_samples(app_data.checkpoints_dir() / checkpoint, n_ctx)
+        return app_data.val_samples(checkpoints_root() / checkpoint, n_ctx)
     except Exception:  # noqa: BLE001 (an unreadable val.txt just means no samples to offer)
         return []
 
 
 @st.cache_resource(show_spinner="Running the model on the text...", max_entries=4)
+def _sample_run(path: str, ids: tuple, order: tuple) -> app_data.SampleRun:
+    return app_data.run_sample(_loaded_model(path), ids, order)
+
+
 def sample_run(checkpoint: str, ids: tuple, order: tuple) -> app_data.SampleRun:
-    loaded = _loaded_model(str(app_data.checkpoints_dir() / checkpoint))
-    return app_data.run_sample(loaded, ids, order)
+    """One (text, order) through the model, cached: stepping, picking a head or r / w reuse it."""
+    return _sample_run(str(checkpoints_root() / checkpoint), ids, order)
 
 
 # ---- pickers ------------------------------------------------------------------------------------------------
@@ -181,7 +276,7 @@ def loadable(entries: list[app_data.CheckpointEntry]) -> list[str]:
 def checkpoint_picker(label: str, key: str, names: list[str], default: str | None = None, **kwargs) -> str | None:
     """A selectbox over `names` whose value is kept (and repaired if the list changed)."""
     if not names:
-        st.warning(f"No checkpoints found in {app_data.checkpoints_dir()}. Train one with `workbench train`, or "
+        st.warning(f"No checkpoints found in {checkpoints_root()}. Train one with `workbench train`, or "
                    "set WORKBENCH_CHECKPOINTS to a directory of checkpoints.")
         return None
     if st.session_state.get(key) not in names:
@@ -201,9 +296,56 @@ def ensure_range(key: str, low: int, high: int, default: int) -> None:
         st.session_state[key] = min(max(default, low), high)
 
 
+def bounded_int(container, label: str, key: str, low: int, high: int, default: int, **kwargs) -> int:
+    """An integer input that says when a typed value is out of range (Streamlit's own bounds drop
+    it silently): the value is kept in the box, a warning names the range, and the nearest
+    allowed value is used."""
+    value = st.session_state.get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        st.session_state[key] = min(max(default, low), high)
+    value = int(container.number_input(label, step=1, key=key, **kwargs))
+    if not low <= value <= high:
+        used = min(max(value, low), high)
+        container.warning(f"{label}: {value} is outside {low}–{high}; using {used}.")
+        return used
+    return value
+
+
 def show_figure(fig, key: str | None = None, **kwargs):
-    """st.plotly_chart with the app's defaults (full width, no Plotly logo)."""
-    return st.plotly_chart(fig, key=key, config={"displaylogo": False, "scrollZoom": False}, **kwargs)
+    """st.plotly_chart with the app's defaults (full width, no Plotly logo; the camera icon saves
+    an SVG drawn by the browser, so vector figures need no kaleido)."""
+    config = {"displaylogo": False, "scrollZoom": False, "toImageButtonOptions": {"format": "svg", "filename": key or "figure"}}
+    return st.plotly_chart(fig, key=key, config=config, **kwargs)
+
+
+def export_menu(key: str, *, frame=None, fig=None, arrays=None, code: str | None = None, label: str = "Export") -> None:
+    """A popover with downloads of what is on screen: the frame (CSV, Parquet), named arrays
+    (safetensors, .npz), the figure (HTML; SVG and PDF with kaleido) and "copy as Python". The
+    files are made only when a button is clicked (deferred), and clicking does not rerun the page."""
+    with st.popover(label, icon=":material/download:"):
+        row = st.columns(4)
+        n = 0
+        if frame is not None:
+            for fmt, mime in app_data.FRAME_FORMATS.items():
+                row[n % 4].download_button(fmt.upper(), data=partial(app_data.frame_bytes, frame, fmt), file_name=f"{key}.{fmt}",
+                                           mime=mime, key=f"dl_{key}_{fmt}", on_click="ignore")
+                n += 1
+        if arrays is not None:
+            for fmt, mime in app_data.ARRAY_FORMATS.items():
+                row[n % 4].download_button(fmt, data=partial(app_data.array_bytes, arrays, fmt), file_name=f"{key}.{fmt}",
+                                           mime=mime, key=f"dl_{key}_{fmt}", on_click="ignore")
+                n += 1
+        if fig is not None:
+            formats = app_data.figure_formats()
+            for fmt, mime in formats.items():
+                row[n % 4].download_button(f"figure .{fmt}", data=partial(app_data.figure_bytes, fig, fmt), file_name=f"{key}.{fmt}",
+                                           mime=mime, key=f"dl_{key}_fig_{fmt}", on_click="ignore")
+                n += 1
+            if "svg" not in formats:
+                st.caption("SVG / PDF here need kaleido (not installed); the chart's camera icon saves an SVG.")
+        if code is not None:
+            st.caption("Copy as Python: this rebuilds the view through the API (copy icon at the top right).")
+            st.code(code, language="python")
 
 
 def select_head(checkpoint: str, layer: int, stream: str, head: int) -> None:
@@ -214,13 +356,18 @@ def select_head(checkpoint: str, layer: int, stream: str, head: int) -> None:
     st.session_state["p_head_head"] = int(head)
 
 
-def head_from_selection(selection) -> tuple[str | None, int, str, int] | None:
-    """(checkpoint, layer, stream, head) of the first selected point of a heads figure, from its
-    customdata: (checkpoint, layer, stream, head) on the scatter, (layer, head, stream) on a map."""
+def head_from_selection(selection) -> tuple[str, int, str, int] | None:
+    """(checkpoint, layer, stream, head) of the first selected point of a heads figure (a map cell
+    or a scatter point), from its customdata."""
     try:
         points = selection["selection"]["points"]
     except (KeyError, TypeError):
         return None
+    for point in points or []:
+        custom = point.get("customdata")
+        if custom is not None and len(custom) >= 4:
+            return str(custom[0]), int(custom[1]), str(custom[2]), int(custom[3])
+    return None
     for point in points or []:
         custom = point.get("customdata")
         if custom is None:

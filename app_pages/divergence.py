@@ -3,7 +3,7 @@ grows, with no model at all (Pynadath and Zhang, 2026)."""
 
 import streamlit as st
 
-from app_pages.common import committed_divergence, divergence_live, ensure_range, show_figure
+from app_pages.common import bounded_int, committed_divergence, divergence_live, ensure_range, export_menu, show_figure
 from workbench import app_data, viz
 
 st.title("Order divergence")
@@ -37,13 +37,15 @@ else:
     ks = c[1].multiselect("k", [1, 2, 4, 8, 16, 32, 64], key="p_div_ks")
     ensure_range("p_div_orders", 2, 64, 16)
     n_orders = c[2].slider("Orders per length", 2, 64, key="p_div_orders")
-    seed = c[3].number_input("Seed", 0, 2**31 - 1, step=1, key="p_div_seed")
+    seed = bounded_int(c[3], "Seed", "p_div_seed", 0, 2**31 - 1, 0)
     if not ks:
         st.warning("Pick at least one k.")
         st.stop()
     lengths = tuple(t for t in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if t <= max_len)
     frame = divergence_live(lengths, tuple(sorted(ks)), int(n_orders), int(seed))
-show_figure(viz.divergence_figure(frame), key="div_curve")
+curve = viz.divergence_figure(frame)
+show_figure(curve, key="div_curve")
+export_menu("divergence", frame=frame, fig=curve)
 marks = frame[frame["length"].isin([128, 1024])].pivot_table(index="k", columns="length", values="overlap")
 if marks.shape[1] == 2:
     st.markdown("Overlap at the two bundled lengths: " + "; ".join(
@@ -56,13 +58,16 @@ lengths = [32, 64, 128, 256, 512, 1024, 2048]
 if st.session_state.get("p_div_ex_len") not in lengths:
     st.session_state["p_div_ex_len"] = 128
 length = c[0].select_slider("Length T", lengths, key="p_div_ex_len")
-ensure_range("p_div_ex_k", 1, min(64, length - 1), 16)
-k = c[1].number_input("k", 1, min(64, length - 1), step=1, key="p_div_ex_k")
+k = bounded_int(c[1], "k", "p_div_ex_k", 1, min(64, length - 1), 16)
 ensure_range("p_div_ex_step", int(k), length - 1, length // 2)
 step = c[2].slider("Step t", int(k), length - 1, key="p_div_ex_step")
-ex_seed = c[3].number_input("Order seed", 0, 2**31 - 1, step=1, key="p_div_ex_seed")
+ex_seed = bounded_int(c[3], "Order seed", "p_div_ex_seed", 0, 2**31 - 1, 0)
 example = app_data.divergence_example(length, int(step), int(k), int(ex_seed))
 show_figure(viz.divergence_strip(length, example["target"], example["visible"], example["nearest"], example["recent"],
                                  title=f"T = {length}, step {example['step']}: target position {example['target']}, "
                                        f"overlap {example['overlap']:.2f} (chance k/t = {int(k) / example['step']:.2f})"),
             key="div_strip")
+st.caption("Why the length T does not change the overlap at a fixed step t: both sets are drawn from the t keys "
+           "visible at that step, and under a random order their positions are a uniform sample whatever T is, so "
+           "the expected overlap is k/t. T matters through the steps there are: a longer text has more rows at large "
+           "t, where the overlap is small, so the average over t = k..T−1 falls like k·ln(T)/T.")

@@ -3,7 +3,6 @@ detail, and model vs model or length vs length side by side."""
 
 from functools import partial
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -11,13 +10,19 @@ from app_pages.common import (
     PAGES,
     catalog,
     checkpoint_picker,
+    cached_figure,
     ensure_choice,
+    export_menu,
     head_frame,
+    head_frame_at,
     head_from_selection,
+    joint_histograms,
     loadable,
     probe_results,
+    results_root,
     select_head,
     show_figure,
+    summary_and_takeaway,
 )
 from workbench import app_data, viz
 from workbench.viz.heads import label_legend
@@ -69,57 +74,91 @@ with top[3]:
     ensure_choice("p_heads_metric", metric_keys, "index")
     metric = st.selectbox("Map shows", metric_keys, key="p_heads_metric", format_func=lambda k: app_data.HEAD_METRICS[k][1])
 
-results, frames = {}, {}
+results, base, sources = {}, {}, {}
 for name in shown:
     res = probe_results(name)
     if res is None:
         continue
     results[name] = res
-    frames[name] = head_frame(name, f"{res.source}|{res.metadata.get('created_utc')}|{len(res.table)}", res)
-if not frames:
+    sources[name] = f"{res.source}|{res.metadata.get('created_utc')}|{len(res.table)}"
+    base[name] = head_frame(name, sources[name], res)
+if not base:
     st.stop()
+
+# ---- r and w --------------------------------------------------------------------------------------------
+# Labels and parts depend on (r, w). Committed results hold one (r, w); the joint semantic x recency
+# histogram (app_data.JOINT_METRIC) lets any other (r, w) on its bin edges be read out.
+committed = {name: (res.r, res.w) for name, res in results.items()}
+first = next(iter(committed.values()))
+joints = {name: joint_histograms(name, sources[name], res) for name, res in results.items()}
+readable = all(joints.values()) and len(set(committed.values())) == 1 and None not in first
+widths = app_data.readable_widths(min(entries[n].n_ctx for n in results)) if readable else [first[0] or 4]
+rw = st.columns([1, 1, 4])
+for key, value in (("p_heads_r", first[0]), ("p_heads_w", first[1])):
+    ensure_choice(key, widths, value)
+r = rw[0].select_slider("r (semantic set S_r)", widths, key="p_heads_r", disabled=not readable or len(widths) < 2)
+w = rw[1].select_slider("w (structural set R_w)", widths, key="p_heads_w", disabled=not readable or len(widths) < 2)
+with rw[2]:
+    if readable:
+        st.caption(f"The results hold the joint semantic x recency histogram, so r and w can be read out at any bin edge; "
+                   f"away from the committed r = {first[0]}, w = {first[1]} the values are pooled read-outs without intervals.")
+    else:
+        st.info("r and w are fixed at the committed " + ", ".join(f"{n}: r = {c[0]}, w = {c[1]}" for n, c in committed.items())
+                + ": these results hold no joint semantic x recency histogram (metric `joint_hist`), which reading "
+                  "other r and w needs. Re-run `workbench probe` with a version that records it.")
+at_committed = not readable or (r, w) == first
+frames = {name: f if at_committed else head_frame_at(name, sources[name], r, w, f, joints[name]) for name, f in base.items()}
 
 
 def describe(res: app_data.ProbeResults) -> str:
     meta = res.metadata
     data = meta.get("data", {})
-    bits = [f"r = {res.r}, w = {res.w}" if res.r is not None else "",
+    bits = [f"committed r = {res.r}, w = {res.w}" if res.r is not None else "",
             f"{data.get('n_sequences', meta.get('sequences_probed', '?'))} sequences of {data.get('seq_len', '?')} tokens",
             f"orders: {data.get('orders', 'random')}", res.source]
     return " · ".join(b for b in bits if b)
 
 
-def on_map_select(key: str, checkpoint: str) -> None:
-    """A click on a map cell selects that head."""
+def on_select(key: str) -> None:
+    """A click (or box) on a map cell or a scatter point selects that head: both carry
+    (checkpoint, layer, stream, head) as customdata."""
     picked = head_from_selection(st.session_state.get(key))
     if picked is not None:
-        select_head(checkpoint, picked[1], picked[2], picked[3])
-
-
-def on_scatter_select(key: str) -> None:
-    picked = head_from_selection(st.session_state.get(key))
-    if picked is not None and picked[0] is not None:
         select_head(*picked)
 
 
+# ---- what the heads do ------------------------------------------------------------------------------
+st.subheader("What the heads do")
+for name, f in frames.items():
+    summary, line = summary_and_takeaway(name, sources[name], r, w, f)
+    st.markdown(f"**{line}**")
+    st.dataframe(summary, hide_index=True, key=f"heads_summary_{name}",
+                 column_config={"median index − chance": st.column_config.NumberColumn(format="%+.2f")})
+    st.caption(describe(results[name]))
+    export_menu(f"summary_{name}", frame=summary, code=app_data.heads_snippet([name], metric, r=r, w=w, committed=first,
+                                                                             root=results_root()), label="Export summary")
+
 # ---- maps ---------------------------------------------------------------------------------------------
-metric_label = app_data.HEAD_METRICS[metric][1]
-grids = {name: {s: app_data.head_grid(f, s, metric) for s in dict.fromkeys(f["stream"])} for name, f in frames.items()}
-values = np.concatenate([g["value"].ravel() for by in grids.values() for g in by.values()])
-finite = values[np.isfinite(values)]
-diverging = metric == "index"
-zmin = float(finite.min()) if finite.size else 0.0
-zmax = float(finite.max()) if finite.size else 1.0
-if metric in ("index",):
-    zmin, zmax = -1.0, 1.0
+metric_label = app_data.over_chance_name(metric)
 st.subheader(f"Layer x head: {metric_label}")
-columns = st.columns(len(frames))
-for col, (name, by_stream) in zip(columns, grids.items()):
-    with col:
-        fig = viz.head_maps(by_stream, title=name, value_name=metric_label, zmin=zmin, zmax=zmax, diverging=diverging)
-        show_figure(fig, key=f"heads_map_{name}", selection_mode="points",
-                    on_select=partial(on_map_select, f"heads_map_{name}", name))
-        st.caption(describe(results[name]))
+st.caption("Every map is centred at chance (0, white: what uniform attention over the visible keys gives; "
+           + ("a lift is shown as log2 lift" if metric.endswith("lift") else "the value minus its chance")
+           + "), on one colour scale for every stream and checkpoint. The hover gives the value, its 95% CI and chance.")
+view = (tuple(frames), tuple(sources[n] for n in frames), r, w)  # what the maps and the scatter depend on
+
+
+def build_maps():
+    grids = {(name, s): app_data.head_grid(f, s, metric) for name, f in frames.items() for s in dict.fromkeys(f["stream"])}
+    return viz.head_maps(grids, title=" vs ".join(frames), value_name=metric_label, colour="excess")
+
+
+fig = cached_figure("maps", (*view, metric), build_maps)
+show_figure(fig, key="heads_maps", selection_mode="points", on_select=partial(on_select, "heads_maps"))
+cells = pd.concat([f.assign(checkpoint=name) for name, f in frames.items()], ignore_index=True)
+selected = (st.session_state.get("p_head_ckpt"), st.session_state.get("p_head_layer"),
+            st.session_state.get("p_head_stream"), st.session_state.get("p_head_head"))
+export_menu("heads_maps", frame=cells, fig=fig, code=app_data.heads_snippet(
+    list(frames), metric, r=r, w=w, committed=first, head=selected if None not in selected else None, root=results_root()))
 labels_present = sorted({lab for f in frames.values() for lab in f["label"] if lab})
 if labels_present:
     st.caption(f"Letters after a value: the head's label ({label_legend(labels_present)}); thresholds in "
@@ -129,13 +168,11 @@ if labels_present:
 st.subheader("Heads in the semantic / structural plane")
 plane = st.radio("Plane", list(app_data.SCATTER_PLANES), key="p_heads_plane", horizontal=True)
 x_key, y_key = app_data.SCATTER_PLANES[plane]
-points = pd.concat([f.assign(checkpoint=name) for name, f in frames.items()], ignore_index=True)
-selected = (st.session_state.get("p_head_ckpt"), st.session_state.get("p_head_layer"),
-            st.session_state.get("p_head_stream"), st.session_state.get("p_head_head"))
-fig = viz.head_scatter(points, x=x_key, y=y_key, x_title=app_data.HEAD_METRICS[x_key][1], y_title=app_data.HEAD_METRICS[y_key][1],
-                       title="Each point is a head (colour: stream; cross: chance for uniform attention)",
-                       selected=selected if None not in selected else None)
-show_figure(fig, key="heads_scatter", on_select=partial(on_scatter_select, "heads_scatter"), selection_mode=("points", "box"))
+base = cached_figure("scatter", (*view, plane), lambda: viz.head_scatter(
+    cells, x=x_key, y=y_key, x_title=app_data.HEAD_METRICS[x_key][1], y_title=app_data.HEAD_METRICS[y_key][1],
+    title="Each point is a head (colour: stream; cross: chance for uniform attention); click one"))
+fig = viz.with_selected(base, cells, x_key, y_key, selected if None not in selected else None)
+show_figure(fig, key="heads_scatter", on_select=partial(on_select, "heads_scatter"), selection_mode=("points", "box"))
 
 # ---- one head ---------------------------------------------------------------------------------------------
 st.subheader("One head")
@@ -155,9 +192,11 @@ if record is None:
     st.stop()
 
 res = results[head_ckpt]
-st.markdown(f"**{head_ckpt} · {stream} stream · layer {layer} · head {head}** — label: **{record['label'] or 'n/a'}**")
+st.markdown(f"**{head_ckpt} · {stream} stream · layer {layer} · head {head}** — label at r = {r}, w = {w}: "
+            f"**{record['label'] or 'n/a'}**")
 m = st.columns(5)
-m[0].metric("specialisation index", f"{record['index']:+.3f}", help=f"95% CI ± {record['index_ci']:.3f}; chance {record['index_chance']:+.3f}")
+m[0].metric("specialisation index", f"{record['index']:+.3f}", delta=f"{record['index_excess']:+.3f} over chance", delta_color="off",
+            help=f"95% CI ± {record['index_ci']:.3f}; chance {record['index_chance']:+.3f}")
 m[1].metric("semantic lift (S_r)", f"{record['semantic_lift']:.2f}x")
 m[2].metric("structural lift (R_w)", f"{record['structural_lift']:.2f}x")
 m[3].metric("entropy (bits)", f"{record['entropy']:.2f}", help=f"uniform attention: {record['entropy_chance']:.2f} bits")
@@ -170,7 +209,8 @@ parts = pd.DataFrame({
 })
 parts["lift"] = parts["attention mass"] / parts["chance (uniform)"]
 # Small tables as st.table (static HTML): selecting a head redraws them, and a data grid costs more to draw.
-st.table(parts.set_index("part").style.format("{:.3f}"))
+st.table(parts.set_index("part").style.format("{:.3f}", na_rep="n/a"))
+export_menu(f"parts_{head_ckpt}_L{layer}_{stream}_H{head}", frame=parts, label="Export this head")
 
 hists = app_data.head_histograms(res.table, layer, stream, head)
 if hists:
@@ -181,9 +221,11 @@ if hists:
                                                titles["own"]: "distance bin"},
                                      title="Where the attention goes, by log2 bins (dashes: uniform attention)"),
                 key="head_histograms")
+    export_menu(f"histograms_{head_ckpt}_L{layer}_{stream}_H{head}",
+                frame=pd.concat([v.assign(histogram=k) for k, v in hists.items()], ignore_index=True), label="Export histograms")
 steps = app_data.head_by_step(res.table, layer, stream, head, ["S_only", "R_only", "both", "index", "sink"])
 if len(steps):
-    show_figure(viz.by_step_figure(steps, title="Along the generation: parts and index by how many keys the row sees",
+    show_figure(viz.by_step_figure(steps, title=f"Along the generation: parts and index by how many keys the row sees (committed r = {first[0]}, w = {first[1]})",
                                    names={"S_only": "S-only mass", "R_only": "R-only mass", "both": "both", "index": "index", "sink": "null-key mass"}),
                 key="head_by_step")
 
@@ -194,14 +236,15 @@ mine_k = knock[(knock["layer"] == layer) & (knock["stream"] == stream) & (knock[
 if len(mine) or len(mine_k):
     st.markdown("**Causal checks of this head** (ΔNLL in bits/token, 95% CI over sequences)")
     if len(mine):
-        st.table(mine.set_index("kind")[["dnll", "ci", "n"]].style.format({"dnll": "{:+.4f}", "ci": "{:.4f}", "n": "{:d}"}))
+        st.table(app_data.effect_table(mine.set_index("kind")[["dnll", "ci", "n"]]).style.format("{:+.4f}", subset=["ΔNLL (bits/token)", "± 95%"]))
     if len(mine_k):
-        shown = mine_k.set_index("set")[["dnll", "ci", "random_dnll", "random_ci", "excess", "excess_ci", "keys"]]
-        st.table(shown.style.format("{:.4f}"))
+        shown_k = app_data.effect_table(mine_k.set_index("set")[["dnll", "ci", "random_dnll", "random_ci", "excess", "excess_ci", "keys"]])
+        st.table(shown_k.style.format("{:.4f}"))
 
 if st.button("Open this head in the sample browser", key="head_open_sample", icon=":material/text_fields:"):
     st.session_state["p_sample_ckpt"] = head_ckpt
     st.session_state["p_sample_layer"] = int(layer)
     st.session_state["p_sample_stream"] = stream
     st.session_state["p_sample_head"] = int(head)
+    st.session_state["p_sample_r"], st.session_state["p_sample_w"] = int(r), int(w)
     st.switch_page(PAGES["samples"])

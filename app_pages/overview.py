@@ -1,12 +1,13 @@
-"""Overview: which checkpoints and results exist, the claim under study, and the NLL table."""
+"""Overview: the hypothesis under test, what the committed results show (with their intervals),
+a place for the study's verdict, the checkpoints, and the NLL table."""
 
 import streamlit as st
 
-from app_pages.common import PAGES, catalog, nll_table, show_figure
+from app_pages.common import PAGES, catalog, checkpoints_root, export_menu, head_takeaways, nll_table, results_root, show_figure
 from workbench import app_data, viz
 
 st.title("Any-order autoregressive models: where does each head look?")
-st.markdown(f"**The claim under study.** {app_data.CLAIM}")
+st.markdown(f"**The hypothesis under test** (the paper's claim, not a finding of this workbench). {app_data.CLAIM}")
 st.caption(
     "This workbench measures it head by head and stream by stream: how much of each head's attention "
     "falls on the *semantic set* S_r (keys within r positions of the target) and on the *structural set* "
@@ -19,37 +20,65 @@ n_probed = sum(e.probes is not None for e in entries)
 c1, c2, c3 = st.columns(3)
 c1.metric("checkpoints", f"{n_ok} of {len(entries)} loadable" if len(entries) != n_ok else len(entries))
 c2.metric("with probe results", n_probed)
-c3.metric("NLL table", "yes" if (app_data.results_dir() / "nll.json").is_file() else "missing")
+c3.metric("NLL table", "yes" if (results_root() / "nll.json").is_file() else "missing")
+
+st.subheader("The study's verdict")
+verdict = results_root() / app_data.VERDICT_FILE
+if verdict.is_file():
+    st.markdown(verdict.read_text(encoding="utf-8"))
+else:
+    st.info(f"No verdict yet: the study that can decide the claim (NLL gap against length with seed intervals, "
+            f"training curves, the checkpoints where specialisation emerges) has not reported. When it does, its "
+            f"summary goes in {verdict} and is shown here as written. Until then, below is only what the committed "
+            "results show.")
+
+st.subheader("What the committed results show")
+try:
+    table = nll_table()
+except app_data.AppInputError as err:
+    table = None
+    st.info(str(err))
+if table is not None:
+    gaps = app_data.nll_gaps(table)
+    if len(gaps):
+        parts = [f"{g.variant} − two_stream at {g.length}: **{g.gap:+.3f} ± {g.ci:.3f}**" for g in gaps.itertuples()]
+        st.markdown("**NLL.** Gaps in any-order bits/token (95% intervals): " + "; ".join(parts) + ".")
+        change = app_data.gap_change(gaps)
+        if len(change):
+            st.markdown("Change of the gap with length, the quantity the claim is about: " + "; ".join(
+                f"{c.variant}: **{c.change:+.3f} ± {c.ci:.3f}** from {c.frm} to {c.to}" for c in change.rename(columns={"from": "frm"}).itertuples())
+                + ". One model per variant and length (one seed), so these intervals hold the evaluation's noise only, "
+                  "not the spread between training runs.")
+        st.caption("The intervals count evaluation windows as independent and combine two models' intervals in "
+                   "quadrature; docs/results.md says how they were made.")
+takeaways = head_takeaways()
+if takeaways:
+    st.markdown("**Heads**, at the committed r and w:\n" + "\n".join(f"- {line}" for line in takeaways))
 
 st.subheader("Checkpoints")
 if not entries:
-    st.warning(f"No checkpoints in {app_data.checkpoints_dir()}. Train one with `workbench train`, or set "
+    st.warning(f"No checkpoints in {checkpoints_root()}. Train one with `workbench train`, pick a directory in the sidebar, or set "
                "WORKBENCH_CHECKPOINTS to a directory of checkpoints.")
 else:
-    st.dataframe(app_data.catalog_frame(entries), hide_index=True, key="overview_catalog")
+    listing = app_data.catalog_frame(entries)
+    st.dataframe(listing, hide_index=True, key="overview_catalog")
+    export_menu("checkpoints", frame=listing)
     for e in entries:
         if e.error:
             st.error(f"Checkpoint {e.name} cannot be loaded: {e.error}")
 
 st.subheader("NLL by variant and length")
-try:
-    table = nll_table()
-except app_data.AppInputError as err:
-    st.info(str(err))
-else:
+if table is not None:
     show_figure(viz.nll_bars(table, title="Bits per token on the validation text (95% CI over windows)"), key="overview_nll")
     shown = table.rename(columns={
         "any_order": "any-order bits/token", "any_order_ci": "± (95%)", "left_to_right": "left-to-right bits/token",
         "left_to_right_ci": "±  (95%)", "windows": "windows", "orders": "orders per window"})
     st.dataframe(shown, hide_index=True, key="overview_nll_table",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in shown.columns if "bits" in c or "±" in c})
-    gaps = app_data.nll_gaps(table)
-    if len(gaps):
-        parts = [f"{g.variant} − two_stream at {g.length}: **{g.gap:+.3f} ± {g.ci:.3f}**" for g in gaps.itertuples()]
-        st.markdown("Gaps in any-order bits/token: " + "; ".join(parts) + ". (docs/results.md discusses them.)")
+    export_menu("nll", frame=table)
     with st.expander("NLL as the text fills in (by fraction already generated)"):
         try:
-            show_figure(viz.nll_fraction_figure(app_data.nll_by_fraction()), key="overview_fraction")
+            show_figure(viz.nll_fraction_figure(app_data.nll_by_fraction(results_root() / "nll.json")), key="overview_fraction")
         except app_data.AppInputError as err:
             st.info(str(err))
 
@@ -61,7 +90,7 @@ if n_probed == 0:
 else:
     for e in entries:
         if e.probes is not None:
-            st.markdown(f"- **{e.name}**: `{e.probes.relative_to(app_data.REPO) if e.probes.is_relative_to(app_data.REPO) else e.probes}`")
+            st.caption(f"{e.name}: `{e.probes.relative_to(app_data.REPO) if e.probes.is_relative_to(app_data.REPO) else e.probes}`")
 
 st.subheader("Pages")
 c = st.columns(4)

@@ -4,6 +4,8 @@ head of one stream looks at each step (target, semantic set and structural set m
 import streamlit as st
 
 from app_pages.common import (
+    export_menu,
+    bounded_int,
     catalog,
     checkpoint_picker,
     ensure_choice,
@@ -53,6 +55,13 @@ with right:
         text = samples[index][1]
         replace = False
     else:
+        upload = st.file_uploader("Upload a text file (UTF-8)", key="sample_upload", help="Its text replaces the box below.")
+        if upload is not None and st.session_state.get("sample_upload_seen") != upload.file_id:
+            st.session_state["sample_upload_seen"] = upload.file_id
+            try:
+                st.session_state["p_sample_text"] = app_data.read_text_upload(upload.getvalue(), upload.name)
+            except app_data.AppInputError as err:
+                st.error(str(err))
         if "p_sample_text" not in st.session_state:
             st.session_state["p_sample_text"] = samples[0][1] if samples else ""
         text = st.text_area(f"Paste text (the model reads {n_ctx} tokens at a time)", key="p_sample_text", height=110)
@@ -76,7 +85,7 @@ length = len(prepared.ids)
 o = st.columns([2, 1, 3])
 ensure_choice("p_sample_order", list(app_data.ORDER_KINDS))
 kind = o[0].radio("Generation order", app_data.ORDER_KINDS, key="p_sample_order", horizontal=True)
-seed = o[1].number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="p_sample_seed", disabled=kind != "random")
+seed = bounded_int(o[1], "Seed", "p_sample_seed", 0, 2**31 - 1, 0, disabled=kind != "random")
 custom = o[2].text_input("Custom order (positions or ranges; the rest follow left to right)", key="p_sample_custom",
                          placeholder="e.g. 0-9, 40, 20-29", disabled=kind != "custom")
 try:
@@ -95,15 +104,13 @@ ensure_choice("p_sample_head", list(range(run.n_heads)))
 layer = h[0].selectbox("Layer", list(range(run.n_layers)), key="p_sample_layer")
 stream = h[1].selectbox("Stream", list(run.stream_names), key="p_sample_stream")
 head = h[2].selectbox("Head", list(range(run.n_heads)), key="p_sample_head")
-ensure_range("p_sample_r", 1, n_ctx - 1, 4)
-ensure_range("p_sample_w", 1, n_ctx - 1, 4)
-r = h[3].number_input("r (semantic)", 1, n_ctx - 1, step=1, key="p_sample_r", help="S_r: keys within r positions of the target")
-w = h[4].number_input("w (structural)", 1, n_ctx - 1, step=1, key="p_sample_w", help="R_w: keys generated at most w steps before")
+r = bounded_int(h[3], "r (semantic)", "p_sample_r", 1, n_ctx - 1, 4, help="S_r: keys within r positions of the target")
+w = bounded_int(h[4], "w (structural)", "p_sample_w", 1, n_ctx - 1, 4, help="R_w: keys generated at most w steps before")
 coordinates = h[5].radio("Lay out by", app_data.COORDINATES, key="p_sample_coords", horizontal=True)
 
 
 @st.fragment
-def step_view(run: app_data.SampleRun, layer: int, stream: str, head: int, r: int, w: int, coordinates: str) -> None:
+def step_view(run: app_data.SampleRun, layer: int, stream: str, head: int, r: int, w: int, coordinates: str, reproduce: dict) -> None:
     """Everything that changes with the step. A fragment: stepping reruns only this part, so the
     controls above and the NLL chart below are not rebuilt or redrawn."""
     length = run.length
@@ -154,6 +161,11 @@ def step_view(run: app_data.SampleRun, layer: int, stream: str, head: int, r: in
         c.metric(f"{name.replace('_', '-')} mass", f"{row.parts[name]:.3f}", help=f"chance (uniform) {row.chance[name]:.3f}")
     p[4].metric("null-key mass", f"{row.null_mass:.3f}")
     p[5].metric("entropy (bits)", f"{row.entropy:.2f}")
+    export_menu(f"sample_L{layer}_{stream}_H{head}_step{step}", frame=app_data.row_frame(run, row), arrays=app_data.row_arrays(run, row),
+                code=app_data.sample_snippet(reproduce["checkpoint"], text_source=reproduce["text_source"], n_ctx=reproduce["n_ctx"],
+                                             replace_unknown=reproduce["replace_unknown"], start=reproduce["start"],
+                                             order=reproduce["order"], row=(layer, stream, head, step, r, w)),
+                label="Export this row")
 
     if st.toggle("Show the row key by key", key="p_sample_bars",
                  help="A bar per key, coloured by part (drawn on demand: each figure costs a browser redraw per step)."):
@@ -170,6 +182,8 @@ def step_view(run: app_data.SampleRun, layer: int, stream: str, head: int, r: in
                                         title=f"L{layer} {stream} H{head}: every row ({coordinates})"), key="sample_pattern")
 
 
-step_view(run, layer, stream, head, int(r), int(w), coordinates)
+reproduce = dict(checkpoint=model.checkpoint.path, text_source=("validation", index) if source == "validation sample" else ("text", text), n_ctx=n_ctx,
+                 replace_unknown=bool(replace), start=prepared.start, order=(kind, int(seed or 0), custom or ""))
+step_view(run, layer, stream, head, int(r), int(w), coordinates, reproduce)
 show_figure(viz.nll_steps_figure(run.bits_by_step, title=f"NLL along this order: {run.bits.mean():.3f} bits/token on average"),
             key="sample_nll")

@@ -93,8 +93,9 @@ def overlap(length: int, k: int) -> float:
     return float((k / steps).mean())
 
 
-def make_results(root: Path, checkpoints=("two_stream-128", "two_stream-1024", "decoupled_rope-128")) -> Path:
-    """A results directory: the real nll.json and synthetic probe tables for `checkpoints`."""
+def make_results(root: Path, checkpoints=("two_stream-128", "two_stream-1024", "decoupled_rope-128"), joint=()) -> Path:
+    """A results directory: the real nll.json and synthetic probe tables for `checkpoints`; those
+    also in `joint` hold a joint semantic x recency histogram too (`joint_rows`)."""
     from workbench.probing.table import rows_to_table, write_table
 
     root.mkdir(parents=True, exist_ok=True)
@@ -102,7 +103,8 @@ def make_results(root: Path, checkpoints=("two_stream-128", "two_stream-1024", "
     for name in checkpoints:
         out = root / "probes" / name
         out.mkdir(parents=True, exist_ok=True)
-        write_table(rows_to_table(synthetic_rows(name)), out / "probes.parquet")
+        rows = synthetic_rows(name) + (joint_rows(name)[0] if name in joint else [])
+        write_table(rows_to_table(rows), out / "probes.parquet")
         n_ctx = int(name.rsplit("-", 1)[1])
         (out / "metadata.json").write_text(json.dumps({
             "r": 4, "w": 4, "created_utc": "2026-01-01T00:00:00+00:00",
@@ -163,3 +165,61 @@ def texts(at) -> str:
 
 def no_exceptions(at) -> None:
     assert not at.exception, f"the page raised: {[e.value for e in at.exception]}"
+
+
+def random_pattern(n_heads: int, n_rows: int, n_keys: int, seed: int = 0) -> np.ndarray:
+    """[head, row, key] attention rows over the visible keys j <= i, peaky (a few keys hold most mass)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2.5, (n_heads, n_rows, n_keys))
+    visible = np.arange(n_keys)[None, :] <= np.arange(n_rows)[:, None]
+    weights = np.where(visible, np.exp(logits), 0.0)
+    return weights / weights.sum(-1, keepdims=True)
+
+
+def joint_from_pattern(pattern: np.ndarray, layout) -> tuple[np.ndarray, np.ndarray]:
+    """The joint semantic-distance x recency histogram of `pattern` [head, row, key] by brute
+    force: (mass [head, sem_bin, rec_bin], chance [sem_bin, rec_bin]) per probed row."""
+    import torch
+
+    from workbench.kernels.contract import N_BINS, distance_bin
+
+    key_pos, row_ref = layout.key_pos[0].numpy(), layout.row_ref[0].numpy()
+    n_heads, n_rows, n_keys = pattern.shape
+    mass, chance = np.zeros((n_heads, N_BINS, N_BINS)), np.zeros((N_BINS, N_BINS))
+    probed = [i for i in range(n_rows) if row_ref[i] >= 0]
+    for i in probed:
+        keys = np.arange(i + 1)
+        null = key_pos[keys] < 0
+        sem = distance_bin(torch.as_tensor(np.where(null, -1, np.abs(key_pos[keys] - row_ref[i])))).numpy()
+        rec = distance_bin(torch.as_tensor(np.where(null, -1, i - keys + layout.recency_offset))).numpy()
+        np.add.at(mass, (slice(None), sem, rec), pattern[:, i, keys])
+        np.add.at(chance, (sem, rec), 1.0 / len(keys))
+    return mass / len(probed), chance / len(probed)
+
+
+def joint_rows(checkpoint: str, seed: int = 0):
+    """(checkpoint, probe, Row) triples of a joint histogram per head (app_data.JOINT_METRIC), from a
+    random pattern under a random order of 64 positions, and the patterns and layouts used."""
+    import torch
+
+    from workbench.app_data import JOINT_METRIC
+    from workbench.kernels.contract import N_BINS
+    from workbench.orders import probe_layout, random_orders
+    from workbench.probing.table import Row
+
+    variant = checkpoint.rsplit("-", 1)[0]
+    order = random_orders(1, 64, torch.Generator().manual_seed(seed))
+    out, used = [], {}
+    for s, stream in enumerate(STREAMS[variant]):
+        layout = probe_layout(order, stream)
+        n_rows, n_keys = layout.row_ref.shape[1], layout.key_pos.shape[1]
+        for layer in range(N_LAYERS):
+            pattern = random_pattern(N_HEADS, n_rows, n_keys, seed=seed + 100 * layer + 10 * s)
+            used[(layer, stream)] = (pattern, layout)
+            mass, chance = joint_from_pattern(pattern, layout)
+            for head in range(N_HEADS):
+                for sb, rb in zip(*np.nonzero(chance)):
+                    out.append((checkpoint, "histograms", Row(metric=JOINT_METRIC, value=float(mass[head, sb, rb]),
+                                                              chance=float(chance[sb, rb]), layer=layer, stream=stream, head=head,
+                                                              x=int(sb * N_BINS + rb), n=64)))
+    return out, used

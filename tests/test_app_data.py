@@ -186,12 +186,14 @@ def test_divergence_example():
 
 def test_figures_carry_their_data():
     value = np.arange(24, dtype=float).reshape(4, 6) / 24
-    grid = {"value": value, "ci": value * 0, "chance": value * 0 + 0.1, "label": np.full((4, 6), "semantic", dtype=object)}
-    fig = viz.head_maps({"content": grid, "query": grid}, title="t", value_name="v")
+    grid = {"value": value, "ci": value * 0, "chance": value * 0 + 0.1, "excess": value - 0.1,
+            "label": np.full((4, 6), "semantic", dtype=object)}
+    fig = viz.head_maps({("m-128", "content"): grid, ("m-128", "query"): grid}, title="t", value_name="v")
     maps = [t for t in fig.data if t.type == "heatmap"]
-    assert len(maps) == 2 and np.allclose(np.array(maps[1].z, dtype=float), value)
+    assert len(maps) == 2 and np.allclose(np.array(maps[1].z, dtype=float), value - 0.1)  # coloured by the excess
+    assert fig.layout.coloraxis.cmin == -fig.layout.coloraxis.cmax  # centred at chance
     cells = fig.data[3]  # the query map's clickable cells
-    assert list(cells.customdata[2 * 6 + 3]) == [2, 3, "query"]  # (layer, head, stream) of the cell
+    assert list(cells.customdata[2 * 6 + 3]) == ["m-128", 2, "query", 3]  # (checkpoint, layer, stream, head) of the cell
     tokens = list("hello world")
     weight = np.array([0.1, 0.2, np.nan, 0.3, 0.4, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan])
     sem = np.zeros(11, bool)

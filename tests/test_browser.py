@@ -204,6 +204,105 @@ def test_browser_tour(tmp_path):
     print("screenshots in", tmp_path / "screenshots")
 
 
+def require_browser() -> None:
+    if chromium_path() is None:
+        pytest.fail("Debian's chromium is not installed: `sudo apt-get install chromium` (scripts/run_tests.sh does this as root), "
+                    "or point $CHROMIUM at a Chromium binary.", pytrace=False)
+
+
+@contextmanager
+def browser_page(url: str, width: int, height: int = 1000):
+    """A fresh headless Chromium page at `url`, `width` x `height` pixels, once the app is idle."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
+        ctx = p.chromium.launch_persistent_context(profile, executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS,
+                                                   viewport={"width": width, "height": height})
+        try:
+            page = ctx.new_page()
+            page.set_default_timeout(90_000)
+            page.goto(url)
+            wait_idle(page)
+            yield page
+        finally:
+            ctx.close()
+
+
+def pick(page, label: str, option: str) -> None:
+    """Choose `option` in the selectbox labelled `label`."""
+    page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+    wait_idle(page)
+
+
+def comparison(page, path: Path) -> dict:
+    """Compare two_stream-128 with the other length on the head page, screenshot the maps to
+    `path`, and return what the figure measures: colour bars, and per panel its width and x range."""
+    go_to(page, "Head specialisation")
+    pick(page, "Compare with", "the other length")
+    page.get_by_text("two_stream-128 vs two_stream-1024").first.wait_for()
+    wait_idle(page)
+    plot = page.locator(".js-plotly-plot").filter(has_text="two_stream-128 vs two_stream-1024").first
+    plot.scroll_into_view_if_needed()
+    wait_idle(page)
+    page.mouse.move(0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot.screenshot(path=str(path))
+    return plot.evaluate(r"""gd => ({
+        colorbars: gd.querySelectorAll('.colorbar').length,
+        panels: Object.keys(gd._fullLayout).filter(k => /^xaxis\d*$/.test(k)).map(k => {
+            const a = gd._fullLayout[k]; return {width: a._length, range: a.range}; }),
+        width: gd._fullLayout.width })""")
+
+
+@pytest.mark.browser
+def test_browser_comparison_at_1500px_is_wrapped_on_one_colour_scale(tmp_path):
+    require_browser()
+    from tests.app_support import make_results
+
+    results = make_results(tmp_path / "results")
+    with app_server({"WORKBENCH_RESULTS": str(results)}) as url, browser_page(url, 1500) as page:
+        layout = comparison(page, tmp_path / "comparison-1500.png")
+        assert layout["colorbars"] == 1, layout
+        assert len(layout["panels"]) == 4
+        for panel in layout["panels"]:
+            assert panel["width"] / 6 >= 60, f"a head cell is {panel['width'] / 6:.0f} px wide at 1500 px: squeezed"
+            assert panel["range"] == [-0.5, 5.5]
+        assert (tmp_path / "comparison-1500.png").stat().st_size > 20_000
+        assert page.locator('[data-testid="stException"]').count() == 0
+
+
+@pytest.mark.browser
+def test_browser_clicking_a_scatter_point_selects_its_head(tmp_path):
+    require_browser()
+    from tests.app_support import make_results
+
+    results = make_results(tmp_path / "results")
+    with app_server({"WORKBENCH_RESULTS": str(results)}) as url, browser_page(url, 1500) as page:
+        go_to(page, "Head specialisation")
+        scatter = page.locator(".js-plotly-plot").filter(has_text="Each point is a head").first
+        scatter.scroll_into_view_if_needed()
+        wait_idle(page)
+        # The query-stream point farthest from every other point, so the click cannot hit a neighbour.
+        target = scatter.evaluate("""gd => {
+            const L = gd._fullLayout, pts = [];
+            gd.data.forEach((t, i) => { if (t.customdata && t.customdata.length && t.customdata[0].length === 4)
+                gd.calcdata[i].forEach((c, j) => pts.push({px: L.xaxis.l2p(c.x) + L._size.l, py: L.yaxis.l2p(c.y) + L._size.t,
+                                                            cd: t.customdata[j], stream: t.customdata[j][2]})); });
+            let best = null, bestGap = -1;
+            for (const p of pts) { if (p.stream !== 'query') continue;
+                const gap = Math.min(...pts.filter(q => q !== p).map(q => Math.hypot(q.px - p.px, q.py - p.py)));
+                if (gap > bestGap) { best = p; bestGap = gap; } }
+            return {...best, gap: bestGap, clickmode: L.clickmode}; }""")
+        assert target["clickmode"] == "event+select", target
+        assert target["gap"] > 8, target
+        box = scatter.bounding_box()
+        page.mouse.click(box["x"] + target["px"], box["y"] + target["py"])
+        _, layer, stream, head = target["cd"]
+        page.get_by_text(f"two_stream-128 · {stream} stream · layer {layer} · head {head}", exact=False).first.wait_for(timeout=60_000)
+        assert page.locator('[data-testid="stException"]').count() == 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Screenshots of every page of the app (for the docs).")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
@@ -218,7 +317,11 @@ def main() -> None:
     from PIL import Image
 
     with app_server() as url:
-        for name, path in tour(url, args.out, viewport=(args.width, args.height), cell=tuple(args.cell)).items():
+        shots = tour(url, args.out, viewport=(args.width, args.height), cell=tuple(args.cell))
+        with browser_page(url, 1500) as page:
+            comparison(page, args.out / "comparison.png")
+        shots["comparison"] = args.out / "comparison.png"
+        for name, path in shots.items():
             image = Image.open(path)
             image = image.crop((0, 0, image.width, min(image.height, args.max_height)))
             image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)

@@ -42,16 +42,20 @@ def _list_checkpoints(args: argparse.Namespace) -> None:
     if not names:
         print(f"no checkpoints in {root}")
         return
-    print(f"{'name':<28} {'variant':<15} {'n_ctx':>6} {'params':>9}  val bits/token (training-time eval)")
+    # The bits here are the trainer's last quick evaluation (the first validation windows, 2 orders
+    # each), not the full evaluation of `workbench eval` (results/nll.json, which the app shows).
+    print(f"{'name':<28} {'variant':<15} {'n_ctx':>6} {'params':>9}  any-order val bits/token, training-time subset")
     for name in names:
         info = read_info(f"{root}/{name}")
         cfg = info.config
-        bits = info.metrics.get("val_any_order_bits")
+        bits, windows = info.metrics.get("val_any_order_bits"), info.metrics.get("val_windows")
         bits = bits if isinstance(bits, (int, float)) else None
+        subset = f" (first {windows} val windows x 2 orders)" if windows else ""
         print(
             f"{name:<28} {cfg.variant:<15} {cfg.n_ctx:>6} {info.training.get('n_params', '?'):>9}  "
-            f"{'' if bits is None else f'{bits:.3f}'}"
+            f"{'' if bits is None else f'{bits:.3f}{subset}'}"
         )
+    print("The full evaluation (every validation window, more orders) is `workbench eval`: results/nll.json, shown by the app.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ Like CircuitsVis, nothing here sees a model: computing activations is the caller
 - `results`: the NLL table, causal effects, the divergence of the two orders.
 """
 
-from workbench.viz.heads import by_step_figure, head_maps, head_scatter, histogram_figure
+from workbench.viz.heads import by_step_figure, head_maps, head_scatter, histogram_figure, with_selected
 from workbench.viz.results import (
     divergence_figure,
     divergence_strip,
@@ -38,4 +38,5 @@ __all__ = [
     "pattern_heatmap",
     "prediction_bars",
     "text_grid",
+    "with_selected",
 ]

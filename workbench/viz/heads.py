@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.viz.style import PART_COLOURS, STREAM_COLOURS, base_layout
+from workbench.viz.style import PART_COLOURS, SINK_COLOUR, STREAM_COLOURS, base_layout
 
 LABEL_MARK = {"semantic": "S", "structural": "R", "mixed": "M", "diffuse": "d", "sink": "∅", "other": "o", "": ""}
 
@@ -21,72 +21,72 @@ def _fmt(v: float, digits: int = 2) -> str:
 
 
 def head_maps(
-    grids: Mapping[str, Mapping[str, np.ndarray]],
+    grids: Mapping[tuple[str, str], Mapping[str, np.ndarray]],
     *,
     title: str,
     value_name: str,
+    colour: str = "excess",
     zmin: float | None = None,
     zmax: float | None = None,
-    diverging: bool = False,
+    diverging: bool = True,
     digits: int = 2,
+    columns: int = 2,
 ) -> go.Figure:
-    """One heatmap per stream (key of `grids`), layers down and heads across.
+    """One heatmap per (checkpoint, stream) key of `grids`, layers down and heads across, wrapped
+    `columns` to a row, all on ONE colour scale with one colour bar.
 
-    Each grid holds [layer, head] arrays "value", "ci", "chance" and "label" (see
-    `app_data.head_grid`). Cells show the value and a letter for the head's label; the hover
-    gives value ± CI, chance and label. An invisible marker per cell carries (layer, head,
-    stream) as customdata, so that a click selects the head.
-    Colour limits are shared by all streams (and can be fixed across figures by the caller)."""
-    streams = list(grids)
-    values = np.concatenate([np.ravel(g["value"]) for g in grids.values()]) if grids else np.array([])
-    finite = values[np.isfinite(values)]
-    if zmin is None:
-        zmin = float(finite.min()) if finite.size else 0.0
-    if zmax is None:
-        zmax = float(finite.max()) if finite.size else 1.0
+    Each grid holds [layer, head] arrays "value", "ci", "chance", "label" and the array named by
+    `colour` ("excess": the value over chance, see `app_data.over_chance`; or "value"). Cells are
+    coloured and printed by that array, with a letter for the head's label; the hover gives the
+    value ± CI, chance, excess and label. `diverging` centres the scale at 0 (chance, for
+    "excess"). An invisible marker per cell carries (checkpoint, layer, stream, head) as
+    customdata, so that a click selects the head."""
+    keys = list(grids)
+    shown = np.concatenate([np.ravel(g[colour]) for g in grids.values()]) if grids else np.array([])
+    finite = shown[np.isfinite(shown)]
+    zmin = (float(finite.min()) if finite.size else 0.0) if zmin is None else zmin
+    zmax = (float(finite.max()) if finite.size else 1.0) if zmax is None else zmax
     if diverging:
         bound = max(abs(zmin), abs(zmax), 1e-9)
         zmin, zmax = -bound, bound
-    fig = make_subplots(rows=1, cols=max(1, len(streams)), subplot_titles=[f"{s} stream" for s in streams],
-                        horizontal_spacing=0.08, shared_yaxes=True)
-    for c, stream in enumerate(streams, start=1):
-        g = grids[stream]
-        value, ci, chance, label = g["value"], g["ci"], g["chance"], g["label"]
-        n_layers, n_heads = value.shape
-        text = [[f"{_fmt(value[l, h], digits)}{(' ' + LABEL_MARK.get(label[l, h], '?')) if label[l, h] else ''}"
+    n_cols = max(1, min(columns, len(keys)))
+    n_rows = max(1, math.ceil(len(keys) / n_cols))
+    n_layers, n_heads = next(iter(grids.values()))["value"].shape if grids else (4, 6)
+    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=[f"{c} · {s} stream" for c, s in keys],
+                        horizontal_spacing=0.07, vertical_spacing=min(0.3, 0.5 / n_rows) if n_rows > 1 else 0.1)
+    for i, (checkpoint, stream) in enumerate(keys):
+        row, col = i // n_cols + 1, i % n_cols + 1
+        g = grids[(checkpoint, stream)]
+        z, value, ci, chance, label = g[colour], g["value"], g["ci"], g["chance"], g["label"]
+        text = [[f"{_fmt(z[l, h], digits)}{(' ' + LABEL_MARK.get(label[l, h], '?')) if label[l, h] else ''}"
                  for h in range(n_heads)] for l in range(n_layers)]
-        hover = [[(f"<b>{stream} L{l} H{h}</b><br>{value_name}: {_fmt(value[l, h], 3)}"
+        hover = [[(f"<b>{checkpoint} · {stream} L{l} H{h}</b><br>value: {_fmt(value[l, h], 3)}"
                    f"{' ± ' + _fmt(ci[l, h], 3) if np.isfinite(ci[l, h]) else ''}"
-                   f"<br>chance: {_fmt(chance[l, h], 3)}<br>label: {label[l, h] or 'n/a'}")
+                   f"<br>chance: {_fmt(chance[l, h], 3)}<br>{value_name}: {_fmt(z[l, h], 3)}<br>label: {label[l, h] or 'n/a'}")
                   for h in range(n_heads)] for l in range(n_layers)]
-        fig.add_trace(
-            go.Heatmap(
-                z=value, x=list(range(n_heads)), y=list(range(n_layers)), text=text, texttemplate="%{text}",
-                textfont=dict(size=11), hoverinfo="skip",
-                zmin=zmin, zmax=zmax, colorscale="RdBu" if diverging else "Viridis", reversescale=diverging,
-                colorbar=dict(title=dict(text=value_name, side="right"), thickness=12) if c == len(streams) else None,
-                showscale=c == len(streams), xgap=2, ygap=2, name=stream,
-            ),
-            row=1, col=c,
-        )
+        fig.add_trace(go.Heatmap(
+            z=z, x=list(range(n_heads)), y=list(range(n_layers)), text=text, texttemplate="%{text}",
+            textfont=dict(size=11), hoverinfo="skip", zmin=zmin, zmax=zmax, coloraxis="coloraxis",
+            xgap=2, ygap=2, name=f"{checkpoint} {stream}",
+        ), row=row, col=col)
         # Heatmap cells cannot be selected in Streamlit; an invisible marker on each cell can, and
-        # carries (layer, head, stream) for the click.
+        # carries (checkpoint, layer, stream, head) for the click.
         layers, heads = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
-        fig.add_trace(
-            go.Scatter(
-                x=heads.ravel(), y=layers.ravel(), mode="markers", name=f"{stream} heads", showlegend=False,
-                marker=dict(size=30, color="rgba(0,0,0,0)", symbol="square"),
-                customdata=[[int(l), int(h), stream] for l, h in zip(layers.ravel(), heads.ravel())],
-                hovertext=[hover[l][h] for l, h in zip(layers.ravel(), heads.ravel())], hoverinfo="text",
-                selected=dict(marker=dict(color="rgba(0,0,0,0)")), unselected=dict(marker=dict(opacity=0)),
-            ),
-            row=1, col=c,
-        )
-        fig.update_xaxes(title_text="head", tickmode="linear", dtick=1, row=1, col=c)
-    fig.update_yaxes(title_text="layer", tickmode="linear", dtick=1, autorange="reversed", row=1, col=1)
-    fig.update_yaxes(autorange="reversed")
-    n_layers = next(iter(grids.values()))["value"].shape[0] if grids else 4
-    return base_layout(fig, title, height=140 + 48 * n_layers)
+        fig.add_trace(go.Scatter(
+            x=heads.ravel(), y=layers.ravel(), mode="markers", name=f"{checkpoint} {stream} heads", showlegend=False,
+            marker=dict(size=30, color="rgba(0,0,0,0)", symbol="square"),
+            customdata=[[checkpoint, int(l), stream, int(h)] for l, h in zip(layers.ravel(), heads.ravel())],
+            hovertext=[hover[l][h] for l, h in zip(layers.ravel(), heads.ravel())], hoverinfo="text",
+            selected=dict(marker=dict(color="rgba(0,0,0,0)")), unselected=dict(marker=dict(opacity=0)),
+        ), row=row, col=col)
+        fig.update_xaxes(title_text="head" if row == n_rows else None, tickmode="linear", dtick=1,
+                         range=[-0.5, n_heads - 0.5], row=row, col=col)
+        fig.update_yaxes(title_text="layer" if col == 1 else None, tickmode="linear", dtick=1,
+                         range=[n_layers - 0.5, -0.5], row=row, col=col)
+    scale = "RdBu" if diverging else "Viridis"
+    fig.update_layout(coloraxis=dict(colorscale=scale, reversescale=diverging, cmin=zmin, cmax=zmax,
+                                     colorbar=dict(title=dict(text=value_name, side="right"), thickness=12)))
+    return base_layout(fig, title, height=90 + n_rows * (60 + 44 * n_layers))
 
 
 def head_scatter(
@@ -134,19 +134,13 @@ def head_scatter(
                 cx, cy = float(np.nanmean(sel[f"{x}_chance"])), float(np.nanmean(sel[f"{y}_chance"]))
                 if np.isfinite(cx) and np.isfinite(cy):
                     fig.add_trace(go.Scatter(
-                        x=[cx], y=[cy], mode="markers", name=f"chance ({name})", legendgroup=name, showlegend=False,
+                        x=[cx], y=[cy], mode="markers", name=f"chance ({name})", legendgroup=name, showlegend=True,
                         marker=dict(size=14, symbol="x-thin-open", line=dict(width=2, color=STREAM_COLOURS.get(stream, "#555"))),
                         hovertext=[f"chance ({name}): uniform attention<br>{x_title}: {cx:.3f}<br>{y_title}: {cy:.3f}"],
                         hoverinfo="text",
                     ))
     if selected is not None:
-        sel = points[(points["checkpoint"] == selected[0]) & (points["layer"] == selected[1])
-                     & (points["stream"] == selected[2]) & (points["head"] == selected[3])]
-        if not sel.empty:
-            fig.add_trace(go.Scatter(
-                x=sel[x], y=sel[y], mode="markers", name="selected head", hoverinfo="skip",
-                marker=dict(size=22, symbol="circle-open", color="#e7298a", line=dict(width=3, color="#e7298a")),
-            ))
+        fig.add_trace(selected_ring(points, x, y, selected))
 
     def top(column: str) -> float:  # axis ranges from the heads (and chance), not from the diagonal
         cols = [c for c in (column, f"{column}_chance") if c in points]
@@ -163,8 +157,25 @@ def head_scatter(
                                  line=dict(dash="dot", color="#999", width=1), hoverinfo="skip"))
     fig.update_xaxes(title_text=x_title, range=[0, top(x)] if len(points) else None)
     fig.update_yaxes(title_text=y_title, range=[0, top(y)] if len(points) else None)
-    return base_layout(fig, title, height=480, legend=dict(orientation="v", x=1.02, y=1), clickmode="event+select",
-                       dragmode="select", shapes=shapes)
+    # No dragmode here: Streamlit turns a click into a selection only when the drag mode is not
+    # select / lasso (it sets clickmode "event" then), so box select stays a toolbar button.
+    return base_layout(fig, title, height=480, legend=dict(orientation="v", x=1.02, y=1), shapes=shapes)
+
+
+def selected_ring(points: pd.DataFrame, x: str, y: str, selected: tuple[str, int, str, int]) -> go.Scatter:
+    """The ring that marks the selected (checkpoint, layer, stream, head) on `head_scatter` (no
+    point when it is not among `points`)."""
+    sel = points[(points["checkpoint"] == selected[0]) & (points["layer"] == selected[1])
+                 & (points["stream"] == selected[2]) & (points["head"] == selected[3])]
+    return go.Scatter(x=sel[x], y=sel[y], mode="markers", name="selected head", hoverinfo="skip",
+                      marker=dict(size=22, symbol="circle-open", color="#e7298a", line=dict(width=3, color="#e7298a")))
+
+
+def with_selected(fig: go.Figure, points: pd.DataFrame, x: str, y: str, selected: tuple[str, int, str, int] | None) -> go.Figure:
+    """A new figure: `fig` (a `head_scatter` drawn once, e.g. cached) with the selected head ringed."""
+    if selected is None:
+        return fig
+    return go.Figure(data=[*fig.data, selected_ring(points, x, y, selected)], layout=fig.layout)
 
 
 def histogram_figure(frames: Mapping[str, pd.DataFrame], *, title: str, x_titles: Mapping[str, str]) -> go.Figure:
@@ -182,12 +193,13 @@ def histogram_figure(frames: Mapping[str, pd.DataFrame], *, title: str, x_titles
         ), row=1, col=c)
         fig.add_trace(go.Scatter(
             x=frame["label"], y=frame["chance"], name="chance (uniform)", mode="markers", showlegend=c == 1, legendgroup="chance",
-            marker=dict(symbol="line-ew-open", size=18, line=dict(width=2.5, color="#d62728")),
+            marker=dict(symbol="line-ew-open", size=18, color="#d62728", line=dict(width=2.5, color="#d62728")),
             hovertemplate=f"{name}<br>bin %{{x}}<br>chance %{{y:.3f}}<extra></extra>",
         ), row=1, col=c)
         fig.update_xaxes(title_text=x_titles.get(name, "bin"), type="category", row=1, col=c)
     fig.update_yaxes(title_text="mass per row", rangemode="tozero", row=1, col=1)
-    return base_layout(fig, title, height=360, legend=dict(orientation="h", y=-0.3, x=0), margin=dict(l=60, r=20, t=80, b=90))
+    return base_layout(fig, title, height=380, legend=dict(orientation="h", y=1.0, yanchor="bottom", x=1, xanchor="right"),
+                       margin=dict(l=60, r=20, t=100, b=60))
 
 
 def bucket_label(start: int) -> str:
@@ -202,7 +214,7 @@ def by_step_figure(frame: pd.DataFrame, *, title: str, names: Mapping[str, str] 
     one line per metric with its CI band and chance dashed."""
     names = dict(names or {})
     colours = {"S_only": PART_COLOURS["S only"], "R_only": PART_COLOURS["R only"], "both": PART_COLOURS["both"],
-               "neither": PART_COLOURS["neither"], "index": "#222", "sink": PART_COLOURS["null key"]}
+               "neither": PART_COLOURS["neither"], "index": "#222222", "sink": SINK_COLOUR}
     fig = go.Figure()
     for metric, rows in frame.groupby("metric", sort=False):
         rows = rows.sort_values("x")
@@ -219,6 +231,9 @@ def by_step_figure(frame: pd.DataFrame, *, title: str, names: Mapping[str, str] 
                 line=dict(color=colour, dash="dot", width=1), showlegend=False,
                 hovertemplate=f"chance of {names.get(metric, metric)}: %{{y:.3f}}<extra></extra>",
             ))
+    if len(frame) and np.isfinite(frame["chance"].to_numpy(float)).any():  # one legend entry for every dotted chance line
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="chance (uniform attention), dotted",
+                                 line=dict(color="#666", dash="dot", width=1), hoverinfo="skip"))
     fig.update_xaxes(title_text="row's step bucket (keys it sees)", type="category")
     fig.update_yaxes(title_text="value")
     return base_layout(fig, title, height=340, legend=dict(orientation="h", y=-0.3))

@@ -84,8 +84,10 @@ def effect_bars(
     fig.add_vline(x=0, line=dict(color="#444", width=1))
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(autorange="reversed", type="category")
-    return base_layout(fig, title, height=120 + 28 * len(frame), barmode="group",
-                       legend=dict(orientation="h", y=1.08, x=1, xanchor="right"))
+    # The legend sits below the x axis title, where no bar can be (above, it covered the top bar).
+    return base_layout(fig, title, height=170 + 28 * len(frame), barmode="group",
+                       legend=dict(orientation="h", y=0.01, yanchor="bottom", yref="container", x=0),
+                       margin=dict(l=60, r=20, t=60 if title else 30, b=100))
 
 
 def divergence_figure(frame: pd.DataFrame, *, title: str = "How often 'near the target' is also 'recent'",

@@ -212,9 +212,11 @@ def prediction_bars(tokens: Sequence[str], probabilities: Sequence[float], true:
 def nll_steps_figure(bits_by_step: np.ndarray, *, step: int | None = None, title: str = "") -> go.Figure:
     """NLL (bits) of the token generated at each step (the current step marked, if given)."""
     steps = np.arange(len(bits_by_step))
-    fig = go.Figure(go.Scatter(x=steps, y=bits_by_step, mode="lines", name="bits", line=dict(color="#3b6ea5", width=1),
+    # Markers too on short texts: a line through one point draws nothing.
+    fig = go.Figure(go.Scatter(x=steps, y=bits_by_step, mode="lines+markers" if len(steps) <= 32 else "lines", name="bits",
+                               line=dict(color="#3b6ea5", width=1), marker=dict(size=6),
                                hovertemplate="step %{x}<br>%{y:.2f} bits<extra></extra>"))
-    fig.update_xaxes(title_text="generation step")
+    fig.update_xaxes(title_text="generation step", range=[-0.5, max(len(steps) - 0.5, 0.5)] if len(steps) <= 2 else None)
     fig.update_yaxes(title_text="NLL (bits)", rangemode="tozero")
     return base_layout(fig, title, height=220, showlegend=False, margin=dict(l=60, r=20, t=40, b=40),
                        shapes=[] if step is None else

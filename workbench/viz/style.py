@@ -13,6 +13,7 @@ PART_COLOURS = {
     "neither": "#b0b0b0",
     "null key": "#333333",
 }
+SINK_COLOUR = "#8c564b"  # null-key (sink) mass in line charts, apart from the black index line
 TARGET_COLOUR = "#e7298a"
 OWN_COLOUR = "#222222"
 FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
