@@ -190,7 +190,7 @@ def _run(args: argparse.Namespace) -> None:
         results[key] = r
         a, l2r = Estimate(**r["any_order_bits"]), Estimate(**r["left_to_right_bits"])
         print(f"{key:<26} {str(a):>22} {str(l2r):>18} {r['n_windows']:>8} {r['lag1_autocorrelation']['any_order']:>6.2f}"
-              + (f"  ({d.n_replaced} unknown characters replaced)" if d.n_replaced else ""))
+              + (f"  ({d.n_replaced} unknown characters replaced)" if d.n_replaced else ""), flush=True)
     _add_gaps(results, values, {k: m.cfg.variant for k, m in models.items()})
     if args.out:
         out = Path(args.out)

@@ -139,17 +139,11 @@ def summarise(values: WindowValues) -> dict[str, Any]:
     }
 
 
-def evaluate(
-    model: HookedAOModel,
-    windows: Int[Tensor, "window pos"],
-    n_orders: int = 4,
-    seed: int = 0,
-    batch_size: int = 32,
-    n_step_bins: int = 16,
-) -> dict[str, Any]:
+def evaluate(model: HookedAOModel, windows: Int[Tensor, "window pos"], **options: Any) -> dict[str, Any]:
     """Any-order NLL, left-to-right NLL and NLL by fraction revealed, all in bits per token, with
-    blocked 95% intervals over the windows (in text order)."""
-    return summarise(evaluate_windows(model, windows, n_orders, seed, batch_size, n_step_bins))
+    blocked 95% intervals over the windows (in text order): `summarise(evaluate_windows(...))`,
+    `options` as for `evaluate_windows` (n_orders, seed, batch_size, n_step_bins)."""
+    return summarise(evaluate_windows(model, windows, **options))
 
 
 __all__ = ["Estimate", "WindowValues", "evaluate", "evaluate_windows", "per_window_bits", "summarise"]
