@@ -1,7 +1,7 @@
 """Confidence intervals of the workbench: 95% intervals of a mean, for the three kinds of units met.
 
-- **Independent replicates** (`iid_mean`): seeds of a study (one value per seed), sequences drawn
-  independently. Student t with n - 1 degrees of freedom: with 3-5 seeds the normal quantile
+- **Independent replicates** (`iid_mean`): seeds of a study (one value per seed, e.g. each
+  seed's paired gap), sequences drawn independently. Student t with n - 1 degrees of freedom: with 3-5 seeds the normal quantile
   (1.96) would be far too small (t is 4.30 at n = 3, 2.78 at n = 5).
 - **A correlated series** (`blocked_mean`): per-window values of consecutive windows of one text.
   Adjacent windows share topic, speaker and style (lag-1 autocorrelation 0.41 at 128 tokens, 0.64
@@ -11,19 +11,20 @@
   correlation, and the interval is t with n_blocks - 1 degrees of freedom on their spread.
   Default: `DEFAULT_BLOCKS` = 16 blocks (fewer only when there are fewer values). A fixed count,
   not a length, because the correlation lives in the text, not in the windows: 16 blocks of the
-  bundled validation text are ~7,000 characters each at both lengths, far longer than the decay
-  of the correlation measured there (docs/results.md), and 15 degrees of freedom cost little
-  (t = 2.13 against 1.96).
+  bundled validation text are ~7,000 characters each at both lengths. Its correlation reaches
+  further than that (the standard error still grows with 8 or 4 blocks, docs/results.md), so the
+  interval of an absolute NLL is a lower bound on the text-to-text uncertainty; 16 blocks trade
+  that bias against degrees of freedom (t = 2.13 against 1.96 at 15).
 - **Two estimates** of the same quantity on the same windows and orders (`paired_difference`):
   the blocked mean of the per-window difference. Models evaluated on the same windows err
-  together (per-window correlation 0.98 between the bundled models), so the difference is far
-  more precise than the two intervals suggest. Estimates from independent data
+  together (per-window correlation 0.97-0.99 between the bundled models), so the difference is
+  far more precise than the two intervals suggest. Estimates from independent data
   (`difference`, e.g. a gap at 1024 minus the gap at 128): variances add; Welch-Satterthwaite
   degrees of freedom.
 
 Every function returns an `Estimate` (mean, 95% interval, standard error, degrees of freedom, n,
 method), which is what results files store. `mean_and_ci` is the older normal interval of i.i.d.
-values, kept for the probe tables (thousands of units, where t and z agree).
+values, still used by the probe tables (workbench/probing); with few units it is too narrow.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ DEFAULT_BLOCKS = 16
 class Estimate:
     """A mean with its 95% confidence interval: mean ± t(df) * se.
 
-    `n` counts the values behind it (windows, seeds); `method` says which rule made the interval
+    `n` counts the values behind it (windows, seeds; for a difference, the smaller of the two);
+    `method` says which rule made the interval
     ("iid", "blocked", "paired-blocked", "difference"); `n_blocks` is set for blocked ones.
     """
 
