@@ -41,7 +41,9 @@ except app_data.AppInputError as err:
 if table is not None:
     gaps = app_data.nll_gaps(table)
     if len(gaps):
-        parts = [f"{g.variant} − two_stream at {g.length}: **{g.gap:+.3f} ± {g.ci:.3f}**" for g in gaps.itertuples()]
+        parts = [f"{g.variant} − two_stream at {g.length}: **{g.gap:+.3f} ± {g.ci:.3f}**" if g.paired else
+                 f"{g.variant} − two_stream at {g.length}: **{g.gap:+.3f}** (not evaluated on the same windows: no paired interval)"
+                 for g in gaps.itertuples()]
         st.markdown("**NLL.** Gaps in any-order bits/token (95% intervals): " + "; ".join(parts) + ".")
         change = app_data.gap_change(gaps)
         if len(change):
@@ -49,8 +51,9 @@ if table is not None:
                 f"{c.variant}: **{c.change:+.3f} ± {c.ci:.3f}** from {c.frm} to {c.to}" for c in change.rename(columns={"from": "frm"}).itertuples())
                 + ". One model per variant and length (one seed), so these intervals hold the evaluation's noise only, "
                   "not the spread between training runs.")
-        st.caption("The intervals count evaluation windows as independent and combine two models' intervals in "
-                   "quadrature; docs/results.md says how they were made.")
+        st.caption("Gaps are paired (both models on the same windows and orders) with intervals blocked over 16 "
+                   "contiguous stretches of windows; the change with length adds the two lengths' variances "
+                   "(separate windows). docs/results.md says how they were made.")
 takeaways = head_takeaways()
 if takeaways:
     st.markdown("**Heads**, at the committed r and w:\n" + "\n".join(f"- {line}" for line in takeaways))

@@ -140,9 +140,12 @@ def nll_table(path: Path | None = None) -> pd.DataFrame:
     return frame.sort_values(["length", "_v", "checkpoint"]).drop(columns="_v").reset_index(drop=True)
 
 
-def nll_gaps(frame: pd.DataFrame, baseline: str = "two_stream") -> pd.DataFrame:
+def nll_gaps(frame: pd.DataFrame, baseline: str = "two_stream", path: Path | None = None) -> pd.DataFrame:
     """Any-order bits/token of each variant minus `baseline` at the same length, with the 95%
-    half-width of the difference (the two intervals combined in quadrature, as in docs/results.md)."""
+    half-width of the PAIRED difference (`paired_differences` in nll.json: both models on the same
+    windows and orders, blocked over contiguous windows). `paired` is False, and the half-width
+    NaN, where the two were not evaluated on the same windows and orders."""
+    table = _nll_json(path)
     rows = []
     for length, group in frame.groupby("length", sort=True):
         base = group[group["variant"] == baseline]
@@ -152,23 +155,38 @@ def nll_gaps(frame: pd.DataFrame, baseline: str = "two_stream") -> pd.DataFrame:
         for r in group.itertuples(index=False):
             if r.variant == baseline:
                 continue
-            rows.append({"length": int(length), "variant": r.variant, "gap": r.any_order - b.any_order,
-                         "ci": math.hypot(r.any_order_ci, b.any_order_ci)})
-    return pd.DataFrame(rows, columns=["length", "variant", "gap", "ci"])
+            paired = table.get(r.checkpoint, {}).get("paired_differences", {}).get(b.checkpoint, {}).get("any_order_bits")
+            rows.append({"length": int(length), "variant": r.variant, "checkpoint": r.checkpoint, "baseline": b.checkpoint,
+                         "gap": paired["mean"] if paired else r.any_order - b.any_order,
+                         "ci": (paired["ci_high"] - paired["ci_low"]) / 2 if paired else math.nan, "paired": bool(paired)})
+    return pd.DataFrame(rows, columns=["length", "variant", "checkpoint", "baseline", "gap", "ci", "paired"])
 
 
-def gap_change(gaps: pd.DataFrame) -> pd.DataFrame:
+def gap_change(gaps: pd.DataFrame, path: Path | None = None) -> pd.DataFrame:
     """Per variant: the gap to the baseline at the longest length minus that at the shortest, with
-    the 95% half-width of the difference (the two gaps' intervals in quadrature: the lengths are
-    separate models on separate windows). The paper's claim is about this change."""
+    the 95% half-width of that difference (`gap_change_with_length` in nll.json when present: the
+    lengths are separate models on separate windows, so the two paired gaps' variances add, Welch
+    t; else the two half-widths in quadrature). The paper's claim is about this change."""
+    table = _nll_json(path) if "checkpoint" in gaps else {}
     rows = []
     for variant, group in gaps.groupby("variant", sort=False):
         if group["length"].nunique() < 2:
             continue
         short, long_ = group.loc[group["length"].idxmin()], group.loc[group["length"].idxmax()]
+        stored = (table.get(long_["checkpoint"], {}).get("gap_change_with_length", {})
+                  .get(long_["baseline"], {}).get(str(int(short["length"])))) if table else None
+        ci = (stored["ci_high"] - stored["ci_low"]) / 2 if stored else math.hypot(short["ci"], long_["ci"])
         rows.append({"variant": variant, "from": int(short["length"]), "to": int(long_["length"]),
-                     "change": float(long_["gap"] - short["gap"]), "ci": math.hypot(short["ci"], long_["ci"])})
+                     "change": float(long_["gap"] - short["gap"]), "ci": ci})
     return pd.DataFrame(rows, columns=["variant", "from", "to", "change", "ci"])
+
+
+def _nll_json(path: Path | None) -> dict:
+    path = results_dir() / "nll.json" if path is None else Path(path)
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AppInputError(f"{path} is not an NLL table written by `workbench eval --out` ({err!r}).") from err
 
 
 def nll_by_fraction(path: Path | None = None) -> pd.DataFrame:
