@@ -2,7 +2,8 @@
 
 Every stream is causal in slot coordinates (docs/coordinates.md): row i sees keys 0..i. The fast
 path calls fused SDPA; the hooked path materialises `hook_attn_scores` and `hook_pattern`, and is
-taken only when a hook (a cache counts) is attached to one of them. Both give the same output.
+taken whenever anything hooks one of them (a TransformerLens hook, a cache, a plain
+`register_forward_hook`: `hook_sets.is_hooked`). Both give the same output.
 `hook_result` (per-head outputs) is likewise only formed when something hooks it.
 """
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from workbench.components.hook_sets import is_hooked
 from workbench.components.rotary import Rotary
 from workbench.config import AOConfig
 
@@ -73,7 +75,7 @@ class Attention(nn.Module):
         if first_row + n_rows > n_keys:
             raise RuntimeError(f"rows up to slot {first_row + n_rows - 1} need that many keys, got {n_keys}")
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [batch, head, slot, d_head]
-        if hooks.hook_attn_scores.has_hooks() or hooks.hook_pattern.has_hooks():
+        if is_hooked(hooks.hook_attn_scores) or is_hooked(hooks.hook_pattern):
             scores = (qh @ kh.transpose(-1, -2)) * self.scale
             visible = _visible(n_rows, n_keys, first_row, q.device)
             scores = hooks.hook_attn_scores(scores.masked_fill(~visible, float("-inf")))
@@ -87,7 +89,7 @@ class Attention(nn.Module):
             visible = _visible(n_rows, n_keys, first_row, q.device)
             z = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=visible, scale=self.scale)
         z = hooks.hook_z(z.transpose(1, 2))  # [batch, slot, head, d_head]
-        if hooks.hook_result.has_hooks():
+        if is_hooked(hooks.hook_result):
             result = einops.einsum(z, self.W_O, "b s h e, h e d -> b s h d")
             return hooks.hook_result(result).sum(dim=2) + self.b_O
         return einops.einsum(z, self.W_O, "b s h e, h e d -> b s d") + self.b_O
