@@ -59,6 +59,8 @@ def check_tokens(tokens: object, d_vocab: int, n_ctx: int) -> Tensor:
         raise ValueError(
             f"tokens must have shape [batch, pos] or [pos], got {tuple(tokens.shape)}."
         )
+    if tokens.shape[0] == 0:
+        raise ValueError("tokens has a batch of 0 sequences; give at least one sequence.")
     n_pos = tokens.shape[1]
     if n_pos == 0:
         raise ValueError("tokens is empty (0 positions); give at least one token.")
@@ -86,8 +88,17 @@ def check_order(order: object, batch: int, n_pos: int, device: torch.device) -> 
     """
     if order is None:
         return left_to_right(batch, n_pos, device)
+    if isinstance(order, str):
+        raise TypeError(
+            f"order must be None (left to right) or a permutation tensor [batch, step] / [step], got "
+            f"the string {order!r}; for random orders use workbench.orders.random_orders(batch, n_pos, "
+            "generator) (strings like 'random' are for model.generate)."
+        )
     if not isinstance(order, Tensor):
-        order = torch.as_tensor(order)
+        try:
+            order = torch.as_tensor(order)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"order must be None or a permutation tensor, got {type(order).__name__} ({error}).") from None
     if order.is_floating_point() or order.dtype == torch.bool:
         raise TypeError(f"order must hold integer positions, got dtype {order.dtype}.")
     if order.ndim == 1:

@@ -129,7 +129,8 @@ def check_ids(ids: list[int], vocab_size: int, who: str) -> None:
 class ByteTokenizer(Tokenizer):
     """UTF-8 bytes as ids 0..255: encodes any text, needs no corpus.
 
-    Non-ASCII characters take several ids. Decoding uses ``errors="replace"``, so ids that cut
+    Non-ASCII characters take several ids; a lone surrogate (U+D800..U+DFFF, not valid in UTF-8)
+    takes the three bytes of its code point and decodes to U+FFFD. Decoding uses ``errors="replace"``, so ids that cut
     a multi-byte character (e.g. a window edge) decode to U+FFFD instead of failing.
     """
 
@@ -144,7 +145,9 @@ class ByteTokenizer(Tokenizer):
         return 256
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        # surrogatepass: a lone surrogate (which no UTF-8 text holds, but a str may) becomes its
+        # three bytes instead of an error; decoding turns them into U+FFFD.
+        return list(text.encode("utf-8", errors="surrogatepass"))
 
     def decode(self, ids: Iterable[int] | Tensor) -> str:
         id_list = as_id_list(ids)
