@@ -10,7 +10,8 @@ from transformer_lens.head_detector import detect_head
 
 from tests.conftest import VARIANTS, random_batch, tiny_config
 from workbench import from_config, hook_name
-from workbench.stream_view import StreamView, canonical_name, generation_order_detection_pattern, slot_dims
+from workbench.detection import generation_order_detection_pattern
+from workbench.stream_view import StreamView, canonical_name, slot_dims
 
 STREAM_CASES = [(v, s) for v in VARIANTS for s in (("content", "query") if v == "two_stream" else ("main",))]
 
@@ -134,11 +135,10 @@ def test_accumulated_and_decomposed_resid_sum_to_the_final_residual(case):
     accumulated, labels = cache.accumulated_resid(return_labels=True)
     assert labels == [f"{layer}_pre" for layer in range(model.cfg.n_layers)] + ["final_post"]
     torch.testing.assert_close(accumulated[-1], final)
-    decomposed = cache.decompose_resid()
-    total = decomposed.sum(0)
-    if model.cfg.variant == "sigma_gpt":  # no TransformerLens name for the target-position table
-        total = total + cache["hook_target_embed"]
-    torch.testing.assert_close(total, final, atol=1e-5, rtol=0)
+    decomposed, parts = cache.decompose_resid(return_labels=True)
+    if model.cfg.variant == "sigma_gpt":  # the target-position table is a component of its own
+        assert parts[:3] == ["embed", "pos_embed", "target_embed"]
+    torch.testing.assert_close(decomposed.sum(0), final, atol=1e-5, rtol=0)
     if stream != "content":  # logit lens: the last accumulated residual, through ln_final, is the logits
         lens = cache.accumulated_resid(apply_ln=True)[-1] @ view.W_U + view.b_U
         torch.testing.assert_close(lens, logits, atol=1e-4, rtol=0)
@@ -151,8 +151,7 @@ def test_accumulated_and_decomposed_resid_sum_to_the_final_residual(case):
         attrs = cache.logit_attrs(decomposed, tokens=targets)
         centred = final - final.mean(-1, keepdim=True)
         direct = (centred / cache["ln_final.hook_scale"] * view.tokens_to_residual_directions(targets)).sum(-1)
-        if model.cfg.variant != "sigma_gpt":
-            torch.testing.assert_close(attrs.sum(0), direct, atol=1e-4, rtol=0)
+        torch.testing.assert_close(attrs.sum(0), direct, atol=1e-4, rtol=0)
     stacked = cache.stack_activation("pattern")
     assert stacked.shape == (model.cfg.n_layers, 2, model.cfg.n_heads, 9, 9)
 
