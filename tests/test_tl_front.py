@@ -146,6 +146,7 @@ def test_full_decomposition_sums_to_the_residual(variant, stream):
             torch.testing.assert_close(full.sum(0), expected, atol=1e-4, rtol=0)
 
 
+@parity("final LayerNorm on the content stream", "cache.accumulated_resid(apply_ln=True)", "refused on the content view (it never reaches ln_final)", "refused: no logits")
 def test_the_content_view_refuses_the_final_layernorm():
     model = build("two_stream")
     tokens, order = random_batch(model, 1, 6)
@@ -278,6 +279,7 @@ def test_patching_results_as_a_frame_keyed_by_position_and_step(text_model):
     assert list(main.view("main", order).frame(scores, ("layer", "head"), tokens).columns) == ["layer", "head", "value"]
 
 
+@parity("plain torch hooks (nnsight-style)", "hook_point.register_forward_hook(fn)", "fires, patterns formed for it", "works")
 def test_plain_forward_hooks_on_a_view_fire():
     model = build("two_stream")
     tokens, order = random_batch(model, 1, 6)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import random_batch, tiny_config
+from tests.tl_parity import parity
 from workbench import from_config, hook_name
 from workbench.data.tokenizers import ByteTokenizer
 from workbench.decoding import Decoder
@@ -31,6 +32,7 @@ def layer_one_hooks(model):
 
 
 @pytest.mark.parametrize("error", [Boom, KeyboardInterrupt])
+@parity("KV-cached decoding survives a raising hook", "(none)", "Decoder steps roll back; a retry gives the right logits", "ours")
 def test_a_step_that_raises_midway_leaves_the_decoder_as_it_was(tiny_model, error):
     tokens, order = random_batch(tiny_model, 2, 9, seed=3)
     full = tiny_model(tokens, order)
@@ -134,6 +136,7 @@ def test_byte_tokenizer_encodes_a_lone_surrogate():
     assert tok.decode(tok.encode("naïve ☃")) == "naïve ☃"
 
 
+@parity("generate from text", "model.generate('ROMEO:', max_new_tokens=20)", "the same (any order: order='random' by default)", "works")
 def test_generate_from_a_text_prompt(model):
     out = model.generate("ROMEO:", max_new_tokens=5, generator=torch.Generator().manual_seed(0))
     assert isinstance(out, str) and out.startswith("ROMEO:") and len(model.to_tokens(out)[0]) == 11
@@ -141,6 +144,7 @@ def test_generate_from_a_text_prompt(model):
     assert isinstance(batch, list) and [b[:2] for b in batch] == ["ab", "cd"]
 
 
+@parity("sampling options", "generate(do_sample=, temperature=, top_k=, top_p=)", "the same", "works")
 def test_do_sample_false_is_greedy_and_a_tiny_top_p_is_greedy_too(tiny_model):
     template = torch.zeros(2, 10, dtype=torch.long)
     greedy = tiny_model.generate(template, order="left_to_right", temperature=0)
@@ -157,6 +161,7 @@ def test_top_p_samples_only_from_the_nucleus():
     assert set(drawn.tolist()) == {0, 1}  # 0.5 < 0.7 needs the second; 0.8 >= 0.7 stops there
 
 
+@parity("activations while generating", "(none: run_with_cache per step by hand)", "generate(return_cache=True) -> StepCaches, one cache per step", "ours")
 def test_per_step_caches_are_the_full_forwards_rows(tiny_model):
     """Step t's cache holds the row of step t of a full run_with_cache on the generated tokens."""
     tokens, _ = random_batch(tiny_model, 2, 8, seed=9)
@@ -184,3 +189,16 @@ def test_per_step_caches_are_the_full_forwards_rows(tiny_model):
     torch.testing.assert_close(caches.prefill[name], full[name][:, :, :rows, :rows])
     with pytest.raises(IndexError, match="step 2 was not sampled"):
         caches.step(2)
+
+
+@parity("generate on a view", "(none)", "view.generate(...): the view's order, caches under the view's names", "ours")
+def test_a_views_generate_uses_its_order_and_names(tiny_model):
+    stream = tiny_model.logit_stream
+    tokens, order = random_batch(tiny_model, 1, 7, seed=2)
+    view = tiny_model.view(stream, order[0])
+    out, caches = view.generate(tokens, do_sample=False, return_cache=True, names_filter="blocks.1.attn.hook_pattern")
+    assert torch.equal(out, tiny_model.generate(tokens, order=order, do_sample=False))
+    assert torch.equal(caches.order, order)
+    assert set(caches.step(3)) == {"blocks.1.attn.hook_pattern"}
+    _, full = view.run_with_cache(out)
+    torch.testing.assert_close(caches.step(3)["blocks.1.attn.hook_pattern"], full["pattern", 1][:, :, 3:4, :4])

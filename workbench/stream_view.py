@@ -394,6 +394,26 @@ class StreamView(CheckedHookNames, HookedRootModule):
             axis = "key"
         return slot_positions(order, self.stream, axis)[:, :n]
 
+    def generate(self, tokens: Tensor | str | list[str], *args, return_cache: bool = False, names_filter=None, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+        """`model.generate` under the view's order (left to right when `view.order` is None;
+        another `order=` may be given). With return_cache, the per-step caches hold this stream's
+        hooks under the view's names (`names_filter` in view names), in the decoder's shapes."""
+        kwargs.setdefault("order", "left_to_right" if self.order is None else self.order)
+        if not return_cache:
+            return self.model.generate(tokens, *args, **kwargs)
+        if isinstance(names_filter, str):
+            names_filter = [names_filter]
+        for name in names_filter if isinstance(names_filter, list) else ():
+            self.check_hook_name(name)
+        wanted = {m: v for v, m in self.model_names.items() if names_filter is None
+                  or (v in names_filter if isinstance(names_filter, list) else names_filter(v))}
+        if not wanted:
+            self._warn_nothing_matched("names_filter")
+        out, caches = self.model.generate(tokens, *args, return_cache=True, names_filter=list(wanted) or None, **kwargs)
+        rename = lambda cache: {wanted[m]: x for m, x in cache.items() if m in wanted}  # noqa: E731
+        caches.prefill, caches.steps = rename(caches.prefill), [rename(c) for c in caches.steps]
+        return out, caches
+
     def frame(self, values: Tensor, dims: tuple[str, ...], tokens: str | Tensor, value: str = "value"):  # noqa: ANN201
         """A tidy DataFrame of a per-slot result keyed by position and step (workbench.slot_frames)."""
         from workbench.slot_frames import slot_frame
