@@ -9,7 +9,8 @@ Three kinds share one small interface (:class:`Tokenizer`, here, with the JSON r
   library, never fetched from the hub.
 
 None of them adds special tokens: the models' BOS / null key is a learned vector, not a token
-(see docs/coordinates.md), so ``decode(encode(text)) == text`` for every kind.
+(see docs/coordinates.md), so ``decode(encode(text)) == text`` for every kind (for the byte kind,
+text without lone surrogates, which UTF-8 cannot hold).
 
 ``to_json()`` returns a JSON-able dict with a ``"kind"`` field; ``Tokenizer.from_json(d)``
 rebuilds the right class from it, so a checkpoint rebuilds its tokenizer from the file alone.
@@ -130,8 +131,9 @@ class ByteTokenizer(Tokenizer):
     """UTF-8 bytes as ids 0..255: encodes any text, needs no corpus.
 
     Non-ASCII characters take several ids; a lone surrogate (U+D800..U+DFFF, not valid in UTF-8)
-    takes the three bytes of its code point and decodes to U+FFFD. Decoding uses ``errors="replace"``, so ids that cut
-    a multi-byte character (e.g. a window edge) decode to U+FFFD instead of failing.
+    takes the three bytes of its code point and decodes to U+FFFD. Decoding uses
+    ``errors="replace"``, so ids that cut a multi-byte character (e.g. a window edge) decode to
+    U+FFFD instead of failing.
     """
 
     kind: ClassVar[str] = "byte"
