@@ -292,3 +292,9 @@ def test_plain_forward_hooks_on_a_view_fire():
     finally:
         handle.remove()
     torch.testing.assert_close(seen[0], cache["pattern", 1])
+
+
+def test_fold_ln_refuses_the_post_ln_xlnet():
+    model = from_config(tiny_config("xlnet"))
+    with pytest.raises(ValueError, match="fold_ln needs a pre-LN model; xlnet is post-LN"):
+        model.fold_ln()
