@@ -1,4 +1,6 @@
-"""The hook tables of docs/hooks.md, generated from live models so they cannot drift.
+"""The hook tables of docs/hooks.md, generated from live models so they cannot drift, and the
+TransformerLens parity table, generated from the tests that check each row (`@parity` in
+tests/test_tl_*.py and tests/test_stream_view.py, see tests/tl_parity.py).
 
     python scripts/hooks_table.py            # print the tables
     python scripts/hooks_table.py --write    # replace them in docs/hooks.md
@@ -25,6 +27,8 @@ from workbench.stream_view import StreamView  # noqa: E402
 
 DOC = ROOT / "docs" / "hooks.md"
 BEGIN, END = "<!-- hooks-table:begin (scripts/hooks_table.py --write) -->", "<!-- hooks-table:end -->"
+PARITY_BEGIN, PARITY_END = "<!-- parity-table:begin (scripts/hooks_table.py --write) -->", "<!-- parity-table:end -->"
+PARITY_TESTS = [ROOT / "tests" / "test_stream_view.py"] + sorted((ROOT / "tests").glob("test_tl_*.py"))
 VARIANTS = ("two_stream", "decoupled_rope", "sigma_gpt")
 BATCH, N_POS = 2, 5
 SIZES = {BATCH: "batch", 3: "head", 4: "d_head", 16: "d_model", 24: "d_mlp", 1: "1"}
@@ -145,12 +149,37 @@ def tables() -> str:
     return "\n\n".join(variant_table(v) for v in VARIANTS)
 
 
-def replace_block(text: str, block: str) -> str:
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{DOC} has no {BEGIN} ... {END} block.")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{block}\n{END}{tail}"
+def parity_table() -> str:
+    """One row per `@parity` test, in file order (importing the test modules registers them)."""
+    import importlib
+
+    from tests.tl_parity import ROWS
+
+    ROWS.clear()
+    for path in PARITY_TESTS:
+        name = f"tests.{path.stem}"
+        if name in sys.modules:
+            importlib.reload(sys.modules[name])  # registers its rows again after ROWS.clear()
+        else:
+            importlib.import_module(name)
+    lines = ["| feature | TransformerLens | ours | status | test |", "|---|---|---|---|---|"]
+    cell = lambda text: text.replace("|", "\\|")  # noqa: E731
+    for row in ROWS:
+        lines.append(f"| {cell(row.feature)} | `{cell(row.transformer_lens)}` | {cell(row.ours)} | {cell(row.status)} | `{row.test}` |")
+    return "\n".join(lines)
+
+
+def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> str:
+    if begin not in text or end not in text:
+        raise ValueError(f"{DOC} has no {begin} ... {end} block.")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{block}\n{end}{tail}"
+
+
+def updated(text: str) -> str:
+    """docs/hooks.md with both generated blocks replaced."""
+    return replace_block(replace_block(text, tables()), parity_table(), PARITY_BEGIN, PARITY_END)
 
 
 def main() -> int:
@@ -159,18 +188,17 @@ def main() -> int:
     group.add_argument("--write", action="store_true", help="replace the tables in docs/hooks.md")
     group.add_argument("--check", action="store_true", help="exit 1 if docs/hooks.md is out of date")
     args = parser.parse_args()
-    block = tables()
     if not (args.write or args.check):
-        print(block)
+        print(tables() + "\n\n" + parity_table())
         return 0
     text = DOC.read_text()
-    updated = replace_block(text, block)
+    new = updated(text)
     if args.check:
-        if updated != text:
+        if new != text:
             print("docs/hooks.md is out of date: run python scripts/hooks_table.py --write", file=sys.stderr)
             return 1
         return 0
-    DOC.write_text(updated)
+    DOC.write_text(new)
     return 0
 
 

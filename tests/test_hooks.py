@@ -181,3 +181,21 @@ def test_hook_name_helper():
         hook_name("pattern")
     with pytest.raises(ValueError, match="stream must be one of"):
         hook_name("pattern", 0, "contents")
+
+
+@pytest.mark.parametrize("what", ["pattern", "attn_scores", "result"])
+def test_plain_forward_hooks_see_patterns_and_results(tiny_model, what):
+    """A plain torch `register_forward_hook` (nnsight-style tracing) on hook_pattern / hook_attn_scores
+    / hook_result fires with the tensor a TransformerLens cache holds (issue 18 item 7)."""
+    tokens, order = random_batch(tiny_model, 2, 7)
+    stream = tiny_model.stream_names[-1]
+    name = hook_name(what, 1, stream)
+    _, cache = tiny_model.run_with_cache(tokens, order, names_filter=name)
+    seen = []
+    handle = tiny_model.hook_dict[name].register_forward_hook(lambda module, args, out: seen.append(out))
+    try:
+        tiny_model(tokens, order)
+    finally:
+        handle.remove()
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], cache[name])

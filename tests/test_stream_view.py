@@ -9,8 +9,10 @@ from transformer_lens import patching
 from transformer_lens.head_detector import detect_head
 
 from tests.conftest import VARIANTS, random_batch, tiny_config
+from tests.tl_parity import parity
 from workbench import from_config, hook_name
-from workbench.stream_view import StreamView, canonical_name, generation_order_detection_pattern, slot_dims
+from workbench.detection import generation_order_detection_pattern
+from workbench.stream_view import StreamView, canonical_name, slot_dims
 
 STREAM_CASES = [(v, s) for v in VARIANTS for s in (("content", "query") if v == "two_stream" else ("main",))]
 
@@ -70,6 +72,7 @@ def test_unhooked_forward_is_the_model_in_generation_order(case):
     torch.testing.assert_close(StreamView(model, stream)(tokens), model(tokens))
 
 
+@parity("run_with_cache / ActivationCache", "model.run_with_cache(tokens) -> cache['pattern', l]", "view.run_with_cache(tokens): T slots per stream", "works")
 def test_cache_is_the_models_trimmed_to_t_slots(case):
     model, stream = case
     n = 9
@@ -99,6 +102,7 @@ def test_cache_is_the_models_trimmed_to_t_slots(case):
 
 
 @pytest.mark.parametrize("what", ["z", "pattern", "k", "resid_mid"])
+@parity("run_with_hooks edits", "model.run_with_hooks(tokens, fwd_hooks=[(name, fn)])", "the same on a view (bridged to the model's stream)", "works")
 def test_an_edit_through_the_view_is_the_same_edit_on_the_model(case, what):
     model, stream = case
     n = 8
@@ -125,6 +129,7 @@ def test_an_edit_through_the_view_is_the_same_edit_on_the_model(case, what):
 # ---- ActivationCache helpers -------------------------------------------------------------------
 
 
+@parity("residual helpers and logit lens", "accumulated_resid / decompose_resid / logit_lens", "the same on a view cache", "works")
 def test_accumulated_and_decomposed_resid_sum_to_the_final_residual(case):
     model, stream = case
     tokens, order = random_batch(model, 2, 9, seed=4)
@@ -134,11 +139,10 @@ def test_accumulated_and_decomposed_resid_sum_to_the_final_residual(case):
     accumulated, labels = cache.accumulated_resid(return_labels=True)
     assert labels == [f"{layer}_pre" for layer in range(model.cfg.n_layers)] + ["final_post"]
     torch.testing.assert_close(accumulated[-1], final)
-    decomposed = cache.decompose_resid()
-    total = decomposed.sum(0)
-    if model.cfg.variant == "sigma_gpt":  # no TransformerLens name for the target-position table
-        total = total + cache["hook_target_embed"]
-    torch.testing.assert_close(total, final, atol=1e-5, rtol=0)
+    decomposed, parts = cache.decompose_resid(return_labels=True)
+    if model.cfg.variant == "sigma_gpt":  # the target-position table is a component of its own
+        assert parts[:3] == ["embed", "pos_embed", "target_embed"]
+    torch.testing.assert_close(decomposed.sum(0), final, atol=1e-5, rtol=0)
     if stream != "content":  # logit lens: the last accumulated residual, through ln_final, is the logits
         lens = cache.accumulated_resid(apply_ln=True)[-1] @ view.W_U + view.b_U
         torch.testing.assert_close(lens, logits, atol=1e-4, rtol=0)
@@ -151,8 +155,7 @@ def test_accumulated_and_decomposed_resid_sum_to_the_final_residual(case):
         attrs = cache.logit_attrs(decomposed, tokens=targets)
         centred = final - final.mean(-1, keepdim=True)
         direct = (centred / cache["ln_final.hook_scale"] * view.tokens_to_residual_directions(targets)).sum(-1)
-        if model.cfg.variant != "sigma_gpt":
-            torch.testing.assert_close(attrs.sum(0), direct, atol=1e-4, rtol=0)
+        torch.testing.assert_close(attrs.sum(0), direct, atol=1e-4, rtol=0)
     stacked = cache.stack_activation("pattern")
     assert stacked.shape == (model.cfg.n_layers, 2, model.cfg.n_heads, 9, 9)
 
@@ -198,6 +201,7 @@ def hand_patch(model, stream, clean, corrupted, order, act, layer, slot, head, m
     return metric(in_slots(model.run_with_hooks(corrupted, order, fwd_hooks=[(name, patch)]), order))
 
 
+@parity("activation patching", "transformer_lens.patching.get_act_patch_*(model, ...)", "the same functions on a view", "works (pos axis = slots)")
 def test_transformer_lens_patching_matches_a_hand_patch(case):
     model, stream = case
     n = 6
@@ -280,6 +284,7 @@ def hand_detection(rule: str, tokens: list[int], order: list[int], stream: str) 
 
 
 @pytest.mark.parametrize("rule", ["previous_step", "previous_position", "duplicate_token"])
+@parity("head detection", "detect_head(model, tokens, pattern)", "detect_head(view, tokens, view.detection_pattern(rule, tokens))", "works (rules in generation order)")
 def test_detect_head_matches_a_hand_computation(case, rule):
     model, stream = case
     tokens = torch.tensor([[3, 5, 3, 7, 5, 3, 1, 7, 2, 5]])  # repeats for duplicate_token

@@ -5,6 +5,7 @@ Public surface:
     workbench.load(name_or_path), workbench.list_checkpoints()  -- bundled or saved checkpoints
     model(tokens, order=...) -> logits; model.nll(...); model.generate(...); model.run_with_cache(...)
     workbench.hook_name(activation, layer, stream)  -- the hook name of an activation
+    model.view(stream, order)  -- one stream under TransformerLens's names, for its tools
 """
 
 from workbench.checkpoint import list_checkpoints, load

@@ -92,6 +92,18 @@ class AOConfig:
         if problems:
             raise ValueError("Invalid AOConfig: " + "; ".join(problems) + ".")
 
+    def __getattr__(self, name: str) -> Any:
+        """Only for attributes AOConfig lacks: TransformerLens's tools read `cfg.device`,
+        `cfg.normalization_type`, ... off the model; say where they work instead."""
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"AOConfig has no {name!r}: this is the workbench model's own config, not a TransformerLens "
+            "config. TransformerLens tools (patching, head_detector, ActivationCache helpers) run on a "
+            "stream view: view = model.view(stream, order), then pass `view` (its .cfg has device, "
+            "n_params, ...)."
+        )
+
     @property
     def n_rotary(self) -> int:
         return self.d_head if self.rotary_dim is None else self.rotary_dim

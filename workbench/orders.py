@@ -59,6 +59,8 @@ def check_tokens(tokens: object, d_vocab: int, n_ctx: int) -> Tensor:
         raise ValueError(
             f"tokens must have shape [batch, pos] or [pos], got {tuple(tokens.shape)}."
         )
+    if tokens.shape[0] == 0:
+        raise ValueError("tokens has a batch of 0 sequences; give at least one sequence.")
     n_pos = tokens.shape[1]
     if n_pos == 0:
         raise ValueError("tokens is empty (0 positions); give at least one token.")
@@ -86,8 +88,17 @@ def check_order(order: object, batch: int, n_pos: int, device: torch.device) -> 
     """
     if order is None:
         return left_to_right(batch, n_pos, device)
+    if isinstance(order, str):
+        raise TypeError(
+            f"order must be None (left to right) or a permutation tensor [batch, step] / [step], got "
+            f"the string {order!r}; for random orders use workbench.orders.random_orders(batch, n_pos, "
+            "generator) (strings like 'random' are for model.generate)."
+        )
     if not isinstance(order, Tensor):
-        order = torch.as_tensor(order)
+        try:
+            order = torch.as_tensor(order)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"order must be None or a permutation tensor, got {type(order).__name__} ({error}).") from None
     if order.is_floating_point() or order.dtype == torch.bool:
         raise TypeError(f"order must hold integer positions, got dtype {order.dtype}.")
     if order.ndim == 1:
@@ -148,16 +159,22 @@ def slots_to_positions(
     """Move dimension `dim` of `x` from slot to sequence-position coordinates.
 
     The BOS / null slot has no position and is dropped (read it at slot 0 if needed); positions
-    that no slot stands for (the last key of a single stream) are filled with zeros.
+    that no slot stands for (the last key of a single stream) are filled with zeros. A StreamView's
+    tensors are accepted too: a two-stream axis of T+1 slots trimmed to T (the view drops the last
+    slot, whose position then reads zeros).
     """
     slots = slot_positions(order, stream, axis)
     dim = dim % x.ndim
-    if x.shape[dim] != slots.shape[1] or x.shape[0] != slots.shape[0]:
+    n_slots, n_pos = slots.shape[1], order.shape[1]
+    if x.shape[0] == slots.shape[0] and x.shape[dim] == n_pos and n_slots == n_pos + 1:  # view-shaped
+        x = torch.cat([x, x.new_zeros(*x.shape[:dim], 1, *x.shape[dim + 1 :])], dim=dim)
+    if x.shape[dim] != n_slots or x.shape[0] != slots.shape[0]:
+        accepted = f"{n_slots}" + (f" (or {n_pos}, a StreamView's)" if n_slots == n_pos + 1 else "")
         raise ValueError(
             f"x has {x.shape[dim]} slots along dim {dim} and batch {x.shape[0]}, but the "
-            f"{stream} stream's {axis}s have {slots.shape[1]} slots for batch {slots.shape[0]}."
+            f"{stream} stream's {axis}s have {accepted} slots for batch {slots.shape[0]}; "
+            "is dim the slot axis, and the order the one the tensor was made under?"
         )
-    n_pos = order.shape[1]
     if axis == "key" or stream == "content":  # the BOS / null slot is slot 0 (see slot_positions)
         x, slots = x.narrow(dim, 1, x.shape[dim] - 1), slots[:, 1:]
     index = _broadcast_index(slots, x, dim)

@@ -2,7 +2,7 @@
 tools (`ActivationCache` helpers, `transformer_lens.patching`, `transformer_lens.head_detector`)
 run on it unchanged.
 
-    view = StreamView(model, "query", order=order)       # or "content"; "main" for one stream
+    view = model.view("query", order)                    # = StreamView(model, "query", order)
     logits, cache = view.run_with_cache(tokens)          # cache: a transformer_lens.ActivationCache
     cache["pattern", 0]                                  # = blocks.0.query.attn.hook_pattern
     transformer_lens.patching.get_act_patch_resid_pre(view, corrupted, cache, metric)
@@ -29,39 +29,44 @@ What the view is (docs/hooks.md, "TransformerLens interop", has the long version
   stream's last key (the same slot) is visible to no query row: its pattern column is exactly 0.
   Dropping both makes every tensor of the view T long and every pattern square, as
   `detect_head` needs; edits made through the view leave the dropped slot as the model had it.
-- **Weights.** `view.blocks[l].attn.W_O`, `.ln1.w`, `view.W_U`, ... are the model's own
-  (shared between streams), and `view.ln_final(x)` applies the final LayerNorm (query and main
-  streams only: the content stream never reaches the unembedding).
+- **Weights.** `view.blocks[l].attn.W_O`, `.ln1.w`, `view.W_U`, `view.W_Q` (stacked), `view.OV`,
+  ... are the model's own (shared between streams), and `view.ln_final(x)` applies the final
+  LayerNorm (query and main streams only: the content stream never reaches the unembedding).
+  `view.fold_ln()` folds the model's LayerNorms (workbench.models.weights), after which DLA and
+  `logit_attrs` add up to the logits exactly.
+- **Caches** are `ViewCache`s: TransformerLens's ActivationCache, with sigma_gpt's
+  `hook_target_embed` counted as a component in `decompose_resid` / `get_full_resid_decomposition`
+  (so they sum to the residual), and a clear refusal of final-LayerNorm helpers on the content view.
 
-Not covered: `xlnet` (post-LN, so TransformerLens's residual decompositions do not describe it);
-sigma_gpt's `hook_target_embed` has no TransformerLens counterpart, so `decompose_resid` leaves
-it out (add `cache["hook_target_embed"]` to make its sum the residual).
-
-Detection patterns for `detect_head` are built in the same slot coordinates
-(`generation_order_detection_pattern`, `view.detection_pattern`): a position-coordinate rule
-("the key at position p-1") becomes lower triangular once rows and keys are put in generation
-order and keys the row cannot see are dropped.
+Not covered: `xlnet` (post-LN, so TransformerLens's residual decompositions do not describe it).
+Detection patterns for `detect_head`: workbench.detection (`view.detection_pattern`).
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from transformer_lens import ActivationCache, HookedRootModule
+from transformer_lens import HookedRootModule
 from transformer_lens.config import TransformerLensConfig
 from transformer_lens.hook_points import HookPoint
 
+from workbench.components.hook_sets import is_hooked
 from workbench.components.layer_norm import LayerNorm
+from workbench.detection import generation_order_detection_pattern
+from workbench.hook_names import CheckedHookNames
+from workbench.view_cache import ViewCache
 from workbench.models.base import HookedAOModel
 from workbench.orders import check_order, slot_positions
 
 VIEW_VARIANTS = ("two_stream", "decoupled_rope", "sigma_gpt")
-DETECTION_PATTERNS = ("previous_step", "previous_position", "adjacent_position", "duplicate_token", "induction")
-_IDENTITY_HOOKS = SimpleNamespace(hook_scale=lambda t: t, hook_normalized=lambda t: t)
+# What a view reads from the model unchanged (stacked weights, circuits, token helpers).
+_FROM_MODEL = (
+    "W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O", "W_in", "W_out", "b_in", "b_out",
+    "QK", "OV", "W_pos", "to_string", "to_single_token",
+)
 
 
 def canonical_name(model_name: str, stream: str, streams: tuple[str, ...]) -> str | None:
@@ -89,7 +94,7 @@ def slot_dims(name: str) -> tuple[int, ...]:
 def transformer_lens_config(model: HookedAOModel) -> TransformerLensConfig:
     """The TransformerLens config fields its tools read, from the model's AOConfig."""
     c = model.cfg
-    return TransformerLensConfig(
+    cfg = TransformerLensConfig(
         d_model=c.d_model,
         d_head=c.d_head,
         n_layers=c.n_layers,
@@ -105,6 +110,9 @@ def transformer_lens_config(model: HookedAOModel) -> TransformerLensConfig:
         default_prepend_bos=False,  # the BOS / null slot is a learned vector, not a token
         dtype=model.W_E.dtype,
     )
+    # HookedTransformerConfig's count: the attention and MLP weight matrices (no embeddings, biases).
+    cfg.n_params = c.n_layers * (4 * c.d_model * c.d_head * c.n_heads + 2 * c.d_model * c.d_mlp)
+    return cfg
 
 
 class _Mirror(nn.Module):
@@ -129,7 +137,7 @@ class _Mirror(nn.Module):
         target = self.__dict__.get("_target")
         if not isinstance(target, LayerNorm):
             raise TypeError(f"{self.name} is not a LayerNorm; only ln1 / ln2 / ln_final can be applied.")
-        return target(x, _IDENTITY_HOOKS)
+        return target(x)
 
 
 class _Unembed(nn.Module):
@@ -143,7 +151,7 @@ class _Unembed(nn.Module):
         return x @ self._model.W_U + self._model.b_U
 
 
-class StreamView(HookedRootModule):
+class StreamView(CheckedHookNames, HookedRootModule):
     """One stream of `model` under TransformerLens's names, run under a fixed generation order.
 
     `view(tokens)` returns logits [batch, slot, d_vocab] in generation order (row i predicts
@@ -222,12 +230,40 @@ class StreamView(HookedRootModule):
     def b_U(self) -> Tensor:
         return self.model.b_U
 
-    def tokens_to_residual_directions(self, tokens: int | Int[Tensor, "..."]) -> Float[Tensor, "... d_model"]:
+    def tokens_to_residual_directions(self, tokens: int | str | Int[Tensor, "..."]) -> Float[Tensor, "... d_model"]:
         """The unembedding direction of each token (a column of W_U), as TransformerLens's."""
         if self.stream != self.model.logit_stream:
             raise ValueError(f"the {self.stream} stream has no logits; use the {self.model.logit_stream} stream's view.")
-        tokens = torch.as_tensor(tokens, device=self.W_U.device)
-        return self.W_U[:, tokens].movedim(0, -1)
+        return self.model.tokens_to_residual_directions(tokens)
+
+    def __getattr__(self, name: str):
+        if name in _FROM_MODEL:
+            return getattr(self.__dict__["model"], name)
+        return super().__getattr__(name)
+
+    def _name_hint(self, name: str) -> str:
+        if name in self.model.hook_dict:
+            mine = canonical_name(name, self.stream, self.model.stream_names)
+            where = f"in this {self.stream} view it is {mine!r}" if mine else f"it belongs to another stream than {self.stream!r}"
+            return f" That is the model's name; {where} (a view uses TransformerLens's names)."
+        return super()._name_hint(name)
+
+    def fold_ln(self) -> StreamView:
+        """Fold the model's LayerNorms into its weights (`HookedAOModel.fold_ln`); returns the view."""
+        self.model.fold_ln()
+        return self
+
+    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Float[Tensor, " d_model"]:
+        """TransformerLens's: the sum of the attention output biases (and MLP output biases, when
+        `include_mlp_biases`) of the layers before `layer`, plus layer `layer`'s attention bias
+        when `mlp_input` (the input of its MLP). The per-head results leave b_O out, and the
+        neurons b_out, so `get_full_resid_decomposition` adds this to sum to the residual."""
+        bias = torch.zeros(self.cfg.d_model, device=self.W_E.device, dtype=self.W_E.dtype)
+        for i, block in enumerate(self.model.blocks[: layer + 1 if mlp_input else layer]):
+            bias = bias + block.attn.b_O
+            if include_mlp_biases and i < layer:
+                bias = bias + block.mlp.b_out
+        return bias
 
     def _apply(self, *args, **kwargs):  # view.to(...), .cuda(), .half() move the model: the view has no weights
         self.model._apply(*args, **kwargs)
@@ -245,15 +281,16 @@ class StreamView(HookedRootModule):
             return text if text.ndim == 2 else text.unsqueeze(0)
         return self.model.to_tokens(text)
 
-    def to_str_tokens(self, tokens: str | Tensor) -> list[str]:
-        """One string per token of one sequence, in sequence-position order."""
+    def to_str_tokens(self, tokens: str | Tensor, axis: Literal["slot", "pos"] = "slot") -> list[str]:
+        """One string per slot of the view (axis "slot", the default: the labels of every view
+        tensor's T long axis, "<BOS>" first, then the tokens in the order generated; query rows,
+        which hold no token, get their latest key's label, as TransformerLens labels a row by its
+        own token), or per position in sequence order (axis "pos")."""
+        if axis == "pos":
+            return self.model.to_str_tokens(tokens)
         tokens = self.to_tokens(tokens)
-        if tokens.shape[0] != 1:
-            raise ValueError(f"to_str_tokens takes one sequence, got a batch of {tokens.shape[0]}.")
-        return [self.model.to_string(t[None]) for t in tokens[0]]
-
-    def to_string(self, tokens: Tensor) -> str | list[str]:
-        return self.model.to_string(tokens)
+        labels = self.model.to_str_tokens(tokens, axis="slot", order=self.order_for(tokens[:1]), stream="content" if self.stream == "query" else self.stream)
+        return labels[: tokens.shape[1]]
 
     # ---- running ------------------------------------------------------------------------------
 
@@ -268,16 +305,12 @@ class StreamView(HookedRootModule):
         order: Int[Tensor, "batch step"] | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Logits [batch, slot, d_vocab] in generation order under `order` (default `view.order`)."""
-        tokens = self.to_tokens(tokens)
-        if order is None:
-            tokens, order = self.model.check_inputs(tokens, self.order)
-        else:
-            tokens, order = self.model.check_inputs(tokens, order)
+        tokens, order = self.model.check_inputs(self.to_tokens(tokens), self.order if order is None else order)
         self._n_pos = tokens.shape[1]
         bridges = [
             (self.model_names[name], self._bridge(name, hook_point))
             for name, hook_point in self.hook_dict.items()
-            if hook_point.has_hooks()
+            if is_hooked(hook_point)
         ]
         with self.model.hooks(fwd_hooks=bridges):
             out = self.model(tokens, order, return_type=return_type)
@@ -311,12 +344,15 @@ class StreamView(HookedRootModule):
 
         return bridge
 
-    def run_with_cache(self, *args, remove_batch_dim: bool = False, **kwargs) -> tuple[Tensor, ActivationCache]:
-        """As TransformerLens's: (logits, ActivationCache) with this view's names and shapes."""
+    def run_with_cache(
+        self, *args, remove_batch_dim: bool = False, return_cache_object: bool = True, **kwargs
+    ) -> tuple[Tensor, ViewCache | dict[str, Tensor]]:  # noqa: ANN002, ANN003
+        """As TransformerLens's: (logits, ViewCache) with this view's names and shapes (a plain
+        dict with return_cache_object=False)."""
         out, cache_dict = super().run_with_cache(*args, remove_batch_dim=remove_batch_dim, **kwargs)
-        return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+        return out, ViewCache(cache_dict, self, has_batch_dim=not remove_batch_dim) if return_cache_object else cache_dict
 
-    def cache_from(self, model_cache: dict[str, Tensor], has_batch_dim: bool = True) -> ActivationCache:
+    def cache_from(self, model_cache: dict[str, Tensor], has_batch_dim: bool = True) -> ViewCache:
         """This stream's part of a cache of the *model* (`model.run_with_cache`), renamed and
         trimmed like the view's own: one model run serves a view of each stream. Needs
         `hook_order` in the cache (for the number of tokens)."""
@@ -333,7 +369,7 @@ class StreamView(HookedRootModule):
                 if x.shape[d - shift] == n + 1:
                     x = x.narrow(d - shift, 0, n)
             out[name] = x
-        return ActivationCache(out, self, has_batch_dim=has_batch_dim)
+        return ViewCache(out, self, has_batch_dim=has_batch_dim)
 
     # ---- coordinates ------------------------------------------------------------------------
 
@@ -358,6 +394,32 @@ class StreamView(HookedRootModule):
             axis = "key"
         return slot_positions(order, self.stream, axis)[:, :n]
 
+    def generate(self, tokens: Tensor | str | list[str], *args, return_cache: bool = False, names_filter=None, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+        """`model.generate` under the view's order (left to right when `view.order` is None;
+        another `order=` may be given). With return_cache, the per-step caches hold this stream's
+        hooks under the view's names (`names_filter` in view names), in the decoder's shapes."""
+        kwargs.setdefault("order", "left_to_right" if self.order is None else self.order)
+        if not return_cache:
+            return self.model.generate(tokens, *args, **kwargs)
+        if isinstance(names_filter, str):
+            names_filter = [names_filter]
+        for name in names_filter if isinstance(names_filter, list) else ():
+            self.check_hook_name(name)
+        wanted = {m: v for v, m in self.model_names.items() if names_filter is None
+                  or (v in names_filter if isinstance(names_filter, list) else names_filter(v))}
+        if not wanted:
+            self._warn_nothing_matched("names_filter")
+        out, caches = self.model.generate(tokens, *args, return_cache=True, names_filter=list(wanted) or None, **kwargs)
+        rename = lambda cache: {wanted[m]: x for m, x in cache.items() if m in wanted}  # noqa: E731
+        caches.prefill, caches.steps = rename(caches.prefill), [rename(c) for c in caches.steps]
+        return out, caches
+
+    def frame(self, values: Tensor, dims: tuple[str, ...], tokens: str | Tensor, value: str = "value"):  # noqa: ANN201
+        """A tidy DataFrame of a per-slot result keyed by position and step (workbench.slot_frames)."""
+        from workbench.slot_frames import slot_frame
+
+        return slot_frame(values, dims, self, tokens, value)
+
     def detection_pattern(
         self, name: str | Float[Tensor, "pos pos"], tokens: Int[Tensor, "1 pos"] | Int[Tensor, " pos"]
     ) -> Float[Tensor, "slot key"]:
@@ -368,63 +430,3 @@ class StreamView(HookedRootModule):
             raise ValueError(f"detect_head takes one sequence at a time, got a batch of {tokens.shape[0]}.")
         pattern = generation_order_detection_pattern(name, tokens, self.order_for(tokens), self.stream)
         return pattern[0]
-
-
-# ---- detection patterns in generation order --------------------------------------------------
-
-
-def position_detection_pattern(name: str, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos pos"]:
-    """Rule `name` in sequence-position coordinates: entry [p, q] = 1 when a row whose reference
-    position is p should attend to the key at position q (no causality: any-order rows may see
-    keys on both sides)."""
-    batch, n = tokens.shape
-    p = torch.arange(n, device=tokens.device)[:, None]
-    q = torch.arange(n, device=tokens.device)[None, :]
-    if name == "previous_position":
-        rule = (q == p - 1).expand(batch, n, n)
-    elif name == "adjacent_position":
-        rule = ((q - p).abs() == 1).expand(batch, n, n)
-    elif name == "duplicate_token":  # the same token elsewhere
-        rule = (tokens[:, :, None] == tokens[:, None, :]) & (p != q)
-    elif name == "induction":  # the token after an earlier (in position) occurrence of the row's token
-        prev = torch.cat([torch.full_like(tokens[:, :1], -1), tokens[:, :-1]], dim=1)  # token at q-1
-        rule = (tokens[:, :, None] == prev[:, None, :]) & (q - 1 != p) & (q >= 1)
-    else:
-        raise ValueError(f"unknown position rule {name!r}; use one of {DETECTION_PATTERNS[1:]}.")
-    return rule.float()
-
-
-def generation_order_detection_pattern(
-    name: str | Float[Tensor, "pos pos"] | Float[Tensor, "batch pos pos"],
-    tokens: Int[Tensor, "batch pos"],
-    order: Int[Tensor, "batch step"],
-    stream: str,
-) -> Float[Tensor, "batch slot key"]:
-    """A detection pattern in a stream view's [slot, key] coordinates (T x T, lower triangular).
-
-    - "previous_step": the key generated one step before the row's own token (content / main:
-      key i-1 of row i >= 2), or, for query rows, the most recently generated key (key i of row
-      i >= 1): recency 1 in the probe contract. TransformerLens's own "previous_token_head"
-      (key i-1 of every row i >= 1) equals this for content / main apart from row 1, where it
-      points at the null key; on a query view it means recency 2.
-    - a position rule (`position_detection_pattern` names, or a [pos, pos] tensor): entry
-      [i, j] = rule[ref(i), pos(j)] for visible keys j <= i, j >= 1, where ref(i) is the row's
-      reference position (content: held; query / main: predicted) and pos(j) the key's position.
-      For a query row "duplicate_token" thus marks earlier copies of the token it must predict.
-    """
-    n = tokens.shape[1]
-    slots = torch.arange(n, device=tokens.device)
-    visible = slots[None, :] <= slots[:, None]  # [slot, key]
-    if isinstance(name, str) and name == "previous_step":
-        offset = 0 if stream == "query" else 1
-        rule = (slots[None, :] == slots[:, None] - offset) & (slots[None, :] >= 1)
-        return rule.float().expand(tokens.shape[0], n, n).clone()
-    rule = position_detection_pattern(name, tokens) if isinstance(name, str) else name.float()
-    if rule.ndim == 2:
-        rule = rule.expand(tokens.shape[0], n, n)
-    row_pos = slot_positions(order, stream, "row")[:, :n]  # [batch, slot]
-    key_pos = slot_positions(order, stream, "key")[:, :n]
-    picked = rule.gather(1, row_pos.clamp(min=0)[:, :, None].expand(-1, -1, n))  # rows by reference position
-    picked = picked.gather(2, key_pos.clamp(min=0)[:, None, :].expand(-1, n, -1))  # keys by their position
-    keep = visible & (row_pos[:, :, None] >= 0) & (key_pos[:, None, :] >= 0)
-    return picked * keep

@@ -2,7 +2,8 @@
 
 Every stream is causal in slot coordinates (docs/coordinates.md): row i sees keys 0..i. The fast
 path calls fused SDPA; the hooked path materialises `hook_attn_scores` and `hook_pattern`, and is
-taken only when a hook (a cache counts) is attached to one of them. Both give the same output.
+taken whenever anything hooks one of them (a TransformerLens hook, a cache, a plain
+`register_forward_hook`: `hook_sets.is_hooked`). Both give the same output.
 A non-finite key or value reaches exactly the rows that can see it (as NaN in that head's output),
 never an earlier row: `zero_non_finite`.
 `hook_result` (per-head outputs) is likewise only formed when something hooks it.
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from workbench.components.hook_sets import is_hooked
 from workbench.components.rotary import Rotary
 from workbench.config import AOConfig
 
@@ -78,7 +80,7 @@ class Attention(nn.Module):
         k, v, bad = zero_non_finite(k, v)
         sees_bad = bad.cumsum(dim=1)[:, first_row : first_row + n_rows] > 0  # [batch, slot, head]
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [batch, head, slot, d_head]
-        if hooks.hook_attn_scores.has_hooks() or hooks.hook_pattern.has_hooks():
+        if is_hooked(hooks.hook_attn_scores) or is_hooked(hooks.hook_pattern):
             # The raw keys: masked_fill replaces a masked NaN score exactly, and a row that sees a
             # non-finite key shows it in its pattern.
             scores = (qh @ k_raw.transpose(1, 2).transpose(-1, -2)) * self.scale
@@ -98,7 +100,7 @@ class Attention(nn.Module):
             z = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=visible, scale=self.scale)
         z = poison_rows(z.transpose(1, 2), sees_bad)
         z = hooks.hook_z(z)  # [batch, slot, head, d_head]
-        if hooks.hook_result.has_hooks():
+        if is_hooked(hooks.hook_result):
             result = einops.einsum(z, self.W_O, "b s h e, h e d -> b s h d")
             return hooks.hook_result(result).sum(dim=2) + self.b_O
         return einops.einsum(z, self.W_O, "b s h e, h e d -> b s d") + self.b_O

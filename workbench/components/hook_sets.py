@@ -10,6 +10,7 @@ names (`blocks.{l}.attn.hook_pattern`).
 from __future__ import annotations
 
 from torch import nn
+from torch.nn.modules import module as torch_module
 from transformer_lens.hook_points import HookPoint
 
 LN_HOOKS = ("hook_scale", "hook_normalized")
@@ -32,6 +33,23 @@ RESID_HOOKS = (
     "hook_mlp_out",
     "hook_resid_post",
 )
+
+
+def is_hooked(hook_point: HookPoint) -> bool:
+    """Whether anything will see `hook_point`'s tensor: a TransformerLens hook (a cache counts), a
+    plain `register_forward_hook` / pre-hook / backward hook on it, or a global module hook.
+
+    Reads only the module's hook dicts (no tensor), so it costs nothing on the unhooked path and
+    torch.compile guards on it like on any module attribute."""
+    return bool(
+        hook_point._forward_hooks
+        or hook_point._forward_pre_hooks
+        or hook_point._backward_hooks
+        or hook_point._backward_pre_hooks
+        or torch_module._global_forward_hooks
+        or torch_module._global_forward_pre_hooks
+        or torch_module._global_backward_hooks
+    )
 
 
 def add_hook_points(module: nn.Module, names: tuple[str, ...]) -> None:

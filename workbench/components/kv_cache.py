@@ -4,10 +4,16 @@ Slots are appended in generation order, so the cache of an any-order model is an
 append-only cache: each step adds one slot. Keys are kept both unrotated and rotated (with the
 position of each key), so that a hook on the two-stream query stream's own `hook_k` sees and edits
 the same tensor as in a full forward.
+
+Extending never writes into an existing tensor (`torch.cat` makes new ones), so `rollback_on_error`
+restores a cache to its state before a step by keeping the old references: a step that raises
+(a hook, Ctrl-C, a bad input found late) leaves the cache as it was.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -47,3 +53,16 @@ class KVCache:
         """Record the positions of new key slots; returns all key positions."""
         self.key_pos = _cat(self.key_pos, pos)
         return self.key_pos
+
+    @contextmanager
+    def rollback_on_error(self) -> Iterator[None]:
+        """Run a step; if it raises (any exception, KeyboardInterrupt too), put every field of the
+        cache and of its layers back as it was before, then re-raise."""
+        saved = dict(vars(self)), [dict(vars(layer)) for layer in self.layers]
+        try:
+            yield
+        except BaseException:
+            vars(self).update(saved[0])
+            for layer, fields in zip(self.layers, saved[1]):
+                vars(layer).update(fields)
+            raise

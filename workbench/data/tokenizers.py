@@ -9,7 +9,8 @@ Three kinds share one small interface (:class:`Tokenizer`, here, with the JSON r
   library, never fetched from the hub.
 
 None of them adds special tokens: the models' BOS / null key is a learned vector, not a token
-(see docs/coordinates.md), so ``decode(encode(text)) == text`` for every kind.
+(see docs/coordinates.md), so ``decode(encode(text)) == text`` for every kind (for the byte kind,
+text without lone surrogates, which UTF-8 cannot hold).
 
 ``to_json()`` returns a JSON-able dict with a ``"kind"`` field; ``Tokenizer.from_json(d)``
 rebuilds the right class from it, so a checkpoint rebuilds its tokenizer from the file alone.
@@ -129,8 +130,10 @@ def check_ids(ids: list[int], vocab_size: int, who: str) -> None:
 class ByteTokenizer(Tokenizer):
     """UTF-8 bytes as ids 0..255: encodes any text, needs no corpus.
 
-    Non-ASCII characters take several ids. Decoding uses ``errors="replace"``, so ids that cut
-    a multi-byte character (e.g. a window edge) decode to U+FFFD instead of failing.
+    Non-ASCII characters take several ids; a lone surrogate (U+D800..U+DFFF, not valid in UTF-8)
+    takes the three bytes of its code point and decodes to U+FFFD. Decoding uses
+    ``errors="replace"``, so ids that cut a multi-byte character (e.g. a window edge) decode to
+    U+FFFD instead of failing.
     """
 
     kind: ClassVar[str] = "byte"
@@ -144,7 +147,9 @@ class ByteTokenizer(Tokenizer):
         return 256
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        # surrogatepass: a lone surrogate (which no UTF-8 text holds, but a str may) becomes its
+        # three bytes instead of an error; decoding turns them into U+FFFD.
+        return list(text.encode("utf-8", errors="surrogatepass"))
 
     def decode(self, ids: Iterable[int] | Tensor) -> str:
         id_list = as_id_list(ids)

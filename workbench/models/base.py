@@ -6,6 +6,7 @@ A variant subclass says how slots are fed (`_forward_slots`) and how one decodin
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import TYPE_CHECKING, Literal
 
@@ -21,13 +22,35 @@ from workbench.components.kv_cache import KVCache
 from workbench.components.layer_norm import LayerNorm
 from workbench.components.rotary import Rotary
 from workbench.config import AOConfig
-from workbench.orders import check_order, check_tokens, slots_to_positions, to_device
+from workbench.hook_names import CheckedHookNames
+from workbench.models.weights import WeightsMixin
+from workbench.orders import check_order, check_tokens, slot_positions, slots_to_positions, to_device
 
 if TYPE_CHECKING:
     from workbench.data.tokenizers import Tokenizer
+    from workbench.stream_view import StreamView
+
+BOS_LABEL = "<BOS>"
+"""How `to_str_tokens(..., axis="slot")` labels the BOS / null slot (it holds no token)."""
 
 
-class HookedAOModel(HookedRootModule):
+class ModelCache(dict):
+    """A model's activation cache: a dict of hook name -> tensor whose missing keys say how to
+    spell them (TransformerLens's `cache["pattern", 0]` is a StreamView cache's)."""
+
+    def __missing__(self, key: object):
+        if isinstance(key, tuple):
+            raise KeyError(
+                f"a model cache is keyed by full hook names, e.g. hook_name('pattern', 0, stream) -> "
+                f"'blocks.0...attn.hook_pattern'; TransformerLens's cache[{key!r}] works on a stream view's "
+                "cache: model.view(stream, order).run_with_cache(tokens)."
+            ) from None
+        close = difflib.get_close_matches(str(key), list(self), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise KeyError(f"{key!r} is not in this cache ({len(self)} hooks cached).{hint}") from None
+
+
+class HookedAOModel(CheckedHookNames, WeightsMixin, HookedRootModule):
     """Base class of the hooked any-order autoregressive models.
 
     `model(tokens, order)` returns logits in sequence-position coordinates: `logits[b, p]` is the
@@ -105,10 +128,34 @@ class HookedAOModel(HookedRootModule):
         tokens = to_device(check_tokens(tokens, self.cfg.d_vocab, self.cfg.n_ctx), self.W_E.device)
         return tokens, check_order(order, tokens.shape[0], tokens.shape[1], tokens.device)
 
-    def to_tokens(self, text: str | list[str]) -> Int[Tensor, "batch pos"]:
-        """Token ids for `text` (a list of equal-length texts gives a batch)."""
+    def to_tokens(
+        self,
+        text: str | list[str] | Tensor,
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+    ) -> Int[Tensor, "batch pos"]:
+        """Token ids [batch, pos] for `text` (a list of equal-length texts gives a batch); a tensor
+        of ids is checked and passes through (as TransformerLens's tools expect).
+
+        prepend_bos: only False / None: the BOS / null slot is a learned vector the model adds
+        itself, not a token. padding_side: only None: there is no pad token (batch texts of equal
+        token length)."""
+        if prepend_bos:
+            raise ValueError(
+                "prepend_bos=True: there is no BOS token to prepend; the model adds its BOS / null slot "
+                "(a learned vector) itself. Use prepend_bos=False or leave it None."
+            )
+        if padding_side is not None:
+            raise ValueError(
+                f"padding_side={padding_side!r}: the models have no pad token, so batches are never padded; "
+                "batch texts of equal token length (or tokenise them one by one)."
+            )
+        if isinstance(text, Tensor):
+            return self.check_inputs(text, None)[0]
+        if not isinstance(text, (str, list)) or (isinstance(text, list) and not all(isinstance(t, str) for t in text)):
+            raise TypeError(f"to_tokens takes a str, a list of str, or a tensor of token ids; got {type(text).__name__}.")
         tokenizer = self._need_tokenizer()
-        texts = [text] if isinstance(text, str) else list(text)
+        texts = [text] if isinstance(text, str) else text
         ids = [tokenizer.encode(t) for t in texts]
         if len({len(i) for i in ids}) > 1:
             raise ValueError(
@@ -123,6 +170,88 @@ class HookedAOModel(HookedRootModule):
         if tokens.ndim == 1:
             return tokenizer.decode(tokens.tolist())
         return [tokenizer.decode(row.tolist()) for row in tokens]
+
+    def to_str_tokens(
+        self,
+        tokens: str | Tensor,
+        axis: Literal["pos", "slot"] = "pos",
+        order: Int[Tensor, "batch step"] | None = None,
+        stream: str | None = None,
+    ) -> list[str]:
+        """One string per token of one sequence: in sequence-position order (axis "pos"), or as
+        the slots of `stream` hold them under `order` (axis "slot"; "<BOS>" for the BOS slot):
+        content T+1 slots, main T, and for the query stream its keys (the content slots, T+1),
+        since query rows hold no token. A view's `to_str_tokens` gives its T slots."""
+        tokens = self.to_tokens(tokens)
+        if tokens.shape[0] != 1:
+            raise ValueError(f"to_str_tokens takes one sequence, got a batch of {tokens.shape[0]}; index one row.")
+        if axis == "pos":
+            if order is not None or stream is not None:
+                raise ValueError("order and stream label slots; pass axis='slot' with them.")
+            return [self.to_string(t[None]) for t in tokens[0]]
+        if axis != "slot":
+            raise ValueError(f"axis must be 'pos' (sequence order) or 'slot' (generation-order slots), got {axis!r}.")
+        stream = self.logit_stream if stream is None else stream
+        if stream not in self.stream_names:
+            raise ValueError(f"{self.cfg.variant} has streams {self.stream_names}, got {stream!r}.")
+        order = check_order(order, 1, tokens.shape[1], tokens.device)
+        held = slot_positions(order, stream, "key")[0].tolist()
+        return [BOS_LABEL if p < 0 else self.to_string(tokens[0, p : p + 1]) for p in held]
+
+    def to_single_token(self, text: str) -> int:
+        """The id of `text`, which must be exactly one token."""
+        ids = self.to_tokens(text)[0]
+        if ids.numel() != 1:
+            raise ValueError(f"{text!r} is {ids.numel()} tokens, not one: {ids.tolist()}.")
+        return int(ids[0])
+
+    def tokens_to_residual_directions(self, tokens: int | str | Int[Tensor, "..."]) -> Float[Tensor, "... d_model"]:
+        """The unembedding direction of each token (a column of W_U), as TransformerLens's; after
+        `fold_ln()` these are the directions that DLA projects onto."""
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        tokens = torch.as_tensor(tokens, device=self.W_U.device)
+        return self.W_U[:, tokens].movedim(0, -1)
+
+    def view(
+        self, stream: str | None = None, order: Int[Tensor, "batch step"] | Int[Tensor, " step"] | None = None
+    ) -> StreamView:
+        """One stream under TransformerLens's names and coordinates (default: the logit stream),
+        run under `order`: the object to hand to TransformerLens's tools. See workbench.stream_view."""
+        from workbench.stream_view import StreamView
+
+        return StreamView(self, stream, order)
+
+    def run_with_cache(self, *args, return_cache_object: bool = True, **kwargs) -> tuple[Tensor, dict[str, Tensor]]:  # noqa: ANN002, ANN003
+        """As TransformerLens's; the cache is a `ModelCache` (a dict keyed by this model's hook
+        names), or a plain dict with return_cache_object=False."""
+        out, cache = super().run_with_cache(*args, **kwargs)
+        return out, ModelCache(cache) if return_cache_object else cache
+
+    def _name_hint(self, name: str) -> str:
+        """For a TransformerLens name on a two-stream model, the stream-qualified names."""
+        from workbench.stream_view import canonical_name
+
+        if self.cfg.n_streams == 2:
+            options = [m for m in self.hook_dict if any(canonical_name(m, s, self.stream_names) == name for s in self.stream_names)]
+            if options:
+                return (
+                    f" {self.cfg.variant}'s hook names carry the stream: {' or '.join(map(repr, options))} "
+                    "(workbench.hook_name(activation, layer, stream)); TransformerLens's names work on "
+                    "model.view(stream, order)."
+                )
+        return super()._name_hint(name)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "W_pos":
+                raise AttributeError(
+                    f"{self.cfg.variant} has no position table W_pos: positions enter through rotary "
+                    "embeddings (model.rotary) applied to queries and keys."
+                ) from None
+            raise
 
     def generate(self, *args, **kwargs):  # noqa: ANN002, ANN003 (documented in decoding.generate)
         from workbench.decoding import generate
@@ -142,7 +271,8 @@ class HookedAOModel(HookedRootModule):
     def new_cache(self) -> KVCache:
         return KVCache.empty(self.cfg.n_layers)
 
-    def unembed(self, x: Float[Tensor, "batch slot d_model"], hooks: nn.Module) -> Tensor:
+    def unembed(self, x: Float[Tensor, "... d_model"], hooks: nn.Module | None = None) -> Tensor:
+        """Logits of final residuals `x`: ln_final then W_U, b_U (through `hooks` when given)."""
         return self.ln_final(x, hooks) @ self.W_U + self.b_U
 
     def embed_tokens(self, ids: Int[Tensor, "batch slot"], bos_first: bool) -> Tensor:

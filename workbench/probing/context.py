@@ -52,7 +52,8 @@ class ProbeSettings:
     max_heads: int = 2
     """Without `heads`: knock out at most this many semantic and structural heads per stream."""
     orders: str = "random"
-    """Generation orders of the probed sequences: "random" (one per sequence) or "left_to_right"."""
+    """Generation orders of the probed sequences: "random" (one per sequence), "left_to_right", or
+    "given" (a tensor passed to ProbeContext)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Options for user probes (`--option key=value`)."""
 
@@ -71,6 +72,7 @@ class ProbeContext:
         workdir: Path | None = None,
         progress: bool = True,
         on_shard: Callable[[str, int], None] | None = None,
+        orders: Tensor | None = None,
     ):
         from workbench.probing.engine import ReferenceSource
 
@@ -84,6 +86,7 @@ class ProbeContext:
         self.workdir = workdir
         self.progress = progress
         self.on_shard = on_shard
+        self.orders = orders  # [sequence, pos] given by the caller (settings.orders == "given")
         self.device = next(model.parameters()).device
 
     # ---- data ------------------------------------------------------------------------------
@@ -97,7 +100,9 @@ class ProbeContext:
         return self.windows.shape[1]
 
     def order(self, index: int) -> Tensor:
-        """The generation order of sequence `index` (seeded by (seed, index) alone)."""
+        """The generation order of sequence `index` (seeded by (seed, index) alone, or given)."""
+        if self.orders is not None:
+            return self.orders[index]
         if self.settings.orders == "left_to_right":
             return torch.arange(self.seq_len)
         return torch.randperm(self.seq_len, generator=self.generator("order", index))

@@ -82,7 +82,7 @@ def run_probes(
     device: str = "auto",
     fast: bool = False,
     split: str = "val",
-    orders: str = "random",
+    orders: str | Tensor = "random",
     causal_sequences: int = 32,
     heads: Iterable[str] | str | None = None,
     max_heads: int = 2,
@@ -96,7 +96,11 @@ def run_probes(
     data: a corpus spec for workbench.data.load_corpus, a [sequence, pos] tensor of token ids, or
         None for the checkpoint's own validation text. `split` picks the part of a corpus spec
         (val: the last 10%, as in training). Windows are non-overlapping, `seq_len` tokens each
-        (default: the model's n_ctx); the first `max_sequences` are probed (None: all).
+        (default: a data tensor's length, else the model's n_ctx); the first `max_sequences` are
+        probed (None: all).
+    orders: "random" (one seeded order per sequence), "left_to_right", or a tensor of generation
+        orders: [sequence, pos] (one per row of a data tensor) or [pos] (shared), e.g. the order
+        you just studied; its fingerprint is part of the run's identity (a resume must match).
     r, w: semantic radius and structural window (1 <= r, w < seq_len).
     heads: for the knockout probe, "layer.head" or "layer.head.stream" entries (a comma-separated
         string or a list); default: the heads labelled semantic / structural, `max_heads` of each
@@ -118,8 +122,14 @@ def run_probes(
         _check_ints(max_sequences=max_sequences)
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is unknown; use one of {', '.join(SPLITS)}.")
-    if orders not in ORDERS:
-        raise ValueError(f"orders={orders!r} is unknown; use one of {', '.join(ORDERS)}.")
+    given_orders = None
+    if isinstance(orders, Tensor):
+        given_orders, orders = orders, "given"
+    elif not isinstance(orders, str) or orders not in ORDERS:
+        shown = repr(orders) if isinstance(orders, str) else f"a {type(orders).__name__}"
+        raise ValueError(f"orders={shown} is unknown; use one of {', '.join(ORDERS)} or a [sequence, pos] tensor of orders.")
+    if isinstance(data, Tensor) and seq_len is None:
+        seq_len = data.shape[-1]  # the tensor says it
     selected = registry.get(names)
     device, joined = distributed.init_from_env(parse_device(device))
     held = ExitStack()
@@ -137,8 +147,11 @@ def run_probes(
                     "covers every key measures nothing). Typical values: 1, 4, 16."
                 )
         windows, data_meta = _windows(model, ckpt, data, split, seq_len)
+        if given_orders is not None:
+            given_orders = _given_orders(given_orders, windows.shape[0], seq_len)
         if max_sequences is not None:
             windows = windows[:max_sequences]
+            given_orders = None if given_orders is None else given_orders[:max_sequences]
         head_list = _heads(heads, model)
         source, source_note = make_source(fast, device)
         if batch_size is None:
@@ -152,6 +165,8 @@ def run_probes(
             "split": data_meta["split"], "seq_len": seq_len, "n_sequences": int(windows.shape[0]), "probes": names or sorted(p.name for p in selected),
             "source": source.name, "device": device.type, **{k: v for k, v in asdict(settings).items()},
         }
+        if given_orders is not None:
+            spec["orders_fingerprint"] = hashlib.sha256(given_orders.numpy().data).hexdigest()[:16]
         spec = json.loads(json.dumps(spec))  # tuples -> lists, as they come back from state.json
 
         workdir, created = None, []
@@ -176,7 +191,7 @@ def run_probes(
 
         ctx = ProbeContext(
             model, windows, settings, checkpoint=ckpt["name"], source=source, workdir=workdir,
-            progress=progress, on_shard=on_shard,
+            progress=progress, on_shard=on_shard, orders=given_orders,
         )
         try:
             rows = _run(selected, ctx, ckpt["name"])
@@ -231,6 +246,20 @@ def _run(selected: list[registry.Probe], ctx: ProbeContext, checkpoint: str) -> 
                 raise TypeError(f"probe {entry.name!r} ({entry.source}) yielded {type(row).__name__}; probes must yield workbench.probing.Row.")
             rows.append((checkpoint, entry.name, row))
     return rows
+
+
+def _given_orders(orders: Tensor, n_sequences: int, seq_len: int) -> Tensor:
+    """A user's orders tensor as int64 [n_sequences, seq_len] on the CPU, checked (no tensor dumped)."""
+    from workbench.orders import check_order
+
+    if orders.ndim == 2 and orders.shape[0] != n_sequences:
+        raise ValueError(
+            f"orders has {orders.shape[0]} rows but the data has {n_sequences} sequences; give one order per "
+            "sequence, or one [pos] order for all."
+        )
+    if orders.ndim not in (1, 2) or orders.shape[-1] != seq_len:
+        raise ValueError(f"orders must be [sequence, pos] or [pos] with pos = seq_len = {seq_len}, got shape {tuple(orders.shape)}.")
+    return check_order(orders.cpu(), n_sequences, seq_len, torch.device("cpu")).contiguous()
 
 
 # ---- validation --------------------------------------------------------------------------------
