@@ -111,10 +111,110 @@ def status(args: argparse.Namespace) -> None:
         print(f"{run.name:<26} {p['step']:>5} / {p['steps'] or '?':<5} {best:>14}  {p['finished']}")
 
 
+EVAL_SEED = 12345  # the same orders for every run at a length: gaps between variants are paired
+
+
+def evaluate_grid(args: argparse.Namespace) -> None:
+    """Every finished run's best/ model on the whole held-out split: results/study.json (one row
+    per run, the paired gaps per length and seed, the gaps and their change with length over
+    seeds as replicates) and the per-window values beside it."""
+    import torch
+    from safetensors.torch import save_file
+
+    from workbench import checkpoint as ckpt
+    from workbench.data import sequential_windows
+    from workbench.evaluation import evaluate_windows, summarise
+    from workbench.results_io import write_json_atomic
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows, values = [], {}
+    for run in grid(args):
+        run_dir = Path(args.runs) / run.name
+        state = progress(run_dir)
+        if not state["finished"]:
+            print(f"{run.name}: not finished (step {state['step']} of {state['steps']}); left out")
+            continue
+        model = ckpt.load(run_dir / "best", device=device)
+        windows = sequential_windows(model.tokenizer.encode_tensor((run_dir / "best" / "val.txt").read_text()), run.seq_len)
+        windows = windows[: args.max_windows] if args.max_windows else windows
+        v = evaluate_windows(model, windows, n_orders=args.orders, seed=EVAL_SEED, batch_size=args.batch_size)
+        summary, training = summarise(v), model.checkpoint.training
+        tokens = training["tokens_done"]
+        rows.append({
+            "variant": run.variant, "seq_len": run.seq_len, "seed": run.seed, "n_params": training["n_params"],
+            "tokens": tokens, "flops": _flops_per_token(model, run.seq_len, device) * tokens,
+            "any_order_bits": summary["any_order_bits"]["mean"], "any_order": summary["any_order_bits"],
+            "left_to_right_bits": summary["left_to_right_bits"]["mean"], "left_to_right": summary["left_to_right_bits"],
+            "by_fraction_revealed": summary["by_fraction_revealed"], "n_windows": v.n_windows, "n_orders": args.orders,
+            "windows_sha256": v.windows_sha256, "train_tokens": training["train_tokens"],
+        })
+        values[run] = v
+        print(f"{run.name}: any-order {rows[-1]['any_order_bits']:.4f}, left-to-right {rows[-1]['left_to_right_bits']:.4f}")
+    out = Path(args.out)
+    write_json_atomic(out, {"runs": rows, **compare_runs(values), "eval_seed": EVAL_SEED})
+    save_file({f"{r.name}.{k}": t.contiguous() for r, v in values.items() for k, t in v.tensors().items()},
+              str(out.with_suffix(".windows.safetensors")))
+
+
+def compare_runs(values: dict[Run, object], baseline: str = "two_stream") -> dict[str, list[dict]]:
+    """Paired gaps to the baseline per (length, seed); per (variant, length) the gap over seeds as
+    replicates (t, n - 1 df); per variant the change of the gap from the shortest to the longest
+    length, one value per seed, over seeds. Pairs need the same windows and orders."""
+    from dataclasses import asdict
+
+    import torch
+
+    from workbench.stats import iid_mean, paired_difference
+
+    gaps = []
+    for run, v in values.items():
+        base = values.get(Run(baseline, run.seq_len, run.seed))
+        if run.variant == baseline or base is None:
+            continue
+        if not v.pairable_with(base):
+            raise ValueError(f"{run.name} and its {baseline} run were not evaluated on the same windows and orders")
+        e = paired_difference(v.any_order_per_window, base.any_order_per_window)
+        gaps.append({"variant": run.variant, "baseline": baseline, "seq_len": run.seq_len, "seed": run.seed, **asdict(e)})
+    over_seeds, effects = [], []
+    for variant in sorted({g["variant"] for g in gaps}):
+        by_length = {}
+        for seq_len in sorted({g["seq_len"] for g in gaps}):
+            per_seed = {g["seed"]: g["mean"] for g in gaps if (g["variant"], g["seq_len"]) == (variant, seq_len)}
+            by_length[seq_len] = per_seed
+            e = iid_mean(torch.tensor(list(per_seed.values()), dtype=torch.float64))
+            over_seeds.append({"variant": variant, "seq_len": seq_len, "seeds": sorted(per_seed), **asdict(e)})
+        if len(by_length) >= 2:
+            short, long_ = min(by_length), max(by_length)
+            seeds = sorted(set(by_length[short]) & set(by_length[long_]))
+            change = {s: by_length[long_][s] - by_length[short][s] for s in seeds}
+            e = iid_mean(torch.tensor([change[s] for s in seeds], dtype=torch.float64))
+            effects.append({"variant": variant, "baseline": baseline, "from": short, "to": long_,
+                            "per_seed": change, **asdict(e)})
+    return {"gaps": gaps, "gaps_over_seeds": over_seeds, "length_effect": effects}
+
+
+def _flops_per_token(model, seq_len: int, device: str) -> float:
+    """Training FLOPs per token (forward + backward, counted by torch's FlopCounterMode)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from workbench.orders import random_orders
+    from workbench.training.step import SlotLoss
+
+    tokens = torch.zeros(2, seq_len, dtype=torch.long, device=device)
+    order = random_orders(2, seq_len, torch.Generator().manual_seed(0)).to(device)
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        SlotLoss(model)(tokens, order).backward()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    return counter.get_total_flops() / tokens.numel()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, fn in (("train", train_grid), ("status", status)):
+    for name, fn in (("train", train_grid), ("status", status), ("evaluate", evaluate_grid)):
         p = sub.add_parser(name)
         p.set_defaults(fn=fn)
         p.add_argument("--runs", required=True)
@@ -131,6 +231,10 @@ def main() -> None:
         p.add_argument("--snapshots", type=int, default=5)
         p.add_argument("--seconds", type=float, default=500)
         p.add_argument("--parallel", type=int, default=6)
+        p.add_argument("--out", default=str(ROOT / "results" / "study.json"))
+        p.add_argument("--orders", type=int, default=8, help="random orders per held-out window")
+        p.add_argument("--max-windows", type=int, default=0, help="evaluate only the first N windows (0: all)")
+        p.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     args.fn(args)
 

@@ -1,0 +1,51 @@
+"""The study pipeline end to end on a tiny grid (CPU): train in time-limited chunks, evaluate
+into study.json with paired gaps and the length effect over seeds, render the tables."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    words = ["the cat", "a dog", "sat on", "the mat", "ran to", "a log"]
+    docs = [" ".join(words[i] for i in torch.randint(0, 6, (60,), generator=g)) for _ in range(40)]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    grid = ["--runs", str(tmp_path / "runs"), "--corpus", str(corpus), "--size", "xs", "--variants", "two_stream",
+            "decoupled_rope", "--lengths", "16", "32", "--seeds", "0", "1", "--train-tokens", "8192",
+            "--tokens-per-step", "512", "--eval-windows", "8", "--snapshots", "2"]
+    study = [sys.executable, str(ROOT / "scripts" / "study.py")]
+    done = subprocess.run([*study, "train", *grid, "--seconds", "600", "--parallel", "2"], capture_output=True, text=True,
+                          timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("True") == 8, done.stdout  # every run finished
+    out = tmp_path / "study.json"
+    done = subprocess.run([*study, "evaluate", *grid, "--out", str(out), "--orders", "2"], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert len(result["runs"]) == 8
+    for row in result["runs"]:
+        assert {"variant", "seq_len", "seed", "n_params", "tokens", "flops", "any_order_bits",
+                "left_to_right_bits"} <= set(row)
+        assert row["flops"] > 0 and 0 < row["any_order_bits"] < 8
+    assert len(result["gaps"]) == 4  # decoupled_rope vs two_stream at 2 lengths x 2 seeds, paired
+    assert all(g["method"] == "paired-blocked" for g in result["gaps"])
+    [effect] = result["length_effect"]
+    assert effect["variant"] == "decoupled_rope" and (effect["from"], effect["to"]) == (16, 32)
+    assert effect["df"] == 1 and set(effect["per_seed"]) == {"0", "1"}
+    assert (out.with_suffix(".windows.safetensors")).is_file()
+    assert (tmp_path / "runs" / "two_stream-16-s0" / "snapshots").is_dir()
+    table = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_tables.py"), str(out)],
+                           capture_output=True, text=True, check=True).stdout
+    assert "| decoupled_rope | 16 | 32 |" in table and table.count("| two_stream |") == 4
