@@ -224,6 +224,51 @@ def test_fast_without_cuda_falls_back_loudly(checkpoint, capsys):
 # ---- statistics sources ------------------------------------------------------------------------
 
 
+def _plant_scores(model):
+    """A permanent hook on layer 0's first stream scores: every row looks at key 0 only."""
+    from workbench.hook_names import hook_name
+
+    def plant(scores, hook):
+        new = torch.full_like(scores, -1e4)
+        new[..., 0] = 0.0
+        return new.masked_fill(scores == float("-inf"), float("-inf"))
+
+    name = hook_name("attn_scores", 0, model.stream_names[0])
+    model.add_hook(name, plant, is_permanent=True)
+    return name
+
+
+def test_fast_with_hooks_on_scores_falls_back_to_the_reference(capsys):
+    """--fast computes patterns from q and k, so hooks at hook_attn_scores / hook_pattern would be
+    skipped: make_source picks the reference path instead, with a warning naming the hooks (even
+    on a CUDA device), and a run on such a model writes the reference's table."""
+    from workbench.probing.engine import ReferenceSource, make_source
+
+    model = tiny()
+    name = _plant_scores(model)
+    source, note = make_source(True, "cuda", model)
+    err = capsys.readouterr().err
+    assert isinstance(source, ReferenceSource) and name in note
+    assert "WARNING" in err and name in err and "falling back to the reference path" in err
+    data = torch.randint(0, model.cfg.d_vocab, (4, 16), generator=torch.Generator().manual_seed(0))
+    fast = run_probes(model, data=data, probes="parts,specialisation", fast=True, device="cpu", progress=False)
+    assert_same_table(fast.table, run_probes(model, data=data, probes="parts,specialisation", progress=False).table)
+    planted = fast.table.query("layer == 0 and stream == 'content' and metric == 'neither'")["value"]
+    assert len(planted) == model.cfg.n_heads and (planted > 1 - 1e-9).all()  # the planted scores were used
+
+
+def test_kernel_source_refuses_hooks_on_scores():
+    """A hook attached after the source was chosen is never skipped silently: collect raises."""
+    from workbench.probing.engine import KernelSource
+
+    model = tiny(d_head=16)
+    name = _plant_scores(model)
+    tokens = torch.randint(0, model.cfg.d_vocab, (1, 16))
+    with pytest.raises(RuntimeError, match=name.replace(".", r"\.")):
+        KernelSource().collect(model, tokens, torch.randperm(16)[None], r=2, w=3)
+
+
+
 @pytest.mark.parametrize("variant", ["two_stream", "decoupled_rope", "sigma_gpt"])
 def test_kernel_source_matches_the_reference(variant):
     """The --fast path (hooks -> Triton kernel; on CPU in Triton's interpreter) against the reference."""

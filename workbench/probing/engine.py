@@ -138,6 +138,12 @@ class KernelSource:
         self._seen: dict[tuple, _GraphedSums | None] = {}  # call signature -> its graph, once captured
 
     def collect(self, model: HookedAOModel, tokens: Tensor, order: Tensor, *, r: int, w: int) -> dict[str, Tensor]:
+        hooked = score_hooks(model)
+        if hooked:  # attached after make_source chose this source: never skip them silently
+            raise RuntimeError(
+                f"the kernel source would skip the hooks attached at {', '.join(hooked)} (it computes the "
+                "pattern from q and k); remove them, or probe without --fast."
+            )
         own_qk = hasattr(model, "probe_qk")
         rotated = not own_qk and getattr(model, "rotary", None) is not None
         names = {**_stream_hooks(model, "rot_q" if rotated else "q"), **_stream_hooks(model, "rot_k" if rotated else "k")}
@@ -246,10 +252,32 @@ class _Captured(Exception):
     `stop_at_layer`), skipping the last layer's attention output and MLP and the unembedding."""
 
 
-def make_source(fast: bool, device: torch.device | str) -> tuple[StatsSource, str]:
-    """(the source to use, a note for the metadata). `fast` without CUDA falls back, loudly."""
+SCORE_HOOK_SUFFIXES = ("hook_attn_scores", "hook_pattern", "hook_score_content", "hook_score_position", "hook_score_segment")
+"""Hook points between the captured q, k and the pattern: the kernel computes the pattern from q
+and k itself, so anything attached there would be skipped."""
+
+
+def score_hooks(model: HookedAOModel) -> list[str]:
+    """Names of the hook points past q and k (`SCORE_HOOK_SUFFIXES`) that have forward hooks attached."""
+    return [name for name, hp in model.hook_dict.items()
+            if name.rsplit(".", 1)[-1] in SCORE_HOOK_SUFFIXES and hp._forward_hooks]
+
+
+def make_source(fast: bool, device: torch.device | str, model: HookedAOModel | None = None) -> tuple[StatsSource, str]:
+    """(the source to use, a note for the metadata). `fast` without CUDA, or on a model with hooks
+    on its scores or patterns (which the kernel would skip), falls back to the reference, loudly."""
     if not fast:
         return ReferenceSource(), "reference: patterns through hook_pattern -> pattern_stats"
+    hooked = score_hooks(model) if model is not None else []
+    if hooked:
+        shown = ", ".join(hooked[:3]) + (f" and {len(hooked) - 3} more" if len(hooked) > 3 else "")
+        message = (
+            f"workbench probe: WARNING: --fast computes the patterns from q and k in the kernel, which would "
+            f"skip the hooks attached at {shown}; falling back to the reference path (patterns through "
+            "hooks), which runs them. Remove those hooks to use the kernel."
+        )
+        print(message, file=sys.stderr, flush=True)
+        return ReferenceSource(), f"reference (fallback: --fast asked for, hooks attached at {shown})"
     if torch.device(device).type != "cuda":
         message = (
             f"workbench probe: WARNING: --fast needs a CUDA device (the fused Triton kernel), but the "

@@ -134,7 +134,7 @@ def run_probes(
         if max_sequences is not None:
             windows = windows[:max_sequences]
         head_list = _heads(heads, model)
-        source, source_note = make_source(fast, device)
+        source, source_note = make_source(fast, device, model)
         if batch_size is None:
             batch_size = 64 if source.name == "kernel" else 8
         settings = ProbeSettings(
