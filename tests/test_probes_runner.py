@@ -242,7 +242,7 @@ def test_fast_with_hooks_on_scores_falls_back_to_the_reference(capsys):
     """--fast computes patterns from q and k, so hooks at hook_attn_scores / hook_pattern would be
     skipped: make_source picks the reference path instead, with a warning naming the hooks (even
     on a CUDA device), and a run on such a model writes the reference's table."""
-    from workbench.probing.engine import ReferenceSource, make_source
+    from workbench.probing.sources import ReferenceSource, make_source
 
     model = tiny()
     name = _plant_scores(model)
@@ -259,7 +259,7 @@ def test_fast_with_hooks_on_scores_falls_back_to_the_reference(capsys):
 
 def test_kernel_source_refuses_hooks_on_scores():
     """A hook attached after the source was chosen is never skipped silently: collect raises."""
-    from workbench.probing.engine import KernelSource
+    from workbench.probing.sources import KernelSource
 
     model = tiny(d_head=16)
     name = _plant_scores(model)
@@ -272,7 +272,8 @@ def test_kernel_source_refuses_hooks_on_scores():
 @pytest.mark.parametrize("variant", ["two_stream", "decoupled_rope", "sigma_gpt"])
 def test_kernel_source_matches_the_reference(variant):
     """The --fast path (hooks -> Triton kernel; on CPU in Triton's interpreter) against the reference."""
-    from workbench.probing.engine import F, KernelSource, ReferenceSource
+    from workbench.probing.engine import F
+    from workbench.probing.sources import KernelSource, ReferenceSource
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the compiled kernel takes CUDA tensors only
     model = tiny(variant, d_head=16).to(device)
@@ -297,7 +298,7 @@ def test_kernel_source_cuda_graphs_give_the_eager_sums(variant):
     """KernelSource captures a stream's statistics call in a CUDA graph the second time a batch
     shape comes: batch 0 eager, batch 1 captured and replayed, batches 2-3 replayed, and a smaller
     last batch eager again. Every batch's sums equal the always-eager source's, bit for bit."""
-    from workbench.probing.engine import KernelSource
+    from workbench.probing.sources import KernelSource
 
     model = tiny(variant, d_head=16).to("cuda")
     gen = torch.Generator().manual_seed(0)

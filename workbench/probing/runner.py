@@ -40,7 +40,7 @@ from torch import Tensor
 from workbench.models import HookedAOModel
 from workbench.probing import distributed, registry
 from workbench.probing.context import ProbeContext, ProbeSettings
-from workbench.probing.engine import make_source
+from workbench.probing.sources import make_source
 from workbench.probing.table import TABLE_FILE, Row, read_table, rows_to_table, write_table
 from workbench.results_io import write_json_atomic
 
