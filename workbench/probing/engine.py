@@ -36,10 +36,11 @@ FIELDS = (
     "entropy",  # bits
     "uniform_entropy",  # log2 |V|: the entropy of uniform attention
     "own_rows",  # probed rows with an own position (single stream)
-    # the normalised excess (`excess`): per row, with n the non-null mass (1 - sink) and c' the
-    # set's chance among non-null keys, "S_nn_chance" = n c'_S and "S_nn_max" = n where S_r is not
-    # empty (the most mass S_r can hold once the sink is set aside); the same for R_w
-    "S_nn_chance", "S_nn_max", "R_nn_chance", "R_nn_max",
+    # the normalised excess (`excess`), over the rows where the set separates something (not empty,
+    # not every non-null key): with n the row's non-null mass (1 - sink) and c' the set's chance
+    # among the non-null keys, "S_nn_mass" = the mass on S_r, "S_nn_chance" = n c'_S and
+    # "S_nn_max" = n (the most S_r can hold once the sink is set aside), 0 on other rows; so for R_w
+    "S_nn_mass", "S_nn_chance", "S_nn_max", "R_nn_mass", "R_nn_chance", "R_nn_max",
 )
 F = {name: i for i, name in enumerate(FIELDS)}
 HISTS = ("semantic", "recency", "own")  # hist tensor rows: (attention, chance) per histogram
@@ -117,12 +118,17 @@ class Accumulator:
         per_head = lambda x: x[:, None].expand(B, H, R)  # noqa: E731  [B, row] -> [B, head, row]
         null = stats.step_null_mass if stats.step_null_mass is not None else torch.zeros_like(stats.step_entropy)
         non_null, non_null_chance = per_head(probed) - null, per_head(probed) - stats.step_null_chance
-        chance = stats.step_parts_chance
+        mass, chance = stats.step_parts_mass, stats.step_parts_chance
         excess = []
         for a, b in ((0, 2), (1, 2)):  # S_r = S only + both, R_w = R only + both
             set_chance = chance[..., a] + chance[..., b]
-            relative = torch.where(set_chance > 0, set_chance / non_null_chance.clamp(min=1e-300), 0.0)
-            excess += [non_null * relative, torch.where(set_chance > 0, non_null, 0.0)]
+            relative = set_chance / non_null_chance.clamp(min=1e-300)
+            # chances are counts / |V|: "every non-null key" is 1 - c' = 0, and "all but one" is
+            # 1 - c' >= 1 / T, far above float32 rounding of the kernel's chances
+            informative = (set_chance > 0) & (relative < 1 - 1e-6)
+            zero = torch.zeros((), dtype=mass.dtype, device=mass.device)
+            excess += [torch.where(informative, mass[..., a] + mass[..., b], zero),
+                       torch.where(informative, non_null * relative, zero), torch.where(informative, non_null, zero)]
         per_row = torch.stack(  # [B, head, row, field], in FIELDS order (own_rows: set below)
             [per_head(step_rows), *stats.step_parts_mass.unbind(-1), *chance.unbind(-1), null,
              stats.step_null_chance, stats.step_entropy, stats.step_entropy_chance,
@@ -313,10 +319,10 @@ def excess(which: str) -> Ratio:
     empty, with mass and chance taken among the non-null keys (the sink set aside, each row weighted
     by its non-null mass). 1: every row puts all its non-null mass on the set (a perfect head, at
     any r, w, T); 0: uniform attention; NaN: the set never separates anything. Rows where the set
-    holds every non-null key add 0 to both sides."""
-    own = "S_only_mass" if which == "S" else "R_only_mass"
-    chance, most = f"{which}_nn_chance", f"{which}_nn_max"
-    return Ratio(((own, 1.0), ("both_mass", 1.0), (chance, -1.0)), ((most, 1.0), (chance, -1.0)))
+    is empty or holds every non-null key (where every head that is not all sink fills it) are left
+    out."""
+    mass, chance, most = f"{which}_nn_mass", f"{which}_nn_chance", f"{which}_nn_max"
+    return Ratio(((mass, 1.0), (chance, -1.0)), ((most, 1.0), (chance, -1.0)))
 
 
 def summarise_heads(stats: dict[tuple[int, str], Pooled]) -> list[HeadSummary]:
