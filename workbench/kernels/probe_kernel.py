@@ -26,6 +26,12 @@ cheap (the binning, not the matmul, is the cost):
   and at powers of two) compute the straddled edges per element.
 - the structural set R_w likewise: tiles fully inside add their row sums, tiles straddling w
   compute it per element, tiles outside do nothing.
+- the joint semantic x recency histogram: at each flush of a recency run, the run's cumulative
+  semantic masses (reduced over rows) go to its bin; tiles straddling recency bins are redone
+  per bin in a second loop after the main one (`_joint_tile`), so the hot loop carries no more
+  state (the state is the program's own slot of the output, in global memory).
+- rows that do not see the null keys (`sees_null`, XLNet): both passes hide them in the key
+  blocks that hold a null key (a constexpr: compiled out when every row sees them).
 - key blocks past the causal diagonal are never visited; row blocks with no probed row (padding)
   visit none; only diagonal blocks pay for the causal mask.
 - deterministic: every program writes its own partial sums; the final reduction is a float64
@@ -49,9 +55,11 @@ Caveats:
   28 bytes per row and head of scratch memory (with the LSE). `per_sequence=True` skips the batch
   reduction and returns every sequence's statistics side by side ([batch, ...] tensors, on the
   device) from the same three launches.
-- Speed (H100, docs/kernel.md): 4.8x an SDPA causal forward on the same q, k at T = 1024
-  (7.5x with own distances); the hot loop is bound by instruction issue (54 instructions per
-  visible pair, 27 of them the semantic edges), not by the tensor cores or memory.
+- Speed (H100, docs/kernel.md, measured before the joint histogram): 4.8x an SDPA causal forward
+  on the same q, k at T = 1024 (7.5x with own distances); the hot loop is bound by instruction
+  issue (54 instructions per visible pair, 27 of them the semantic edges), not by the tensor cores
+  or memory. The joint histogram's second loop adds ~1.8x the statistics pass's instructions at
+  T = 1024 (SASS count; not yet timed).
 """
 
 from __future__ import annotations
