@@ -392,3 +392,27 @@ def test_a_probe_failing_before_any_work_leaves_nothing(tmp_path):
         assert not (tmp_path / "new").exists()
     finally:
         registry_module.unregister("test_broken")
+
+
+def test_xlnet_null_slot_counts_for_row_0_only_on_both_paths():
+    """XLNet: only row 0 sees the null slot, so the sink chance is 1 for that row and 0 for every
+    other (it was 1 / (i + 1) for all, giving uniform attention lifts above 1); the kernel source
+    (interpreted on CPU) and the reference agree."""
+    from workbench.probing.engine import F
+    from workbench.probing.sources import KernelSource, ReferenceSource
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = from_config(AOConfig(variant="xlnet", n_layers=1, d_model=32, n_heads=2, d_head=16, d_mlp=32, n_ctx=12,
+                                 d_vocab=11)).eval().to(device)
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 11, (2, 12), generator=gen)
+    order = torch.stack([torch.randperm(12, generator=gen) for _ in range(2)])
+    with torch.no_grad():
+        kernel = KernelSource().collect(model, tokens.to(device), order.to(device), r=2, w=2)
+        reference = ReferenceSource().collect(model, tokens, order, r=2, w=2)
+    for key in reference:
+        assert torch.allclose(kernel[key].cpu(), reference[key].cpu(), rtol=1e-5, atol=1e-4), key
+    for stream in ("content", "query"):
+        u = reference[f"L0.{stream}.u_sum"]
+        assert torch.equal(u[0, :, F["sink_chance"]], torch.full((2,), 2.0 if stream == "query" else 0.0,
+                                                                 dtype=torch.float64))
