@@ -96,7 +96,7 @@ def time_statistics(name: str, windows, batch_size: int, device: str) -> float:
     accumulation, copies to the host and pooling; no model load, no table."""
     from workbench.checkpoint import load, resolve
     from workbench.probing.context import ProbeContext, ProbeSettings
-    from workbench.probing.engine import KernelSource
+    from workbench.probing.sources import KernelSource
 
     model = load(resolve(name), device=device).eval()
     settings = ProbeSettings(batch_size=batch_size)

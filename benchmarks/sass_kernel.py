@@ -28,8 +28,8 @@ from triton.compiler import ASTSource  # noqa: E402
 
 import workbench.kernels.probe_kernel as pk  # noqa: E402
 
-POINTERS = dict(Q="*{dt}", K="*{dt}", KPOS="*i32", NULL_BLK="*i32", REF="*i32", OWN="*i32",
-                LSE="*fp32", ROWS_OUT="*fp32", HIST_OUT="*fp32")
+POINTERS = dict(Q="*{dt}", K="*{dt}", KPOS="*i32", NULL_BLK="*i32", REF="*i32", OWN="*i32", SEES="*i32", JW="*fp32",
+                LSE="*fp32", ROWS_OUT="*fp32", HIST_OUT="*fp32", JOINT_OUT="*fp32")
 
 
 def compile_stats(block_m, block_n, d_head, dtype, n_sem, r, has_own, num_warps, num_stages, maxnreg):
@@ -38,7 +38,7 @@ def compile_stats(block_m, block_n, d_head, dtype, n_sem, r, has_own, num_warps,
     s_mode, r_idx = pk._s_mode(r, n_sem, max_distance=2 * pk.EDGES[n_sem - 1] - 1)  # positions needing n_sem edges
     consts = dict(HEAD_DIM=d_head, D_PAD=d_head, BLOCK_M=block_m, BLOCK_N=block_n, N_SEM=n_sem, HAS_OWN=has_own,
                   S_MODE=s_mode, R_IDX=r_idx, MAX_REC_EDGES=pk._max_rec_edges(block_m, block_n), NBP=pk.NBP,
-                  CHANCE=False, DOT_PRECISION="tf32x3" if dtype == "fp32" else "tf32")
+                  JS=pk.JS, CHANCE=False, NULL_ROWS=False, DOT_PRECISION="tf32x3" if dtype == "fp32" else "tf32")
     sig = {n: POINTERS[n].format(dt=dtype) if n in POINTERS else "constexpr" if n in consts
            else "fp32" if n == "qk_scale" else "i32" for n in names}
     # what the launcher specialises on at run time: 16-byte aligned pointers, strides divisible by 16

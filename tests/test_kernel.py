@@ -83,6 +83,7 @@ STAT_FIELDS = (
     "sem_mass", "sem_chance", "rec_mass", "rec_chance", "own_mass", "own_chance",
     "parts_mass", "parts_chance", "entropy",
     "step_parts_mass", "step_parts_chance", "step_entropy", "step_rows", "step_null_mass", "n_rows", "n_own_rows",
+    "joint_mass", "joint_chance", "step_null_chance", "step_entropy_chance",
 )
 
 
@@ -149,14 +150,16 @@ def test_distance_bin_matches_the_contract():
         assert _bin_py(e) == b and (e == 0 or _bin_py(e + 1) == b + 1)
 
 
-def _brute_force_stats(pattern, key_pos, row_ref, row_own, off, r, w):
+def _brute_force_stats(pattern, key_pos, row_ref, row_own, off, r, w, sees_null=None):
     """The probe contract, literally, one row and key at a time (python floats)."""
     B, H, R, K = pattern.shape
     z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
     out = dict(sem_mass=z(H, N_BINS), sem_chance=z(H, N_BINS), rec_mass=z(H, N_BINS), rec_chance=z(H, N_BINS),
                own_mass=z(H, N_BINS), own_chance=z(H, N_BINS), parts_mass=z(H, 4), parts_chance=z(H, 4),
                entropy=z(H), step_parts_mass=z(H, R, 4), step_parts_chance=z(H, R, 4), step_entropy=z(H, R),
-               step_rows=z(R), step_null_mass=z(H, R), n_rows=z(()), n_own_rows=z(()))
+               step_rows=z(R), step_null_mass=z(H, R), n_rows=z(()), n_own_rows=z(()),
+               joint_mass=z(H, N_BINS, N_BINS), joint_chance=z(H, N_BINS, N_BINS), step_null_chance=z(H, R),
+               step_entropy_chance=z(H, R))
     for b in range(B):
         for i in range(R):
             ref = int(row_ref[b, i])
@@ -166,16 +169,20 @@ def _brute_force_stats(pattern, key_pos, row_ref, row_own, off, r, w):
             out["step_rows"][i] += 1
             out["n_rows"] += 1
             out["n_own_rows"] += own >= 0
+            visible = [j for j in range(i + 1)
+                       if key_pos[b, j] >= 0 or sees_null is None or bool(sees_null[b, i])]
             for h in range(H):
                 ent = 0.0
                 parts_m, parts_c = [0.0] * 4, [0.0] * 4
-                for j in range(i + 1):
-                    p, c = float(pattern[b, h, i, j]), 1.0 / (i + 1)
+                out["step_entropy_chance"][h, i] += math.log2(len(visible))
+                for j in visible:
+                    p, c = float(pattern[b, h, i, j]), 1.0 / len(visible)
                     if p > 0:
                         ent -= p * math.log2(p)
                     pos = int(key_pos[b, j])
                     if pos < 0:  # the null key
                         out["step_null_mass"][h, i] += p
+                        out["step_null_chance"][h, i] += c
                         sb = rb = ob = 0
                         in_s = in_r = False
                     else:
@@ -186,6 +193,8 @@ def _brute_force_stats(pattern, key_pos, row_ref, row_own, off, r, w):
                     out["sem_chance"][h, sb] += c
                     out["rec_mass"][h, rb] += p
                     out["rec_chance"][h, rb] += c
+                    out["joint_mass"][h, sb, rb] += p
+                    out["joint_chance"][h, sb, rb] += c
                     if own >= 0:
                         out["own_mass"][h, ob] += p
                         out["own_chance"][h, ob] += c
@@ -223,6 +232,32 @@ def test_pattern_stats_equals_brute_force(stream):
         chunks = [pattern_stats(pattern[:, :, a:b], key_pos, row_ref[:, a:b], None if own is None else own[:, a:b],
                                 recency_offset=off, r=r, w=w, row_start=a, n_steps=R) for a, b in [(0, half), (half, R)]]
         compare(sum(chunks), want, K, tol=1e-12, label="chunked")
+
+
+def test_rows_that_do_not_see_the_null_key():
+    """XLNet: only row 0 sees the null slot. Such rows' V leaves it out (chance 1 / i, no sink
+    chance), junk the pattern holds there is ignored, and uniform attention over V has every lift
+    exactly 1 (counting the null key as visible gave R-only lifts of 1.1-1.2 and a sink chance)."""
+    B, H, T = 3, 2, 9
+    q, k, key_pos, row_ref, own, off = make_case(B, H, T, 16, torch.float32, "query", seed=4, device="cpu")
+    R, K = row_ref.shape[1], key_pos.shape[1]
+    sees = (torch.arange(R) == 0).expand(B, R).clone()
+    i, j = torch.arange(R)[:, None], torch.arange(K)[None, :]
+    hidden = (j > i) | ((j == 0) & (i >= 1))
+    logits = torch.randn(B, H, R, K, generator=torch.Generator().manual_seed(5)) * 2
+    pattern = torch.softmax(logits.masked_fill(hidden, float("-inf")), -1) + hidden * 0.3
+    want = _brute_force_stats(pattern, key_pos, row_ref, None, off, 2, 3, sees_null=sees)
+    got = pattern_stats(pattern, key_pos, row_ref, recency_offset=off, r=2, w=3, sees_null=sees)
+    compare(got, want, K, tol=1e-12, label="pattern_stats with sees_null vs brute force")
+    uniform = reference_probe_stats(torch.zeros_like(q), k, key_pos, row_ref, sees_null=sees, recency_offset=off,
+                                    r=2, w=3)
+    lifts = uniform.parts_mass / uniform.parts_chance
+    print("uniform attention, lifts of the parts:", lifts.tolist())
+    assert torch.allclose(lifts[:, :3], torch.ones(H, 3, dtype=torch.float64), atol=1e-12)
+    assert (uniform.step_null_chance[:, 1:] == 0).all()
+    assert (uniform.step_null_chance[:, 0] == B).all()  # row 0 sees only it
+    with pytest.raises(ValueError, match="sees no key"):
+        pattern_stats(pattern, key_pos, row_ref, recency_offset=off, r=2, w=3, sees_null=torch.zeros_like(sees))
 
 
 def test_chance_equals_brute_force_count():
@@ -288,6 +323,22 @@ def test_kernel_matches_reference(T, B, H, D, dtype, stream, r, w, extra):
     case = make_case(B, H, T, D, dtype, stream, seed=T + B + D, **extra)
     got, want = run_both(case, r, w)
     compare(got, want, case[2].shape[1], label=f"kernel vs reference T={T} {stream} {dtype}")
+
+
+@pytest.mark.parametrize("T,dtype,stream", [(97, torch.float16, "query"), (130, torch.float32, "content")])
+def test_kernel_with_rows_that_do_not_see_the_null_key(T, dtype, stream):
+    """XLNet's visibility (only row 0 sees the null key): the kernel leaves the null key out of the
+    softmax and of V for the other rows, as the reference does; awkward sizes, both dtypes."""
+    q, k, key_pos, row_ref, own, off = make_case(2, 2, T, 24, dtype, stream, seed=T)
+    sees = (torch.arange(row_ref.shape[1], device=row_ref.device) == 0).expand(row_ref.shape)
+    if stream == "content":
+        row_ref = row_ref.clone()
+        row_ref[:, 0] = -1  # the null slot's own row sees nothing: not probed
+    got = probe_stats(q, k, key_pos, row_ref, sees_null=sees, recency_offset=off, r=2, w=8)
+    want = reference_probe_stats(q, k, key_pos, row_ref, sees_null=sees, recency_offset=off, r=2, w=8)
+    compare(got, want, k.shape[2], label=f"kernel vs reference, sees_null, T={T} {stream} {dtype}")
+    assert float(want.step_null_mass[:, 1:].abs().max()) == 0.0 and float(got.step_null_mass[:, 1:].abs().max()) == 0.0
+    assert float(got.step_null_chance[:, 1:].abs().max()) == 0.0
 
 
 def test_masses_sum_to_one_per_row():
@@ -403,7 +454,8 @@ import sass_kernel
 out = {}
 for edges in (5, 11):
     _, sass = sass_kernel.disassemble(sass_kernel.compile_stats(64, 32, 64, "bf16", edges, 4, False, 4, 2, None))
-    out[edges] = sum((ops for _, ops in sass_kernel.first_loop_blocks(sass)[1]), collections.Counter())
+    per_tile = [ops for _, ops in sass_kernel.first_loop_blocks(sass)[1] if not ops["SHFL.BFLY"]]  # not flushes
+    out[edges] = sum(per_tile, collections.Counter())
 print(json.dumps(out))
 """
 
@@ -412,7 +464,9 @@ def test_each_semantic_edge_costs_one_saturated_add_and_one_product_per_element(
     """docs/kernel.md's cost model, on the SASS: the statistics kernel compiled for sm_90a (no GPU
     needed) with 11 and with 5 semantic edges; the 6 extra edges cost, per element a thread holds
     (16 in a 64 x 32 tile of 4 warps), one FADD.SAT (the folded clamp) and one FMUL or FFMA, plus
-    the row sums' adds."""
+    the row sums' adds. Counted over the first loop's blocks without cross-lane shuffles: the
+    flushes of the recency runs and of the joint histogram (row sums across lanes) are blocks of
+    their own, paid once per bin change, not per element."""
     import json
     import subprocess
     import sys

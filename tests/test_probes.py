@@ -132,6 +132,7 @@ def brute_force(orders: list[list[int]], stream: str, head: int, r: int = R, w: 
     for part in ("S_only", "R_only", "both", "neither"):
         acc[f"{part}_mass"] = acc[f"{part}_chance"] = 0.0
     hists = {f"{h}_{kind}": [0.0] * 18 for h in ("semantic", "recency", "own") for kind in ("mass", "chance")}
+    hists.update({f"joint_{kind}": [[0.0] * 18 for _ in range(18)] for kind in ("mass", "chance")})
     for order in orders:
         keys = key_positions(order)
         for i, ref, own, offset in rows_of(order, stream):
@@ -160,6 +161,8 @@ def brute_force(orders: list[list[int]], stream: str, head: int, r: int = R, w: 
                 hists["semantic_chance"][log2_bin(dist)] += chance
                 hists["recency_mass"][log2_bin(rec)] += p[j]
                 hists["recency_chance"][log2_bin(rec)] += chance
+                hists["joint_mass"][log2_bin(dist)][log2_bin(rec)] += p[j]
+                hists["joint_chance"][log2_bin(dist)][log2_bin(rec)] += chance
                 if own is not None:
                     hists["own_mass"][log2_bin(own_d)] += p[j]
                     hists["own_chance"][log2_bin(own_d)] += chance
@@ -262,9 +265,16 @@ def test_histograms_match_the_brute_force_and_sum_to_the_rows(known_run):
     hists = table[table.probe == "histograms"]
     for stream in model.stream_names:
         kinds = ("semantic", "recency") + (("own",) if stream == "main" else ())
-        assert set(hists[hists.stream == stream].metric) == {f"{k}_hist" for k in kinds}
+        assert set(hists[hists.stream == stream].metric) == {f"{k}_hist" for k in kinds} | {"joint_hist"}
         for head in range(len(KNOWN)):
             bf = brute_force(orders, stream, head)
+            joint = hists[(hists.stream == stream) & (hists["head"] == head) & (hists.metric == "joint_hist") & (hists.layer == 0)]
+            assert (joint.n == bf["rows"]).all()
+            cells = {(x, y) for x in range(18) for y in range(18) if bf["joint_chance"][x][y] > 0}
+            assert set(zip(joint.x, joint.y)) == cells  # every cell a key can reach, no other
+            for _, row in joint.iterrows():
+                assert row.value == pytest.approx(bf["joint_mass"][row.x][row.y] / bf["rows"], abs=1e-6)
+                assert row.chance == pytest.approx(bf["joint_chance"][row.x][row.y] / bf["rows"], abs=1e-12)
             for kind in kinds:
                 rows = hists[(hists.stream == stream) & (hists["head"] == head) & (hists.metric == f"{kind}_hist") & (hists.layer == 0)].sort_values("x")
                 n = bf["own_rows"] if kind == "own" else bf["rows"]
@@ -273,6 +283,28 @@ def test_histograms_match_the_brute_force_and_sum_to_the_rows(known_run):
                 assert rows.value.sum() == pytest.approx(1.0, abs=1e-6) and rows.chance.sum() == pytest.approx(1.0, abs=1e-12)
                 assert rows.value.tolist() == pytest.approx([m / n for m in bf[f"{kind}_mass"]], abs=1e-6)
                 assert rows.chance.tolist() == pytest.approx([c / n for c in bf[f"{kind}_chance"]], abs=1e-12)
+
+
+def test_parts_at_any_edge_r_w_are_read_from_the_joint_histogram(known_run):
+    """readout.parts_table on the joint_hist rows: at the run's (r, w) it gives the parts probe's
+    values; at other (r, w) on bin edges, the brute force's; r, w inside a bin are refused."""
+    from workbench.probing.readout import parts_table
+
+    variant, model, orders, table = known_run
+    for r, w in [(R, W), (1, 4), (0, 8), (4, 1)]:
+        parts = parts_table(table, r, w).query("layer == 1")
+        for stream in model.stream_names:
+            for head in range(len(KNOWN)):
+                bf = brute_force(orders, stream, head, r=r, w=w)
+                for part in ("S_only", "R_only", "both", "neither"):
+                    got = value(parts, stream=stream, head=head, part=part)
+                    assert got.mass == pytest.approx(bf[f"{part}_mass"] / bf["rows"], abs=1e-6), (r, w, stream, head, part)
+                    assert got.chance == pytest.approx(bf[f"{part}_chance"] / bf["rows"], abs=1e-12)
+                    if (r, w) == (R, W):
+                        assert got.mass == pytest.approx(value(table, probe="parts", metric=part, layer=1, stream=stream,
+                                                               head=head).value, abs=1e-9)
+    with pytest.raises(ValueError, match="not on a bin edge"):
+        parts_table(table, 3, 4)
 
 
 def test_parts_sum_to_one_per_row_and_per_step(known_run):
@@ -370,14 +402,15 @@ def test_tree_sums_are_the_same_bits_however_the_leaves_are_split(n_leaves):
 def test_closed_form_ratio_estimates_match_autograd():
     """Pooled.estimate takes a Ratio's gradient in closed form; the same function as a plain
     lambda goes through autograd. Values and CIs agree, 0 / 0 rows included (NaN in both)."""
-    from workbench.probing.engine import F, FIELDS, Pooled, index_fn, lift, per_row, summed
+    from workbench.probing.engine import F, FIELDS, Pooled, excess, index_fn, lift, per_row, summed
 
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(3, 5, 40, len(FIELDS), generator=gen, dtype=torch.float64)
     x[1, 2, :, F["S_only_mass"]] = x[1, 2, :, F["R_only_mass"]] = 0.0  # index 0 / 0 in one (group, head)
     pooled = Pooled(0, "main", 40, [0, 1], x.sum(2), torch.einsum("ghni,ghnj->ghij", x, x),
-                    torch.zeros(5, 6, 18), torch.zeros(5, 6, 18))
-    for fn in (per_row("entropy"), lift("S_only+both"), summed(["S_only_mass", "both_mass"]), index_fn("mass")):
+                    torch.zeros(5, 6, 18), torch.zeros(5, 6, 18), torch.zeros(5, 2, 18, 18), torch.zeros(5, 2, 18, 18))
+    for fn in (per_row("entropy"), lift("S_only+both"), summed(["S_only_mass", "both_mass"]), index_fn("mass"),
+               excess("S")):
         for group in (0, None):
             value, ci = pooled.estimate(fn, group)
             ref_value, ref_ci = pooled.estimate(lambda u, fn=fn: fn(u), group)  # not a Ratio: autograd

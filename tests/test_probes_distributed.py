@@ -32,9 +32,9 @@ def test_fast_writes_the_reference_table(checkpoint, monkeypatch):
     """The kernel source (interpreted on CPU) against the reference: the same table, by_step sink
     rows included, within float tolerance."""
     os.environ.setdefault("TRITON_INTERPRET", "1")
-    from workbench.probing import engine, runner
+    from workbench.probing import runner, sources
 
-    monkeypatch.setattr(runner, "make_source", lambda fast, device: (engine.KernelSource(), "kernel (test)"))
+    monkeypatch.setattr(runner, "make_source", lambda fast, device, model: (sources.KernelSource(), "kernel (test)"))
     args = dict(probes=OBSERVATIONAL, max_sequences=7, batch_size=3, progress=False, r=2, w=3)
     fast = run_probes(checkpoint, **args).table
     monkeypatch.undo()

@@ -224,10 +224,56 @@ def test_fast_without_cuda_falls_back_loudly(checkpoint, capsys):
 # ---- statistics sources ------------------------------------------------------------------------
 
 
+def _plant_scores(model):
+    """A permanent hook on layer 0's first stream scores: every row looks at key 0 only."""
+    from workbench.hook_names import hook_name
+
+    def plant(scores, hook):
+        new = torch.full_like(scores, -1e4)
+        new[..., 0] = 0.0
+        return new.masked_fill(scores == float("-inf"), float("-inf"))
+
+    name = hook_name("attn_scores", 0, model.stream_names[0])
+    model.add_hook(name, plant, is_permanent=True)
+    return name
+
+
+def test_fast_with_hooks_on_scores_falls_back_to_the_reference(capsys):
+    """--fast computes patterns from q and k, so hooks at hook_attn_scores / hook_pattern would be
+    skipped: make_source picks the reference path instead, with a warning naming the hooks (even
+    on a CUDA device), and a run on such a model writes the reference's table."""
+    from workbench.probing.sources import ReferenceSource, make_source
+
+    model = tiny()
+    name = _plant_scores(model)
+    source, note = make_source(True, "cuda", model)
+    err = capsys.readouterr().err
+    assert isinstance(source, ReferenceSource) and name in note
+    assert "WARNING" in err and name in err and "falling back to the reference path" in err
+    data = torch.randint(0, model.cfg.d_vocab, (4, 16), generator=torch.Generator().manual_seed(0))
+    fast = run_probes(model, data=data, probes="parts,specialisation", fast=True, device="cpu", progress=False)
+    assert_same_table(fast.table, run_probes(model, data=data, probes="parts,specialisation", progress=False).table)
+    planted = fast.table.query("layer == 0 and stream == 'content' and metric == 'neither'")["value"]
+    assert len(planted) == model.cfg.n_heads and (planted > 1 - 1e-9).all()  # the planted scores were used
+
+
+def test_kernel_source_refuses_hooks_on_scores():
+    """A hook attached after the source was chosen is never skipped silently: collect raises."""
+    from workbench.probing.sources import KernelSource
+
+    model = tiny(d_head=16)
+    name = _plant_scores(model)
+    tokens = torch.randint(0, model.cfg.d_vocab, (1, 16))
+    with pytest.raises(RuntimeError, match=name.replace(".", r"\.")):
+        KernelSource().collect(model, tokens, torch.randperm(16)[None], r=2, w=3)
+
+
+
 @pytest.mark.parametrize("variant", ["two_stream", "decoupled_rope", "sigma_gpt"])
 def test_kernel_source_matches_the_reference(variant):
     """The --fast path (hooks -> Triton kernel; on CPU in Triton's interpreter) against the reference."""
-    from workbench.probing.engine import F, KernelSource, ReferenceSource
+    from workbench.probing.engine import F
+    from workbench.probing.sources import KernelSource, ReferenceSource
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the compiled kernel takes CUDA tensors only
     model = tiny(variant, d_head=16).to(device)
@@ -252,7 +298,7 @@ def test_kernel_source_cuda_graphs_give_the_eager_sums(variant):
     """KernelSource captures a stream's statistics call in a CUDA graph the second time a batch
     shape comes: batch 0 eager, batch 1 captured and replayed, batches 2-3 replayed, and a smaller
     last batch eager again. Every batch's sums equal the always-eager source's, bit for bit."""
-    from workbench.probing.engine import KernelSource
+    from workbench.probing.sources import KernelSource
 
     model = tiny(variant, d_head=16).to("cuda")
     gen = torch.Generator().manual_seed(0)
@@ -346,3 +392,27 @@ def test_a_probe_failing_before_any_work_leaves_nothing(tmp_path):
         assert not (tmp_path / "new").exists()
     finally:
         registry_module.unregister("test_broken")
+
+
+def test_xlnet_null_slot_counts_for_row_0_only_on_both_paths():
+    """XLNet: only row 0 sees the null slot, so the sink chance is 1 for that row and 0 for every
+    other (it was 1 / (i + 1) for all, giving uniform attention lifts above 1); the kernel source
+    (interpreted on CPU) and the reference agree."""
+    from workbench.probing.engine import F
+    from workbench.probing.sources import KernelSource, ReferenceSource
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = from_config(AOConfig(variant="xlnet", n_layers=1, d_model=32, n_heads=2, d_head=16, d_mlp=32, n_ctx=12,
+                                 d_vocab=11)).eval().to(device)
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 11, (2, 12), generator=gen)
+    order = torch.stack([torch.randperm(12, generator=gen) for _ in range(2)])
+    with torch.no_grad():
+        kernel = KernelSource().collect(model, tokens.to(device), order.to(device), r=2, w=2)
+        reference = ReferenceSource().collect(model, tokens, order, r=2, w=2)
+    for key in reference:
+        assert torch.allclose(kernel[key].cpu(), reference[key].cpu(), rtol=1e-5, atol=1e-4), key
+    for stream in ("content", "query"):
+        u = reference[f"L0.{stream}.u_sum"]
+        assert torch.equal(u[0, :, F["sink_chance"]], torch.full((2,), 2.0 if stream == "query" else 0.0,
+                                                                 dtype=torch.float64))

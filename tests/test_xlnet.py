@@ -415,10 +415,11 @@ def test_probe_engine_reference_on_converted_xlnet(model):
     """The probe runner's reference source (patterns through hooks) on a converted XLNet: every
     head summarised; the null key ("sink") holds exactly the first-generated query row's mass."""
     engine = pytest.importorskip("workbench.probing.engine")
+    sources = pytest.importorskip("workbench.probing.sources")
     n_seq, n_pos = 4, 16
     tokens, order = batch(model.cfg.d_vocab, n_seq, n_pos, seed=10)
     with torch.no_grad():  # as the runner's batch map calls it
-        shard = engine.ReferenceSource().collect(model, tokens, order, r=2, w=2)
+        shard = sources.ReferenceSource().collect(model, tokens, order, r=2, w=2)
     heads = engine.summarise_heads(engine.pool(shard, model, n_pos))
     assert len(heads) == model.cfg.n_layers * 2 * model.cfg.n_heads
     for head in heads:

@@ -8,7 +8,8 @@ against.
 
 Conventions (one attention row i of one sequence and head; slot coordinates):
 
-- visible keys V = {0..i}; row i's chance weight of each visible key is 1 / (i + 1).
+- visible keys V = {0..i}, less the null keys for rows that do not see them (`sees_null`; XLNet:
+  only row 0 sees its null slot); row i's chance weight of each visible key is 1 / |V|.
 - a key j with `key_pos[j] < 0` is a **null key** (key 0, the BOS / learned null key): it has no
   distance and no recency, sits in bin 0 of every histogram and in the part "neither".
 - **semantic distance** |key_pos[j] - row_ref[i]|; **own distance** |key_pos[j] - row_own[i]|;
@@ -20,6 +21,9 @@ Conventions (one attention row i of one sequence and head; slot coordinates):
   parts are (S only, R only, both, neither), in that order.
 - histogram bins (`distance_bin`): 0 null key; 1 d = 0; 2 d = 1; b >= 3: 2^(b-3) < d <= 2^(b-2);
   d > 2^14 all land in the last bin, N_BINS - 1 = 17.
+- the **joint histogram** [semantic bin, recency bin] holds each key's mass in the cell of its two
+  bins (the null key in [0, 0]); its margins are the two histograms, and the parts at any r, w on
+  bin edges (0, 1, 2, 4, ...) are sums of its cells (`workbench.probing.readout`).
 
 Every sum in `ProbeStats` is over batch and probed rows, so a histogram row sums to the number of
 probed rows and stats from several batches (or ranks) simply add.
@@ -78,11 +82,14 @@ def n_thresholds(max_distance: int) -> int:
 _TENSOR_FIELDS = (
     "n_rows", "n_own_rows",
     "sem_mass", "sem_chance", "rec_mass", "rec_chance", "own_mass", "own_chance",
+    "joint_mass", "joint_chance",
     "parts_mass", "parts_chance", "entropy",
-    "step_parts_mass", "step_parts_chance", "step_entropy", "step_rows", "step_null_mass",
+    "step_parts_mass", "step_parts_chance", "step_entropy", "step_rows", "step_null_chance", "step_entropy_chance",
+    "step_null_mass",
 )
 _OPTIONAL = ("own_mass", "own_chance", "step_null_mass")  # may be missing from an older saved dict
-_STEP_FIELDS = ("step_parts_mass", "step_parts_chance", "step_entropy", "step_rows", "step_null_mass")
+_STEP_FIELDS = ("step_parts_mass", "step_parts_chance", "step_entropy", "step_rows", "step_null_chance",
+                "step_entropy_chance", "step_null_mass")
 
 
 @dataclass
@@ -99,11 +106,14 @@ class ProbeStats:
     | `sem_mass`, `sem_chance` | [H, N_BINS] | attention / chance mass per semantic-distance bin |
     | `rec_mass`, `rec_chance` | [H, N_BINS] | the same per recency bin |
     | `own_mass`, `own_chance` | [H, N_BINS] or None | the same per own-distance bin |
+    | `joint_mass`, `joint_chance` | [H, N_BINS, N_BINS] | the same per (semantic bin, recency bin) |
     | `parts_mass`, `parts_chance` | [H, 4] | (S only, R only, both, neither) at (r, w) |
     | `entropy` | [H] | sum of row entropies, bits |
     | `step_parts_mass`, `step_parts_chance` | [H, R, 4] | the parts per row index |
     | `step_entropy` | [H, R] | entropy per row index |
     | `step_rows` | [R] | probed rows per row index |
+    | `step_null_chance` | [H, R] | chance mass of null keys per row index (1 / (visible keys) where the row sees the null key) |
+    | `step_entropy_chance` | [H, R] | entropy of uniform attention, log2 (visible keys), per row index |
     | `step_null_mass` | [H, R] | attention on null keys per row index (bin 0 of the semantic histogram, per step) |
 
     Histograms (except own) and parts sum to `n_rows` per head; own histograms to `n_own_rows`.
@@ -127,6 +137,8 @@ class ProbeStats:
     rec_chance: Tensor
     own_mass: Tensor | None
     own_chance: Tensor | None
+    joint_mass: Tensor
+    joint_chance: Tensor
     parts_mass: Tensor
     parts_chance: Tensor
     entropy: Tensor
@@ -134,6 +146,8 @@ class ProbeStats:
     step_parts_chance: Tensor
     step_entropy: Tensor
     step_rows: Tensor
+    step_null_chance: Tensor
+    step_entropy_chance: Tensor
     step_null_mass: Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -298,9 +312,11 @@ def empty_stats(
         sem_mass=z(n_heads, N_BINS), sem_chance=z(n_heads, N_BINS),
         rec_mass=z(n_heads, N_BINS), rec_chance=z(n_heads, N_BINS),
         own_mass=z(n_heads, N_BINS) if has_own else None, own_chance=z(n_heads, N_BINS) if has_own else None,
+        joint_mass=z(n_heads, N_BINS, N_BINS), joint_chance=z(n_heads, N_BINS, N_BINS),
         parts_mass=z(n_heads, N_PARTS), parts_chance=z(n_heads, N_PARTS), entropy=z(n_heads),
         step_parts_mass=z(n_heads, n_steps, N_PARTS), step_parts_chance=z(n_heads, n_steps, N_PARTS),
-        step_entropy=z(n_heads, n_steps), step_rows=z(n_steps), step_null_mass=z(n_heads, n_steps),
+        step_entropy=z(n_heads, n_steps), step_rows=z(n_steps), step_null_chance=z(n_heads, n_steps),
+        step_entropy_chance=z(n_heads, n_steps), step_null_mass=z(n_heads, n_steps),
     )
 
 
@@ -310,9 +326,15 @@ def empty_stats(
 
 
 def check_positions(
-    key_pos: Tensor, row_ref: Tensor, row_own: Tensor | None, batch: int, n_rows: int, n_keys: int
+    key_pos: Tensor, row_ref: Tensor, row_own: Tensor | None, batch: int, n_rows: int, n_keys: int,
+    sees_null: Tensor | None = None,
 ) -> None:
     """Shapes and dtypes of the position arguments shared by every probe-stats entry point."""
+    if sees_null is not None and (not isinstance(sees_null, Tensor) or sees_null.dtype != torch.bool
+                                  or tuple(sees_null.shape) != (batch, n_rows)):
+        raise ValueError(f"sees_null must be a bool tensor of shape {[batch, n_rows]} ([batch, row]: whether each "
+                         f"row sees the null keys), got {getattr(sees_null, 'dtype', type(sees_null).__name__)} "
+                         f"{list(getattr(sees_null, 'shape', []))}")
     for name, t, shape in (("key_pos", key_pos, (batch, n_keys)), ("row_ref", row_ref, (batch, n_rows)),
                            ("row_own", row_own, (batch, n_rows))):
         if t is None:
@@ -336,6 +358,7 @@ def pattern_stats(
     w: int,
     row_start: int = 0,
     n_steps: int | None = None,
+    sees_null: Tensor | None = None,
 ) -> ProbeStats:
     """Probe statistics of a materialised attention pattern (the definition; float64, exact).
 
@@ -347,11 +370,13 @@ def pattern_stats(
     row_start, n_steps: where this chunk's rows sit in the stream and how many rows the stream has
         (per-step arrays are [.., n_steps, ..]; default row_start + row). Summing the ProbeStats of
         all chunks gives the stats of the whole pattern.
+    sees_null: [batch, row] bool for this chunk's rows, whether the row sees the null keys (None:
+        every row does). A null key a row does not see is not in its V, like keys past the diagonal.
     """
     if pattern.dim() != 4:
         raise ValueError(f"pattern must be [batch, head, row, key], got shape {list(pattern.shape)}")
     B, H, Rc, K = pattern.shape
-    check_positions(key_pos, row_ref, row_own, B, Rc, K)
+    check_positions(key_pos, row_ref, row_own, B, Rc, K, sees_null)
     if row_start + Rc > K:
         raise ValueError(f"rows {row_start}..{row_start + Rc - 1} see keys 0..i, but there are only {K} keys")
     n_steps = row_start + Rc if n_steps is None else n_steps
@@ -361,14 +386,22 @@ def pattern_stats(
 
     i = torch.arange(row_start, row_start + Rc, device=dev)  # global row index   [Rc]
     j = torch.arange(K, device=dev)  # [K]
-    vis = j[None, :] <= i[:, None]  # [Rc, K]
     null = key_pos < 0  # [B, K]
-    real = vis[None] & ~null[:, None, :]  # non-null visible keys          [B, Rc, K]
+    causal = (j[None, :] <= i[:, None])[None]  # [1, Rc, K]
+    real = causal & ~null[:, None, :]  # non-null visible keys          [B, Rc, K]
+    seen_null = causal & null[:, None, :]
+    if sees_null is not None:
+        seen_null = seen_null & sees_null.to(dev)[:, :, None]
+    vis = real | seen_null  # V                                          [B, Rc, K]
     probed = row_ref >= 0  # [B, Rc]
-    n_vis = (i + 1).to(f64)  # |V|                                       [Rc]
+    n_vis = vis.sum(-1).to(f64)  # |V|                                    [B, Rc]
+    if bool((probed & (n_vis == 0)).any()):
+        b, row = (probed & (n_vis == 0)).nonzero()[0].tolist()
+        raise ValueError(f"row {row_start + row} of sequence {b} is probed (row_ref >= 0) but sees no key; mark it "
+                         "not probed (row_ref = -1) or let it see the null key (sees_null)")
 
-    p = pattern.to(f64) * vis  # [B, H, Rc, K]
-    chance = (vis.to(f64) / n_vis[:, None])[None, None].expand(B, 1, Rc, K)  # [B, 1, Rc, K]
+    p = torch.where(vis[:, None], pattern.to(f64), 0.0)  # [B, H, Rc, K]; NaN of an empty row dropped too
+    chance = (vis.to(f64) / n_vis.clamp(min=1)[..., None])[:, None]  # [B, 1, Rc, K]
 
     def bins_of(dist: Tensor) -> Tensor:  # [B, Rc, K] int, null keys -> bin 0
         return torch.where(null[:, None, :], 0, distance_bin(dist))
@@ -384,10 +417,18 @@ def pattern_stats(
     sem_bins = bins_of(sem_dist)
     rec = (i[:, None] - j[None, :] + recency_offset).expand(B, Rc, K)
     rec_bins = bins_of(rec)
+    cells = (sem_bins * N_BINS + rec_bins).reshape(1, -1)  # joint histogram cell of every entry
+
+    def joint(weights: Tensor) -> Tensor:  # -> [heads, N_BINS, N_BINS]
+        h = weights.shape[1]
+        w_rows = (weights.expand(B, h, Rc, K) * rows[:, None, :, None]).transpose(0, 1).reshape(h, -1)
+        out = torch.zeros(h, N_BINS * N_BINS, dtype=f64, device=dev)
+        return out.scatter_add_(1, cells.expand(h, -1), w_rows).view(h, N_BINS, N_BINS)
 
     stats: dict[str, Any] = {}
     stats["sem_mass"], stats["sem_chance"] = hist(sem_bins, p, rows), hist(sem_bins, chance, rows).expand(H, -1)
     stats["rec_mass"], stats["rec_chance"] = hist(rec_bins, p, rows), hist(rec_bins, chance, rows).expand(H, -1)
+    stats["joint_mass"], stats["joint_chance"] = joint(p), joint(chance).expand(H, -1, -1)
     if row_own is not None:
         row_own = row_own.to(dev, torch.int64)
         own_rows = (probed & (row_own >= 0)).to(f64)
@@ -420,6 +461,8 @@ def pattern_stats(
     plogp = torch.where(p > 0, p * torch.log2(p.clamp(min=torch.finfo(f64).tiny)), torch.zeros((), dtype=f64, device=dev))
     stats["step_entropy"] = per_step(-plogp.sum(-1))
     stats["step_null_mass"] = per_step((p * null[:, None, None, :]).sum(-1))
+    stats["step_null_chance"] = per_step((chance * null[:, None, None, :]).sum(-1)).expand(H, -1)
+    stats["step_entropy_chance"] = per_step(torch.log2(n_vis.clamp(min=1))[:, None]).expand(H, -1)
     stats["parts_mass"] = stats["step_parts_mass"].sum(1)
     stats["parts_chance"] = stats["step_parts_chance"].sum(1)
     stats["entropy"] = stats["step_entropy"].sum(1)

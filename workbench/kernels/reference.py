@@ -46,6 +46,7 @@ def reference_probe_stats(
     row_ref: Tensor,
     *,
     row_own: Tensor | None = None,
+    sees_null: Tensor | None = None,
     recency_offset: int,
     r: int,
     w: int,
@@ -55,11 +56,12 @@ def reference_probe_stats(
     """Probe statistics of softmax(q k^T * scale) under the top-left causal mask (row i sees 0..i).
 
     q: [batch, head, row, d_head], k: [batch, head, key, d_head]; key_pos [batch, key],
-    row_ref / row_own [batch, row] (see `workbench.kernels.contract`). Scores are computed in
-    float32 from the given dtype; statistics in float64.
+    row_ref / row_own [batch, row] (see `workbench.kernels.contract`); sees_null [batch, row] bool
+    (None: every row sees the null keys), a null key a row does not see is masked like a key past
+    the diagonal. Scores are computed in float32 from the given dtype; statistics in float64.
     """
     B, H, R, K, D = check_qk(q, k)
-    check_positions(key_pos, row_ref, row_own, B, R, K)
+    check_positions(key_pos, row_ref, row_own, B, R, K, sees_null)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     dev = q.device
     key_pos, row_ref = key_pos.to(dev), row_ref.to(dev)
@@ -73,11 +75,14 @@ def reference_probe_stats(
         stop = min(R, start + chunk)
         scores = torch.matmul(q[:, :, start:stop].float(), kf.transpose(-1, -2)) * scale  # [B, H, c, K]
         i = torch.arange(start, stop, device=dev)
-        scores = scores.masked_fill(j[None, :] > i[:, None], float("-inf"))
-        pattern = torch.softmax(scores, dim=-1)
+        hidden = (j[None, :] > i[:, None])[None]  # [1, c, K]
+        chunk_sees = None if sees_null is None else sees_null[:, start:stop].to(dev)
+        if chunk_sees is not None:
+            hidden = hidden | ((key_pos < 0)[:, None, :] & ~chunk_sees[:, :, None])
+        pattern = torch.softmax(scores.masked_fill(hidden[:, None], float("-inf")), dim=-1)
         total = total + pattern_stats(
             pattern, key_pos, row_ref[:, start:stop],
             None if row_own is None else row_own[:, start:stop],
-            recency_offset=recency_offset, r=r, w=w, row_start=start, n_steps=R,
+            recency_offset=recency_offset, r=r, w=w, row_start=start, n_steps=R, sees_null=chunk_sees,
         )
     return total

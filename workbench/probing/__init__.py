@@ -4,9 +4,10 @@
     result = run_probes("two_stream-128", out="results/probes/two_stream-128")
 
 Modules, one job each: `registry` (probe definitions by name), `context` (what a probe sees; the
-resumable batch map), `engine` (attention statistics pooled over a dataset, with CIs), `causal`
-(ablation and knockout), `divergence` (model-free order divergence), `specialisation` (index and
-label), `table` (the tidy results table), `runner` (a whole run: validation, resume, atomic
+resumable batch map), `sources` (one batch -> statistics: patterns or the kernel), `engine` (attention statistics
+pooled over a dataset, with CIs), `causal` (ablation and knockout), `divergence` (model-free
+order divergence), `specialisation` (labels), `readout` (the parts at any r, w from the joint
+histogram), `table` (the tidy results table), `runner` (a whole run: validation, resume, atomic
 output), `cli` (`workbench probe`). The probes themselves live in the top-level `probes/` package.
 """
 

@@ -30,7 +30,8 @@ from workbench.models import HookedAOModel
 from workbench.results_io import write_bytes_atomic
 
 if TYPE_CHECKING:
-    from workbench.probing.engine import Pooled, StatsSource
+    from workbench.probing.engine import Pooled
+    from workbench.probing.sources import StatsSource
 
 BatchFn = Callable[[int, Tensor, Tensor], dict[str, Tensor]]
 
@@ -74,7 +75,7 @@ class ProbeContext:
         on_shard: Callable[[str, int], None] | None = None,
         orders: Tensor | None = None,
     ):
-        from workbench.probing.engine import ReferenceSource
+        from workbench.probing.sources import ReferenceSource
 
         if windows.ndim != 2 or windows.shape[0] == 0:
             raise ValueError(f"windows must be a non-empty [sequence, pos] tensor, got {tuple(windows.shape)}.")

@@ -1,48 +1,28 @@
 """Attention statistics of a model over a dataset: per (layer, stream, head), pooled over sequences,
 with what a confidence interval needs.
 
-A *statistics source* turns one batch into `ProbeStats` (workbench/kernels/contract.py) per
-(layer, stream) and sequence:
-
-- `ReferenceSource`: the patterns themselves, read at `hook_pattern` and reduced by
-  `workbench.kernels.pattern_stats` (the definition) inside the hook, so no more than one layer's
-  pattern is alive at a time.
-- `KernelSource` (`--fast`): rotated queries and keys captured at `hook_rot_q` / `hook_rot_k`
-  (`hook_q` / `hook_k` for sigma_gpt, which has no rotation; the forward stops once the last of
-  them is captured, as nothing after it is needed) and reduced by the fused Triton kernel
-  `workbench.kernels.probe_stats`, never materialising a pattern: one call (three launches) per stream and batch
-  (all layers side by side on the head axis),
-  per-sequence outputs that stay on the device, and the moment sums below accumulated there too
-  (replayed as a CUDA graph once a batch shape repeats), so nothing waits for the GPU; the batch
-  map copies the sums to the host while the next batch runs. Needs CUDA; `make_source` falls
-  back to the reference with a warning line otherwise.
-
-Both sources give the same moment sums (within float32 rounding of the scores), per-step null-key
-mass included, so `--fast` writes the reference's table.
-
-Each sequence's statistics become a small vector per head (below, `FIELDS`), for all rows and for
-each step bucket (rows 0, 1, 2-3, 4-7, ... by slot index); a batch contributes the sums of those
-vectors and of their outer products, plus sums and sums of squares of the histograms. Pooled
-over batches these give every metric as a ratio of means, and its 95% confidence interval over
-sequences by the delta method (`Pooled.estimate`).
+A statistics source (workbench/probing/sources.py) turns one batch into `ProbeStats`
+(workbench/kernels/contract.py) per (layer, stream) and sequence, and an `Accumulator` here into
+moment sums: each sequence's statistics become a small vector per head (below, `FIELDS`), for all
+rows and for each step bucket (rows 0, 1, 2-3, 4-7, ... by slot index); a batch contributes the
+sums of those vectors and of their outer products, plus sums and sums of squares of the
+histograms (the joint semantic x recency one included). Pooled over batches these give every
+metric as a ratio of means, and its 95% confidence interval over sequences by the delta method
+(`Pooled.estimate`).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from workbench.hook_names import hook_name
-from workbench.kernels.contract import N_BINS, ProbeStats, pattern_stats
+from workbench.kernels.contract import N_BINS, ProbeStats
 from workbench.models import HookedAOModel
-from workbench.orders import ProbeLayout, probe_layout, to_device
 from workbench.probing import specialisation
 from workbench.probing.table import Row
 from workbench.stats import Z_95
@@ -56,10 +36,14 @@ FIELDS = (
     "entropy",  # bits
     "uniform_entropy",  # log2 |V|: the entropy of uniform attention
     "own_rows",  # probed rows with an own position (single stream)
+    # the normalised excess (`excess`), over the rows where the set separates something (not empty,
+    # not every non-null key): with n the row's non-null mass (1 - sink) and c' the set's chance
+    # among the non-null keys, "S_nn_mass" = the mass on S_r, "S_nn_chance" = n c'_S and
+    # "S_nn_max" = n (the most S_r can hold once the sink is set aside), 0 on other rows; so for R_w
+    "S_nn_mass", "S_nn_chance", "S_nn_max", "R_nn_mass", "R_nn_chance", "R_nn_max",
 )
 F = {name: i for i, name in enumerate(FIELDS)}
 HISTS = ("semantic", "recency", "own")  # hist tensor rows: (attention, chance) per histogram
-ROW_CHUNK = 1 << 21  # pattern entries per pattern_stats call (bounds the float64 temporaries)
 
 
 def step_buckets(n_rows: int) -> list[int]:
@@ -78,216 +62,9 @@ def bucket_of(n_rows: int, device: torch.device | str = "cpu") -> Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _row_constants(n_rows: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """([bucket, row] one-hot, |V| = i + 1, log2 |V|), float64, made on `device` (no copy to it)."""
-    onehot = torch.nn.functional.one_hot(bucket_of(n_rows, device), len(step_buckets(n_rows))).T.double()
-    visible = torch.arange(1, n_rows + 1, dtype=torch.float64, device=device)
-    return onehot, visible, torch.log2(visible)
-
-
-# ---- sources ---------------------------------------------------------------------------------
-
-
-class StatsSource(Protocol):
-    name: str
-
-    def collect(self, model: HookedAOModel, tokens: Tensor, order: Tensor, *, r: int, w: int) -> dict[str, Tensor]:
-        """One batch's moment sums, keyed "L{layer}.{stream}.{what}" (see `Accumulator`)."""
-        ...
-
-
-class ReferenceSource:
-    """Patterns through `hook_pattern` -> `pattern_stats`, one sequence at a time."""
-
-    name = "reference"
-
-    def collect(self, model: HookedAOModel, tokens: Tensor, order: Tensor, *, r: int, w: int) -> dict[str, Tensor]:
-        device = next(model.parameters()).device
-        layouts = {s: probe_layout(to_device(order, device), s) for s in model.stream_names}
-        names = _stream_hooks(model, "pattern")
-        out: dict[str, Tensor] = {}
-
-        def hook(pattern: Tensor, hook) -> None:  # [batch, head, row, key]
-            layer, stream = names[hook.name]
-            layout = layouts[stream]
-            acc = Accumulator(layout.row_ref.shape[1], pattern.shape[1], pattern.device)
-            acc.add_batch(ProbeStats.stack([_chunked_pattern_stats(pattern[b : b + 1], _select(layout, b), r, w)
-                                            for b in range(pattern.shape[0])]))
-            out.update(acc.to_dict(f"L{layer}.{stream}"))
-
-        with model.hooks(fwd_hooks=[(lambda n: n in names, hook)]):
-            model(tokens, order)
-        return out
-
-
-class KernelSource:
-    """q and k through hooks -> the fused Triton kernel `probe_stats` (CUDA).
-
-    RoPE variants: the rotated q and k (`hook_rot_q`, `hook_rot_k`); sigma_gpt: `hook_q`, `hook_k`;
-    a model with its own `probe_qk` (XLNet's relative attention) factorises its scores into q.k.
-
-    On CUDA, a stream's statistics call (the kernel and the accumulator: ~100 small ops, ~2 ms of
-    host time) is captured in a CUDA graph the second time a batch shape comes, and replayed from
-    then on (`graphs=False`: always eager; the same bits either way).
-    """
-
-    name = "kernel"
-
-    def __init__(self, graphs: bool = True):
-        self.graphs = graphs
-        self._seen: dict[tuple, _GraphedSums | None] = {}  # call signature -> its graph, once captured
-
-    def collect(self, model: HookedAOModel, tokens: Tensor, order: Tensor, *, r: int, w: int) -> dict[str, Tensor]:
-        own_qk = hasattr(model, "probe_qk")
-        rotated = not own_qk and getattr(model, "rotary", None) is not None
-        names = {**_stream_hooks(model, "rot_q" if rotated else "q"), **_stream_hooks(model, "rot_k" if rotated else "k")}
-        cache: dict[str, Tensor] = {}
-
-        def capture(_module, _inputs, x: Tensor, name: str) -> None:
-            cache[name] = x.detach()
-            if len(cache) == len(names):
-                raise _Captured  # all in hand: the rest of the forward would be thrown away
-
-        # Plain torch forward hooks on just these hook points, removed by handle: TransformerLens's
-        # `model.hooks()` walks every hook point of the model on exit (~3 ms per batch). Nothing
-        # here needs its bookkeeping (`has_hooks` matters only for pattern and result hooks).
-        handles = [
-            model.hook_dict[name].register_forward_hook(functools.partial(capture, name=name)) for name in names
-        ]
-        try:
-            model(tokens, order)  # CPU tokens and order: checked there, no device sync
-        except _Captured:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        missing = sorted(set(names) - set(cache))
-        if missing:
-            raise RuntimeError(f"the forward never reached {', '.join(missing)}; the kernel needs q and k of every layer")
-        out: dict[str, Tensor] = {}
-        max_distance = order.shape[1]  # positions are 0..T-1: bounds every distance, saves a sync per call
-        n_layers = model.cfg.n_layers
-        order = to_device(order, next(model.parameters()).device)
-        for stream in model.stream_names:
-            layout = probe_layout(order, stream)
-            qs, ks = [], []
-            for layer in range(n_layers):
-                if own_qk:
-                    q, k, scale = model.probe_qk(cache, layer, stream, order)
-                else:
-                    which = ("rot_q", "rot_k") if rotated else ("q", "k")
-                    q, k = (cache[hook_name(a, layer, stream)].transpose(1, 2) for a in which)  # [batch, head, slot, d_head]
-                    scale = model.blocks[layer].attn.scale
-                if layer == 0:
-                    base = scale  # one call, one scale: any other layer's is folded into its q
-                qs.append(q if scale == base else q * (scale / base))
-                ks.append(k)
-            # One kernel call per stream: the layers side by side on the head axis (heads are
-            # independent in every statistic), so the fixed cost per call is paid once, not per layer.
-            settings = dict(recency_offset=layout.recency_offset, r=r, w=w, scale=base, max_distance=max_distance)
-            acc = self._sums(stream, qs, ks, layout, settings)
-            n_heads = acc.n_heads // n_layers
-            for layer in range(n_layers):
-                out.update(acc.to_dict(f"L{layer}.{stream}", heads=slice(layer * n_heads, (layer + 1) * n_heads)))
-        return out  # still on the device: map_batches copies it to the host while the next batch runs
-
-
-    def _sums(self, stream: str, qs: list[Tensor], ks: list[Tensor], layout: ProbeLayout, settings: dict) -> Accumulator:
-        """One stream's moment sums: eager, or by a CUDA graph for a call signature seen before."""
-        positions = [layout.key_pos, layout.row_ref] + ([layout.row_own] if layout.row_own is not None else [])
-        key = (stream, tuple(settings.items()), *((t.shape, t.dtype, t.device) for t in [*qs, *ks, *positions]))
-        graphed = self._seen.get(key)
-        if graphed is not None:
-            return graphed(qs, ks, positions)
-        q, k = torch.cat(qs, dim=1), torch.cat(ks, dim=1)
-        if self.graphs and q.is_cuda and key in self._seen:  # the second time: capture
-            self._seen[key] = _GraphedSums(q, k, positions, settings)
-            return self._seen[key](qs, ks, positions)
-        self._seen[key] = None
-        return _stream_sums(q, k, *positions, **settings)
-
-
-def _stream_sums(q: Tensor, k: Tensor, key_pos: Tensor, row_ref: Tensor, row_own: Tensor | None = None, **settings) -> Accumulator:
-    from workbench.kernels import probe_stats
-
-    acc = Accumulator(row_ref.shape[1], q.shape[1], q.device)
-    acc.add_batch(probe_stats(q, k, key_pos, row_ref, row_own=row_own, per_sequence=True, **settings))
-    return acc
-
-
-class _GraphedSums:
-    """`_stream_sums` captured in a CUDA graph for one call signature. A call copies q and k (the
-    concatenation the eager path does anyway) and the positions into the graph's input buffers and
-    replays it; the returned accumulator's sums are the graph's outputs, overwritten by the next
-    replay (map_batches copies them to the host first: the copy is queued before it)."""
-
-    def __init__(self, q: Tensor, k: Tensor, positions: list[Tensor], settings: dict):
-        self.q, self.k, self.positions = q, k, [p.clone() for p in positions]
-        side = torch.cuda.Stream()  # warm-up off the capture, as torch.cuda.graph asks
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            _stream_sums(self.q, self.k, *self.positions, **settings)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.acc = _stream_sums(self.q, self.k, *self.positions, **settings)
-
-    def __call__(self, qs: list[Tensor], ks: list[Tensor], positions: list[Tensor]) -> Accumulator:
-        torch.cat(qs, dim=1, out=self.q)
-        torch.cat(ks, dim=1, out=self.k)
-        for buffer, p in zip(self.positions, positions):
-            buffer.copy_(p)
-        self.graph.replay()
-        return self.acc
-
-
-class _Captured(Exception):
-    """Raised by `KernelSource`'s last capture hook: the forward stops there (like TransformerLens's
-    `stop_at_layer`), skipping the last layer's attention output and MLP and the unembedding."""
-
-
-def make_source(fast: bool, device: torch.device | str) -> tuple[StatsSource, str]:
-    """(the source to use, a note for the metadata). `fast` without CUDA falls back, loudly."""
-    if not fast:
-        return ReferenceSource(), "reference: patterns through hook_pattern -> pattern_stats"
-    if torch.device(device).type != "cuda":
-        message = (
-            f"workbench probe: WARNING: --fast needs a CUDA device (the fused Triton kernel), but the "
-            f"run is on {torch.device(device)}; falling back to the reference path (patterns through "
-            "hooks). Results are the same, only slower."
-        )
-        print(message, file=sys.stderr, flush=True)
-        return ReferenceSource(), "reference (fallback: --fast asked for, no CUDA device)"
-    return KernelSource(), "kernel: rotated q, k through hooks -> workbench.kernels.probe_stats"
-
-
-def _stream_hooks(model: HookedAOModel, activation: str) -> dict[str, tuple[int, str]]:
-    return {
-        hook_name(activation, layer, stream): (layer, stream)
-        for layer in range(model.cfg.n_layers)
-        for stream in model.stream_names
-    }
-
-
-def _select(layout: ProbeLayout, b: int) -> ProbeLayout:
-    own = layout.row_own[b : b + 1] if layout.row_own is not None else None
-    return ProbeLayout(layout.key_pos[b : b + 1], layout.row_ref[b : b + 1], own, layout.recency_offset)
-
-
-def _chunked_pattern_stats(pattern: Tensor, layout: ProbeLayout, r: int, w: int) -> ProbeStats:
-    """pattern_stats of one sequence, over chunks of rows so the float64 temporaries stay small."""
-    _, n_heads, n_rows, n_keys = pattern.shape
-    chunk = max(1, ROW_CHUNK // max(1, n_heads * n_keys))
-    total = None
-    for start in range(0, n_rows, chunk):
-        stop = min(n_rows, start + chunk)
-        own = layout.row_own[:, start:stop] if layout.row_own is not None else None
-        stats = pattern_stats(
-            pattern[:, :, start:stop], layout.key_pos, layout.row_ref[:, start:stop], own,
-            recency_offset=layout.recency_offset, r=r, w=w, row_start=start, n_steps=n_rows,
-        )
-        total = stats if total is None else total + stats
-    return total
+def _bucket_onehot(n_rows: int, device: torch.device) -> Tensor:
+    """[bucket, row] one-hot, float64, made on `device` (no copy to it)."""
+    return torch.nn.functional.one_hot(bucket_of(n_rows, device), len(step_buckets(n_rows))).T.double()
 
 
 # ---- per-sequence vectors and their moments ----------------------------------------------------
@@ -303,7 +80,7 @@ class Accumulator:
     def __init__(self, n_rows: int, n_heads: int, device: torch.device | str = "cpu"):
         self.n_rows, self.n_heads = n_rows, n_heads
         # [bucket, row] one-hot: u per bucket is one matrix product (index_add_ would use atomics on CUDA)
-        self.bucket_onehot, self.visible, self.log2_visible = _row_constants(n_rows, torch.device(device))
+        self.bucket_onehot = _bucket_onehot(n_rows, torch.device(device))
         self.n_seq = 0
         self.sums: dict[str, Tensor] | None = None  # u_sum, u_outer, hist_sum, hist_sq, from the first batch
         self.has_step_sink = True
@@ -323,9 +100,11 @@ class Accumulator:
              stats.own_mass if stats.has_own else zeros, stats.own_chance if stats.has_own else zeros],
             dim=2,
         )  # [B, head, 6, bin]
+        joint = torch.stack([stats.joint_mass, stats.joint_chance], dim=2)  # [B, head, 2, bin, bin]
         batch = {
             "u_sum": u.sum(0), "u_outer": torch.einsum("bghi,bghj->ghij", u, u),
             "hist_sum": hist.sum(0), "hist_sq": (hist * hist).sum(0),
+            "joint_sum": joint.sum(0), "joint_sq": (joint * joint).sum(0),
         }
         self.sums = batch if self.sums is None else {k: v + batch[k] for k, v in self.sums.items()}
         self.has_step_sink = self.has_step_sink and stats.step_null_mass is not None
@@ -338,10 +117,22 @@ class Accumulator:
         probed = (step_rows > 0).double()
         per_head = lambda x: x[:, None].expand(B, H, R)  # noqa: E731  [B, row] -> [B, head, row]
         null = stats.step_null_mass if stats.step_null_mass is not None else torch.zeros_like(stats.step_entropy)
+        non_null, non_null_chance = per_head(probed) - null, per_head(probed) - stats.step_null_chance
+        mass, chance = stats.step_parts_mass, stats.step_parts_chance
+        excess = []
+        for a, b in ((0, 2), (1, 2)):  # S_r = S only + both, R_w = R only + both
+            set_chance = chance[..., a] + chance[..., b]
+            relative = set_chance / non_null_chance.clamp(min=1e-300)
+            # chances are counts / |V|: "every non-null key" is 1 - c' = 0, and "all but one" is
+            # 1 - c' >= 1 / T, far above float32 rounding of the kernel's chances
+            informative = (set_chance > 0) & (relative < 1 - 1e-6)
+            zero = torch.zeros((), dtype=mass.dtype, device=mass.device)
+            excess += [torch.where(informative, mass[..., a] + mass[..., b], zero),
+                       torch.where(informative, non_null * relative, zero), torch.where(informative, non_null, zero)]
         per_row = torch.stack(  # [B, head, row, field], in FIELDS order (own_rows: set below)
-            [per_head(step_rows), *stats.step_parts_mass.unbind(-1), *stats.step_parts_chance.unbind(-1), null,
-             per_head(probed / self.visible), stats.step_entropy, per_head(probed * self.log2_visible),
-             torch.zeros_like(stats.step_entropy)],
+            [per_head(step_rows), *stats.step_parts_mass.unbind(-1), *chance.unbind(-1), null,
+             stats.step_null_chance, stats.step_entropy, stats.step_entropy_chance,
+             torch.zeros_like(stats.step_entropy), *excess],
             dim=-1,
         )
         by_bucket = torch.einsum("gr,bhrf->bghf", self.bucket_onehot, per_row)
@@ -364,6 +155,8 @@ class Accumulator:
             f"{prefix}.u_outer": self.sums["u_outer"][:, heads],
             f"{prefix}.hist_sum": self.sums["hist_sum"][heads],
             f"{prefix}.hist_sq": self.sums["hist_sq"][heads],
+            f"{prefix}.joint_sum": self.sums["joint_sum"][heads],
+            f"{prefix}.joint_sq": self.sums["joint_sq"][heads],
             f"{prefix}.step_sink": torch.tensor(float(self.has_step_sink), **f64),
             f"{prefix}.n_batches": torch.tensor(1.0, **f64),
         }
@@ -384,6 +177,8 @@ class Pooled:
     u_outer: Tensor  # [1 + buckets, head, field, field]
     hist_sum: Tensor  # [head, 6, N_BINS]: (attention, chance) for semantic, recency, own
     hist_sq: Tensor
+    joint_sum: Tensor  # [head, 2, N_BINS, N_BINS]: (attention, chance) per (semantic bin, recency bin)
+    joint_sq: Tensor
     has_step_sink: bool = True
     """Whether the null-key mass is known per step bucket (not from the kernel source)."""
     _covariances: dict[int | None, Tensor] = field(default_factory=dict, repr=False, compare=False)
@@ -440,6 +235,17 @@ class Pooled:
         ci = Z_95 * (var / n).sqrt() / max(rows / n, 1e-12)
         return attn, chance, ci, rows
 
+    def joint(self) -> tuple[Tensor, Tensor, Tensor, float]:
+        """(attention, chance, CI) per head and (semantic bin, recency bin), as mean mass per probed
+        row, and the rows: [head, N_BINS, N_BINS] each."""
+        rows, n = float(self.total("rows")[0]), self.n_seq
+        attn, chance = self.joint_sum[:, 0] / max(rows, 1), self.joint_sum[:, 1] / max(rows, 1)
+        if n < 2:
+            return attn, chance, torch.full_like(attn, math.nan), rows
+        mean = self.joint_sum[:, 0] / n
+        var = (self.joint_sq[:, 0] / n - mean**2).clamp(min=0) * n / (n - 1)
+        return attn, chance, Z_95 * (var / n).sqrt() / max(rows / n, 1e-12), rows
+
 
 def pool(sums: dict[str, Tensor], model: HookedAOModel, seq_len: int) -> dict[tuple[int, str], Pooled]:
     """The moment sums over every batch (`ProbeContext.map_batches(summed=True)`, whose fixed
@@ -450,8 +256,9 @@ def pool(sums: dict[str, Tensor], model: HookedAOModel, seq_len: int) -> dict[tu
         for stream in model.stream_names:
             prefix = f"L{layer}.{stream}"
             total = {k[len(prefix) + 1 :]: v for k, v in sums.items() if k.startswith(prefix + ".")}
-            if not total:
-                raise ValueError(f"statistics of {prefix} are missing from a saved batch; delete the run's .partial directory and run again.")
+            if "joint_sum" not in total:  # none at all, or saved by a version without the joint histogram
+                raise ValueError(f"statistics of {prefix} are missing from a saved batch (or it predates the joint "
+                                 "histogram); delete the run's .partial directory and run again.")
             n_rows = total["u_sum"].shape[0] - 1
             out[(layer, stream)] = Pooled(
                 layer=layer,
@@ -462,6 +269,8 @@ def pool(sums: dict[str, Tensor], model: HookedAOModel, seq_len: int) -> dict[tu
                 u_outer=total["u_outer"],
                 hist_sum=total["hist_sum"],
                 hist_sq=total["hist_sq"],
+                joint_sum=total["joint_sum"],
+                joint_sq=total["joint_sq"],
                 has_step_sink=bool(total["step_sink"] == total["n_batches"]),
             )
     return out
@@ -483,6 +292,11 @@ class HeadSummary:
     index_ci: float
     index_chance: float
     label: str
+    sink_flag: bool  # null-key mass >= specialisation.SINK_MASS, whatever the label of the rest
+    semantic_excess: float
+    semantic_excess_ci: float
+    structural_excess: float
+    structural_excess_ci: float
     s_only: float
     r_only: float
     both: float
@@ -499,45 +313,49 @@ def index_fn(kind: str) -> Ratio:
     return Ratio(((s, 1.0), (r, -1.0)), ((s, 1.0), (r, 1.0)))
 
 
+def excess(which: str) -> Ratio:
+    """The normalised excess of the non-null mass on S_r ("S") or R_w ("R") over chance:
+    (mass - chance) / (the most the set can hold - chance), pooled over rows where the set is not
+    empty, with mass and chance taken among the non-null keys (the sink set aside, each row weighted
+    by its non-null mass). 1: every row puts all its non-null mass on the set (a perfect head, at
+    any r, w, T); 0: uniform attention; NaN: the set never separates anything. Rows where the set
+    is empty or holds every non-null key (where every head that is not all sink fills it) are left
+    out."""
+    mass, chance, most = f"{which}_nn_mass", f"{which}_nn_chance", f"{which}_nn_max"
+    return Ratio(((mass, 1.0), (chance, -1.0)), ((most, 1.0), (chance, -1.0)))
+
+
 def summarise_heads(stats: dict[tuple[int, str], Pooled]) -> list[HeadSummary]:
-    """Index, label and the numbers behind the label, for every (layer, stream, head)."""
+    """Index, excesses, label and the numbers behind the label, for every (layer, stream, head)."""
     heads = []
     for (layer, stream), pooled in stats.items():
         index, index_ci = pooled.estimate(index_fn("mass"))
         index_chance, _ = pooled.estimate(index_fn("chance"))
-        mean = {name: pooled.ratio(name, "rows")[0] for name in ("S_only_mass", "R_only_mass", "both_mass", "sink_mass", "entropy", "uniform_entropy")}
-        lift = {p: pooled.ratio(f"{p}_mass", f"{p}_chance")[0] for p in ("S_only", "R_only", "both")}
+        (e_s, e_s_ci), (e_r, e_r_ci) = pooled.estimate(excess("S")), pooled.estimate(excess("R"))
+        names = ("S_only_mass", "R_only_mass", "both_mass", "sink_mass", "entropy", "uniform_entropy")
+        mean = {name: pooled.ratio(name, "rows")[0].tolist() for name in names}
+        lift = {p: pooled.ratio(f"{p}_mass", f"{p}_chance")[0].tolist() for p in ("S_only", "R_only", "both")}
+        values = {k: v.tolist() for k, v in dict(index=index, index_ci=index_ci, index_chance=index_chance, e_s=e_s,
+                                                 e_s_ci=e_s_ci, e_r=e_r, e_r_ci=e_r_ci).items()}
         for h in range(pooled.n_heads):
-            numbers = dict(
-                index=float(index[h]),
-                sink_mass=float(mean["sink_mass"][h]),
-                lift_s_only=float(lift["S_only"][h]),
-                lift_r_only=float(lift["R_only"][h]),
-                lift_both=float(lift["both"][h]),
-                entropy=float(mean["entropy"][h]),
-                uniform_entropy=float(mean["uniform_entropy"][h]),
-            )
+            sink = mean["sink_mass"][h]
             heads.append(  # noqa: PERF401
                 HeadSummary(
-                    layer=layer,
-                    stream=stream,
-                    head=h,
-                    index=numbers["index"],
-                    index_ci=float(index_ci[h]),
-                    index_chance=float(index_chance[h]),
-                    label=specialisation.label(**numbers),
-                    s_only=float(mean["S_only_mass"][h]),
-                    r_only=float(mean["R_only_mass"][h]),
-                    both=float(mean["both_mass"][h]),
-                    sink=numbers["sink_mass"],
-                    entropy=numbers["entropy"],
-                    lift_s_only=numbers["lift_s_only"],
-                    lift_r_only=numbers["lift_r_only"],
-                    lift_both=numbers["lift_both"],
+                    layer=layer, stream=stream, head=h,
+                    index=values["index"][h], index_ci=values["index_ci"][h], index_chance=values["index_chance"][h],
+                    label=specialisation.label(
+                        semantic_excess=values["e_s"][h], structural_excess=values["e_r"][h], sink_mass=sink,
+                        entropy=mean["entropy"][h], uniform_entropy=mean["uniform_entropy"][h],
+                    ),
+                    sink_flag=sink >= specialisation.SINK_MASS,
+                    semantic_excess=values["e_s"][h], semantic_excess_ci=values["e_s_ci"][h],
+                    structural_excess=values["e_r"][h], structural_excess_ci=values["e_r_ci"][h],
+                    s_only=mean["S_only_mass"][h], r_only=mean["R_only_mass"][h], both=mean["both_mass"][h],
+                    sink=sink, entropy=mean["entropy"][h],
+                    lift_s_only=lift["S_only"][h], lift_r_only=lift["R_only"][h], lift_both=lift["both"][h],
                 )
             )
     return heads
-
 
 
 # ---- rows of the tidy table ----------------------------------------------------------------------

@@ -45,7 +45,7 @@ from workbench.devices import parse_device
 from workbench.models import HookedAOModel
 from workbench.probing import distributed, out_dir, registry
 from workbench.probing.context import ProbeContext, ProbeSettings
-from workbench.probing.engine import make_source
+from workbench.probing.sources import make_source
 from workbench.probing.table import TABLE_FILE, Row, read_table, rows_to_table, write_table
 from workbench.results_io import write_json_atomic
 
@@ -153,7 +153,7 @@ def run_probes(
             windows = windows[:max_sequences]
             given_orders = None if given_orders is None else given_orders[:max_sequences]
         head_list = _heads(heads, model)
-        source, source_note = make_source(fast, device)
+        source, source_note = make_source(fast, device, model)
         if batch_size is None:
             batch_size = 64 if source.name == "kernel" else 8
         settings = ProbeSettings(

@@ -1,5 +1,5 @@
 """The tidy results table of a probe run: one row per (checkpoint, layer, stream, head, probe,
-metric, x), written as Parquet, atomically.
+metric, x, y), written as Parquet, atomically.
 
 | column | type | meaning |
 |---|---|---|
@@ -13,7 +13,8 @@ metric, x), written as Parquet, atomically.
 | `chance` | float | its chance value (uniform attention over the visible keys; for a causal check, the random-set control); NaN if none |
 | `ci` | float | half-width of its 95% confidence interval over sequences; NaN if none |
 | `n` | int | how many units the value pools (probed rows, or sequences for causal checks) |
-| `x` | int | the metric's argument: histogram bin, first step of a step bucket, or length T; -1 for scalars |
+| `x` | int | the metric's argument: histogram bin (the semantic bin of `joint_hist`), first step of a step bucket, or length T; -1 for scalars |
+| `y` | int | the second argument: the recency bin of `joint_hist` rows; -1 elsewhere |
 | `label` | str | a head's specialisation label on `metric == "label"` rows, else "" |
 """
 
@@ -43,6 +44,7 @@ SCHEMA = pa.schema(
         ("n", pa.int64()),
         ("x", pa.int64()),
         ("label", pa.string()),
+        ("y", pa.int64()),
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
@@ -64,6 +66,7 @@ class Row:
     n: int = 0
     x: int = -1
     label: str = ""
+    y: int = -1
 
 
 def rows_to_table(rows: list[tuple[str, str, Row]]) -> pa.Table:
