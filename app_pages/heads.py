@@ -192,8 +192,14 @@ if record is None:
     st.stop()
 
 res = results[head_ckpt]
-st.markdown(f"**{head_ckpt} · {stream} stream · layer {layer} · head {head}** — label at r = {r}, w = {w}: "
-            f"**{record['label'] or 'n/a'}**")
+if at_committed:
+    label_line = f"label at r = {r}, w = {w}: **{record['label'] or 'n/a'}**"
+else:
+    labels = app_data.head_labels(res.table)
+    committed_label = next(iter(labels[(labels["layer"] == layer) & (labels["stream"] == stream) & (labels["head"] == head)]["label"]), "")
+    label_line = (f"label at the committed r = {first[0]}, w = {first[1]}: **{committed_label or 'n/a'}** "
+                  f"(labels at r = {r}, w = {w} need a probe run there)")
+st.markdown(f"**{head_ckpt} · {stream} stream · layer {layer} · head {head}** — {label_line}")
 m = st.columns(5)
 m[0].metric("specialisation index", f"{record['index']:+.3f}", delta=f"{record['index_excess']:+.3f} over chance", delta_color="off",
             help=f"95% CI ± {record['index_ci']:.3f}; chance {record['index_chance']:+.3f}")

@@ -203,7 +203,6 @@ def joint_rows(checkpoint: str, seed: int = 0):
     import torch
 
     from workbench.app_data import JOINT_METRIC
-    from workbench.kernels.contract import N_BINS
     from workbench.orders import probe_layout, random_orders
     from workbench.probing.table import Row
 
@@ -221,5 +220,5 @@ def joint_rows(checkpoint: str, seed: int = 0):
                 for sb, rb in zip(*np.nonzero(chance)):
                     out.append((checkpoint, "histograms", Row(metric=JOINT_METRIC, value=float(mass[head, sb, rb]),
                                                               chance=float(chance[sb, rb]), layer=layer, stream=stream, head=head,
-                                                              x=int(sb * N_BINS + rb), n=64)))
+                                                              x=int(sb), y=int(rb), n=64)))
     return out, used

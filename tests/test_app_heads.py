@@ -108,7 +108,7 @@ def test_parts_read_out_of_the_joint_histogram_equal_the_probe_definition(stream
 
 def test_parts_at_refuses_r_between_bin_edges():
     joint = app_data.JointHistogram(np.eye(18) / 18, np.eye(18) / 18)
-    with pytest.raises(app_data.AppInputError, match="r = 3, w = 4"):
+    with pytest.raises(app_data.AppInputError, match="r = 3, w = 4: r=3 is not on a bin edge"):
         app_data.parts_at(joint, 3, 4)
     assert app_data.readable_widths(128) == [1, 2, 4, 8, 16, 32, 64]
 
@@ -139,7 +139,7 @@ def test_heads_page_r_and_w_controls_read_the_joint_histogram(env):
     joints = app_data.joint_histograms(app_data.load_probe_results("two_stream-128").table)
     parts = app_data.parts_at(joints[(2, "query", 5)], 16, 2)
     assert metric(at, "specialisation index") == f"{parts['index']:+.3f}"
-    assert "label at r = 16, w = 2" in texts(at)
+    assert "labels at r = 16, w = 2 need a probe run there" in texts(at)
     table = at.table[0].value
     np.testing.assert_allclose(table["attention mass"].astype(float), [parts[p] for p in ("S_only", "R_only", "both", "neither")], atol=5e-4)
     assert "two_stream-128 at r = 16, w = 2" in texts(at)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench.app_data.probes import HEAD_KEYS, JointHistogram, chance_of, head_labels, label_at, parts_at
+from workbench.app_data.probes import HEAD_KEYS, JointHistogram, chance_of, head_labels, parts_at
 
 __all__ = ["HEAD_METRICS", "SCATTER_PLANES", "over_chance", "over_chance_name", "head_frame", "READ_OUT", "head_frame_at", "SUMMARY_LABELS",
            "stream_summary", "takeaway", "head_grid", "head_record", "bin_labels", "head_histograms", "head_by_step"]
@@ -80,8 +80,10 @@ READ_OUT = ("semantic_mass", "structural_mass", "semantic_lift", "structural_lif
 
 
 def head_frame_at(heads: pd.DataFrame, joints: dict[tuple[int, str, int], JointHistogram], r: int, w: int) -> pd.DataFrame:
-    """`heads` with every (r, w)-dependent metric and the label read out of the joint histograms at
-    (r, w) instead. The read-out pools the histogram, so it has no interval: the `_ci` columns are NaN."""
+    """`heads` with every (r, w)-dependent metric read out of the joint histograms at (r, w) instead.
+    The read-out pools the histogram, so it has no interval (the `_ci` columns are NaN), and labels
+    need per-row excesses the histogram does not hold: the label is "" (a probe run at that (r, w)
+    gives it)."""
     out = heads.copy()
     for i, row in enumerate(out.itertuples(index=False)):
         joint = joints.get((int(row.layer), row.stream, int(row.head)))
@@ -92,7 +94,7 @@ def head_frame_at(heads: pd.DataFrame, joints: dict[tuple[int, str, int], JointH
             chance = parts.get(f"{key}_chance", 1.0 if key.endswith("lift") else np.nan)
             out.loc[out.index[i], [key, f"{key}_ci", f"{key}_chance", f"{key}_excess"]] = (
                 parts[key], np.nan, chance, float(over_chance(key, parts[key], chance)))
-        out.loc[out.index[i], "label"] = label_at(parts, sink=row.sink, entropy=row.entropy, uniform_entropy=row.entropy_chance)
+        out.loc[out.index[i], "label"] = ""
     return out
 
 

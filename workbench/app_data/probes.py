@@ -16,7 +16,7 @@ from workbench.checkpoint import CheckpointError
 
 __all__ = ["ProbeResults", "probe_results_path", "load_probe_results", "QUICK_PROBES", "quick_probe_results", "chance_of",
            "head_labels", "JOINT_METRIC", "JointHistogram", "joint_histograms", "has_joint_histogram",
-           "readable_widths", "parts_at", "label_at"]
+           "readable_widths", "parts_at"]
 
 
 @dataclass
@@ -109,15 +109,10 @@ def head_labels(table: pd.DataFrame) -> pd.DataFrame:
 # ---- the joint semantic-distance x recency histogram ---------------------------------------------------------
 
 JOINT_METRIC = "joint_hist"
-"""Expected format of the joint histogram in a probe table (issue 15, item 5), one row per cell:
-
-- `metric` = "joint_hist", `layer` / `stream` / `head` the head, any `probe` name;
-- `x` = semantic_bin * N_BINS + recency_bin, both bins of `workbench.kernels.contract.distance_bin`
-  (bin 0 the null key, 1 distance 0, 2 distance 1, b >= 3: 2^(b-3) < d <= 2^(b-2); N_BINS = 18);
-- `value` = attention mass in the cell per probed row (a head's cells sum to 1), `chance` = the
-  same for uniform attention over the visible keys; `ci` optional. Missing cells count as 0.
-
-The null key sits in cell (0, 0). Non-null keys never have bin 0 on either axis."""
+"""The joint histogram's rows in a probe table (written by the `histograms` probe; read by
+`workbench.probing.readout`): one row per reachable cell, `x` the semantic-distance bin, `y` the
+recency bin (bins of `workbench.kernels.contract.distance_bin`, the null key in cell (0, 0)),
+`value` the attention mass per probed row, `chance` the same for uniform attention."""
 
 
 @dataclass(frozen=True)
@@ -133,21 +128,18 @@ def has_joint_histogram(table: pd.DataFrame) -> bool:
 
 
 def joint_histograms(table: pd.DataFrame) -> dict[tuple[int, str, int], JointHistogram]:
-    """Every head's joint histogram (format: JOINT_METRIC), keyed by (layer, stream, head); {} if none."""
-    from workbench.kernels.contract import N_BINS
+    """Every head's joint histogram, keyed by (layer, stream, head); {} if the table has none."""
+    from workbench.probing.readout import joint_arrays
 
-    rows = table[table["metric"] == JOINT_METRIC]
-    out = {}
-    for (layer, stream, head), group in rows.groupby(HEAD_KEYS, sort=True):
-        cells = group["x"].to_numpy(int)
-        if cells.min() < 0 or cells.max() >= N_BINS * N_BINS:
-            raise AppInputError(f"the joint histogram of L{layer}.{stream}.H{head} has cells outside 0..{N_BINS * N_BINS - 1}: "
-                                "it is not in the format the app reads (workbench/app_data/probes.py, JOINT_METRIC).")
-        mass, chance = np.zeros(N_BINS * N_BINS), np.zeros(N_BINS * N_BINS)
-        np.add.at(mass, cells, group["value"].fillna(0).to_numpy(float))
-        np.add.at(chance, cells, np.nan_to_num(chance_of(group)))
-        out[(int(layer), str(stream), int(head))] = JointHistogram(mass.reshape(N_BINS, N_BINS), chance.reshape(N_BINS, N_BINS))
-    return out
+    if not has_joint_histogram(table):
+        return {}
+    try:
+        heads, mass, chance = joint_arrays(table)
+    except IndexError as err:
+        raise AppInputError(f"the table's {JOINT_METRIC} rows have bins outside the histogram ({err}): it is not in the "
+                            "format workbench.probing.readout reads.") from err
+    return {(int(h.layer), str(h.stream), int(h.head)): JointHistogram(mass[i], chance[i])
+            for i, h in enumerate(heads.itertuples(index=False))}
 
 
 def readable_widths(n_ctx: int) -> list[int]:
@@ -159,33 +151,23 @@ def readable_widths(n_ctx: int) -> list[int]:
 
 def parts_at(joint: JointHistogram, r: int, w: int) -> dict[str, float]:
     """The four parts (S only, R only, both, neither), the two set masses, their lifts and the
-    index at (r, w), read out of the joint histogram: S_r = semantic bins 1..bin(r), R_w = recency
-    bins 1..bin(w) (docs/coordinates.md). r and w must be bin edges (`readable_widths`)."""
-    from workbench.kernels.contract import EDGES
+    index at (r, w), read out of the joint histogram (`workbench.probing.readout.parts_at`); r and
+    w must be bin edges (`readable_widths`)."""
+    from workbench.probing.readout import parts_at as read_parts
 
-    if r not in EDGES or w not in EDGES:
-        raise AppInputError(f"r = {r}, w = {w}: a log2 histogram can be read only at r, w in {list(EDGES[1:8])}, ...")
-    b_r, b_w = EDGES.index(r) + 1, EDGES.index(w) + 1  # the bin whose upper edge is r (or w)
+    try:
+        mass, chance = read_parts(joint.mass, r, w), read_parts(joint.chance, r, w)
+    except ValueError as err:
+        raise AppInputError(f"r = {r}, w = {w}: {err}") from err
+    names = {"S_only": "S_only", "R_only": "R_only", "both": "both", "neither": "neither",
+             "semantic_set": "semantic_mass", "structural_set": "structural_mass"}
     out: dict[str, float] = {}
-    for name, cells in (("mass", joint.mass), ("chance", joint.chance)):
-        s_all, r_all = cells[1 : b_r + 1, 1:].sum(), cells[1:, 1 : b_w + 1].sum()
-        both = cells[1 : b_r + 1, 1 : b_w + 1].sum()
-        values = {"S_only": s_all - both, "R_only": r_all - both, "both": both, "neither": cells.sum() - s_all - r_all + both,
-                  "semantic_mass": s_all, "structural_mass": r_all}
-        for key, v in values.items():
-            out[key if name == "mass" else f"{key}_chance"] = float(v)
-    for key in ("S_only", "R_only", "both", "neither", "semantic_mass", "structural_mass"):
-        lift = out[key] / out[f"{key}_chance"] if out[f"{key}_chance"] > 0 else float("nan")
-        out[key.replace("_mass", "") + "_lift" if key.endswith("_mass") else f"{key}_lift"] = lift
+    for key, name in names.items():
+        out[name], out[f"{name}_chance"] = float(mass[key]), float(chance[key])
+    for name in names.values():
+        lift = out[name] / out[f"{name}_chance"] if out[f"{name}_chance"] > 0 else float("nan")
+        out[name.replace("_mass", "") + "_lift" if name.endswith("_mass") else f"{name}_lift"] = lift
     for suffix in ("", "_chance"):
         s, r_ = out[f"S_only{suffix}"], out[f"R_only{suffix}"]
         out[f"index{suffix}"] = (s - r_) / (s + r_) if s + r_ > 0 else float("nan")
     return out
-
-
-def label_at(parts: dict[str, float], *, sink: float, entropy: float, uniform_entropy: float) -> str:
-    """A head's label from parts read out at another (r, w), by the probes' own rules."""
-    from workbench.probing.specialisation import label
-
-    return label(index=parts["index"], sink_mass=sink, lift_s_only=parts["S_only_lift"], lift_r_only=parts["R_only_lift"],
-                 lift_both=parts["both_lift"], entropy=entropy, uniform_entropy=uniform_entropy)
