@@ -181,6 +181,7 @@ def main() -> None:
                         help="other tokens-per-step values to time compiled (the recipe's is always timed)")
     parser.add_argument("--modes", nargs="*", default=[], help="other torch.compile modes to time at the recipe "
                         f"(the trainer's, {COMPILE_MODE!r}, is always timed)")
+    parser.add_argument("--compiled-only", action="store_true", help="skip the eager rows")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--workers", type=int, default=6, help="parallel compile processes")
@@ -196,7 +197,7 @@ def main() -> None:
         for line in pool.map(_warm, recipe_rows + sweep_rows):
             print("warm:", line, flush=True)
     print(f"compiled {len(recipe_rows) + len(sweep_rows)} rows in {time.perf_counter() - t0:.0f} s", flush=True)
-    rows = [_time(c, False, args.repeats, args.steps) for c in recipe_rows]
+    rows = [] if args.compiled_only else [_time(c, False, args.repeats, args.steps) for c in recipe_rows]
     rows += [_time(c, True, args.repeats, args.steps) for c in recipe_rows + sweep_rows]
     device, date = torch.cuda.get_device_name(), datetime.date.today().isoformat()
     table = f"# Training throughput — {device}, {date}\n\n" + _table(rows, recipe)
