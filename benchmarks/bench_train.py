@@ -142,6 +142,18 @@ def _time(config: tuple[str, int, int, str | None], compiled: bool, repeats: int
     return result
 
 
+def with_baseline(rows: list[dict]) -> list[dict]:
+    """Each row with `baseline_tokens_per_s` (the plain GPT's at its length, tokens per step and
+    mode; None where it was not timed) and `ratio`."""
+    base = {(r["seq_len"], r["tokens_per_step"], r["compiled"], r["compile_mode"]): r["tokens_per_s"]
+            for r in rows if r["variant"] == BASELINE}
+    out = []
+    for r in rows:
+        b = base.get((r["seq_len"], r["tokens_per_step"], r["compiled"], r["compile_mode"]))
+        out.append({**r, "baseline_tokens_per_s": b, "ratio": r["tokens_per_s"] / b if b else None})
+    return out
+
+
 def _table(rows: list[dict], recipe: int) -> str:
     def find(variant, seq_len, compiled, tps=recipe):
         return next((r for r in rows if (r["variant"], r["seq_len"], r["compiled"], r["tokens_per_step"], r["compile_mode"])
@@ -199,6 +211,7 @@ def main() -> None:
     print(f"compiled {len(recipe_rows) + len(sweep_rows)} rows in {time.perf_counter() - t0:.0f} s", flush=True)
     rows = [] if args.compiled_only else [_time(c, False, args.repeats, args.steps) for c in recipe_rows]
     rows += [_time(c, True, args.repeats, args.steps) for c in recipe_rows + sweep_rows]
+    rows = with_baseline(rows)
     device, date = torch.cuda.get_device_name(), datetime.date.today().isoformat()
     table = f"# Training throughput — {device}, {date}\n\n" + _table(rows, recipe)
     print(table)

@@ -200,7 +200,7 @@ def _eval_help() -> str:
         (["--max-windows", "-1"], "--max-windows must be >= 2"),
         (["--max-windows", "0"], "--max-windows must be >= 2"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
-        (["--device", "banana"], "--device 'banana' is not a torch device"),
+        (["--device", "banana"], "device='banana' is not a device the workbench runs on"),
         (["--out", "{tmp}"], "is a directory"),
         (["--out", "{tmp}/afile/nll.json"], "is a file, not a directory"),
         (["--checkpoint", "{model}", "no-such-checkpoint"], "no checkpoint called 'no-such-checkpoint'"),

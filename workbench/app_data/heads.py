@@ -71,6 +71,8 @@ def head_frame(table: pd.DataFrame) -> pd.DataFrame:
         heads = heads.merge(part, on=HEAD_KEYS, how="left")
     heads = heads.merge(head_labels(table), on=HEAD_KEYS, how="left")
     heads["label"] = heads["label"].fillna("")
+    flags = scalars[scalars["metric"] == "sink_flag"].drop_duplicates(HEAD_KEYS, keep="last")
+    heads = heads.merge(flags[HEAD_KEYS].assign(sink_flag=flags["value"].to_numpy()), on=HEAD_KEYS, how="left")
     return heads
 
 
@@ -119,16 +121,22 @@ def head_grid(heads: pd.DataFrame, stream: str, key: str, n_layers: int | None =
 # ---- what a checkpoint's heads add up to ------------------------------------------------------------------
 
 SUMMARY_LABELS = ("semantic", "structural", "sink")
+"""The counts a summary leads with. "sink" counts the heads with a sink (null-key mass >= 0.5,
+the `sink_flag` of the results, whatever the label of the rest of their mass: "semantic, with a
+sink"); results written before the flag existed count the heads labelled "sink"."""
 
 
 def stream_summary(heads: pd.DataFrame) -> pd.DataFrame:
-    """Per stream: how many heads, and how many carry each label (semantic, structural and sink
-    first, then any other label the table uses), with the median index over chance."""
+    """Per stream: how many heads, how many carry each label (semantic and structural first, then
+    any other label the table uses), how many have a sink, and the median index over chance."""
     rows = []
+    flagged = "sink_flag" in heads and heads["sink_flag"].notna().any()
     for stream, group in heads.groupby("stream", sort=False):
         counts = group["label"].replace("", "no label").value_counts()
         row = {"stream": stream, "heads": len(group)}
         row.update({lab: int(counts.get(lab, 0)) for lab in SUMMARY_LABELS})
+        if flagged:
+            row["sink"] = int((group["sink_flag"] == 1).sum())
         row.update({lab: int(n) for lab, n in counts.items() if lab not in SUMMARY_LABELS})
         row["median index − chance"] = float(np.nanmedian(group["index_excess"])) if group["index_excess"].notna().any() else np.nan
         rows.append(row)
@@ -144,13 +152,17 @@ def takeaway(checkpoint: str, summary: pd.DataFrame, r: int | None = None, w: in
     parts = []
     for row in summary.to_dict("records"):
         n = int(row["heads"])
-        counts = ", ".join(f"{int(row[lab])} {lab}" for lab in SUMMARY_LABELS)
+        counts = ", ".join(f"{int(row[lab])} {_named(lab)}" for lab in SUMMARY_LABELS)
         parts.append(f"{row['stream']} stream: {counts} of {n} heads (median index {row['median index − chance']:+.2f} over chance)")
     total = {lab: int(summary[lab].sum()) for lab in SUMMARY_LABELS}
-    verdict = ", ".join(f"{total[lab]} {lab}" for lab in SUMMARY_LABELS) + f" of {int(summary['heads'].sum())} heads"
+    verdict = ", ".join(f"{total[lab]} {_named(lab)}" for lab in SUMMARY_LABELS) + f" of {int(summary['heads'].sum())} heads"
     if len(parts) == 1:
         return f"{checkpoint}{at}: {parts[0].split(': ', 1)[1]}."
     return f"{checkpoint}{at}: {verdict}. " + "; ".join(parts) + "."
+
+
+def _named(label: str) -> str:
+    return "with a sink" if label == "sink" else label
 
 
 def head_record(heads: pd.DataFrame, layer: int, stream: str, head: int) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
+from workbench.devices import parse_device
 from workbench.evaluation.compare import gap_changes, paired_gaps
 from workbench.evaluation.core import WindowValues, evaluate_windows, summarise
 from workbench.results_io import write_bytes_atomic, write_json_atomic
@@ -120,12 +121,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size must be >= 1 window per forward pass, got {args.batch_size}")
     if args.max_windows is not None and args.max_windows < 2:
         raise ValueError(f"--max-windows must be >= 2 (an interval needs two windows), got {args.max_windows}")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        raise ValueError(f"--device {args.device!r} is not a torch device ({err}); use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+    parse_device(args.device)
     if args.out is not None:
         check_out(Path(args.out))
 

@@ -396,8 +396,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _append_jsonl(path: Path, line: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(line) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+    except OSError as err:  # a full disk says ENOSPC without naming the file
+        raise OSError(err.errno, f"{err.strerror}; could not append to {path}", str(path)) from None
 
 
 def _init_distributed(device: str | None) -> tuple[int, int, torch.device]:
