@@ -59,10 +59,10 @@ def test_stream_summary_counts_labels_and_the_takeaway_follows_the_data():
     assert summary.set_index("stream").loc["content", ["heads", "semantic", "structural", "sink"]].tolist() == [4, 2, 1, 1]
     assert summary.set_index("stream").loc["query", ["semantic", "structural", "sink"]].tolist() == [0, 2, 0]
     line = app_data.takeaway("m-128", summary, 4, 4)
-    assert line.startswith("m-128 at r = 4, w = 4: 2 semantic, 3 structural, 1 sink of 6 heads")
-    assert "query stream: 0 semantic, 2 structural, 0 sink of 2 heads (median index -0.50 over chance)" in line
+    assert line.startswith("m-128 at r = 4, w = 4: 2 semantic, 3 structural, 1 with a sink of 6 heads")
+    assert "query stream: 0 semantic, 2 structural, 0 with a sink of 2 heads (median index -0.50 over chance)" in line
     heads["label"] = "semantic"
-    assert app_data.takeaway("m-128", app_data.stream_summary(heads)).startswith("m-128: 6 semantic, 0 structural, 0 sink of 6 heads")
+    assert app_data.takeaway("m-128", app_data.stream_summary(heads)).startswith("m-128: 6 semantic, 0 structural, 0 with a sink of 6 heads")
 
 
 def test_heads_page_shows_summary_takeaway_and_centred_maps(env):

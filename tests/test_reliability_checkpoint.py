@@ -235,7 +235,7 @@ def test_the_cli_takes_the_bundled_checkpoint_and_says_so_in_one_line(tmp_path, 
     name = next(n for n in ckpt.list_checkpoints() if n.endswith("-128"))
     monkeypatch.chdir(tmp_path)
     (tmp_path / name).mkdir()  # `probe --checkpoint NAME --out NAME` made it: the second run failed
-    assert cli_main(["eval", "--checkpoint", name, "--orders", "1", "--max-windows", "1", "--device", "cpu"]) == 0
+    assert cli_main(["eval", "--checkpoint", name, "--orders", "1", "--max-windows", "2", "--device", "cpu"]) == 0
     err = capsys.readouterr().err.strip()
     assert err == (f"workbench eval: warning: {name!r} names both a bundled checkpoint and a directory here; took the "
                    f"bundled one ({ckpt.BUNDLED_DIR / name}). Write ./{name} for the directory.")

@@ -45,10 +45,11 @@ def commands(checkpoint, corpus, out, device: str | None = None) -> dict[str, li
     dev = ["--device", device] if device else []
     return {
         "probe": ["probe", "--checkpoint", str(checkpoint), "--out", str(out), *PROBE, *dev],
-        "eval": ["eval", "--checkpoint", str(checkpoint), "--orders", "1", "--max-windows", "1", "--out", str(out / "nll.json"), *dev],
+        "eval": ["eval", "--checkpoint", str(checkpoint), "--orders", "1", "--max-windows", "2", "--out", str(out / "nll.json"), *dev],
         "train": ["train", "--variant", "sigma_gpt", "--data", str(corpus), "--seq-len", "8", "--n-layers", "1",
-                  "--d-model", "8", "--n-heads", "1", "--d-head", "8", "--d-mlp", "8", "--steps", "1",
-                  "--batch-size", "2", "--warmup-steps", "0", "--eval-every", "1", "--eval-batches", "1", "--out", str(out), "--no-progress", *dev],
+                  "--d-model", "8", "--n-heads", "1", "--d-head", "8", "--d-mlp", "8", "--train-tokens", "16",
+                  "--tokens-per-step", "16", "--warmup-tokens", "0", "--eval-every-tokens", "16", "--eval-windows", "2",
+                  "--out", str(out), "--no-progress", *dev],
     }
 
 
@@ -67,7 +68,7 @@ def test_a_bad_device_is_one_line_before_any_work(checkpoint, corpus, tmp_path, 
 def test_out_under_a_file_is_one_line_naming_it(checkpoint, corpus, tmp_path, capsys, command):
     (tmp_path / "file").write_text("not a directory")
     err = one_line_error(capsys, commands(checkpoint, corpus, tmp_path / "file" / "sub", "cpu")[command])
-    assert str(tmp_path / "file" / "sub") in err and "a part of this path is a file, not a directory" in err
+    assert str(tmp_path / "file" / "sub") in err and "is a file, not a directory" in err
 
 
 def test_a_full_disk_is_one_line_naming_the_file_not_a_temporary(checkpoint, corpus, tmp_path, capsys, monkeypatch):

@@ -25,7 +25,8 @@ def head_map(table: pd.DataFrame, metric: str = "index", title: str | None = Non
         probes = sorted(table["probe"].unique()) if "probe" in table else []
         raise ValueError(f"the table has no {metric!r} values (probes run: {probes}); run the probe that measures it.")
     streams = list(dict.fromkeys(heads["stream"]))
-    grids = {stream: head_grid(heads, stream, metric) for stream in streams}
+    checkpoint = str(table["checkpoint"].iloc[0]) if "checkpoint" in table and len(table) else "model"
+    grids = {(checkpoint, stream): head_grid(heads, stream, metric) for stream in streams}
     name = HEAD_METRICS[metric][1]
-    return head_maps(grids, title=title or name, value_name=name, diverging=metric == "index",
+    return head_maps(grids, title=title or name, value_name=name, colour="value", diverging=metric == "index",
                      zmin=-1.0 if metric == "index" else None, zmax=1.0 if metric == "index" else None)
