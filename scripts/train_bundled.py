@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from workbench import checkpoint as ckpt
-from workbench.training.trainer import VAL_TEXT
+from workbench.training.run_dir import VAL_TEXT
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("two_stream", "decoupled_rope", "sigma_gpt")

@@ -15,7 +15,7 @@ from workbench.checkpoint import save
 from workbench.cli import describe_error
 from workbench.cli import main as cli_main
 from workbench.convert.xlnet import main as convert_main
-from workbench.training.trainer import _truncate_metrics
+from workbench.training.run_dir import truncate_metrics
 
 PROBE = ["--probes", "parts", "--max-sequences", "2", "--batch-size", "2", "--no-progress"]
 
@@ -103,11 +103,11 @@ def test_every_os_error_names_its_file(code, fix):
 def test_a_torn_last_metrics_line_is_dropped_and_a_bad_earlier_one_named(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 50, "loss_bits": 3.1}\n{"step": 100, "loss_bits": 2.9}\n{"step": 150, "lo')
-    _truncate_metrics(path, 100)
+    truncate_metrics(path, 100)
     assert path.read_text() == '{"step": 50, "loss_bits": 3.1}\n{"step": 100, "loss_bits": 2.9}\n'
     path.write_text('{"step": 50}\n{"step": 1\n{"step": 100}\n')
     with pytest.raises(ValueError, match=f"{path} line 2 is not a metrics record .*fix or delete that line"):
-        _truncate_metrics(path, 100)
+        truncate_metrics(path, 100)
 
 
 def test_convert_errors_are_one_line(tmp_path, capsys):

@@ -86,21 +86,21 @@ def test_resume_matches_uninterrupted_run(tmp_path, corpus_file):
 
 def _train_until(settings: TrainSettings, out_dir, stop_after: int, **kwargs) -> None:
     """Train and 'kill' the run right after the checkpoint at step `stop_after`."""
-    import workbench.training.trainer as trainer
+    from workbench.training.run_dir import Saver
 
-    original = trainer._Saver.full
+    original = Saver.full
 
     def save_then_die(self, model, optimizer, state, metrics):
         original(self, model, optimizer, state, metrics)
         if state.step == stop_after:
             raise KeyboardInterrupt
 
-    trainer._Saver.full = save_then_die
+    Saver.full = save_then_die
     try:
         with pytest.raises(KeyboardInterrupt):
             train(settings, out_dir, progress=False, **kwargs)
     finally:
-        trainer._Saver.full = original
+        Saver.full = original
 
 
 def _max_weight_difference(a, b) -> float:
@@ -178,7 +178,7 @@ def test_early_stopping_keeps_the_best_model_and_stays_stopped(tmp_path, corpus_
     assert result.stopped_early
     best = ckpt.load(tmp_path / "run" / "best")
     assert best.checkpoint.training["steps_done"] == 20 and best.checkpoint.metrics["val_any_order_bits"] == 2.5
-    state = json.loads((tmp_path / "run" / "checkpoint" / trainer.TRAINER_JSON).read_text())
+    state = json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == 40 and state["stopped"]
     again = train(settings, tmp_path / "run", progress=False)  # a rerun does not train on
     assert again.stopped_early and _max_weight_difference(again.model, result.model) == 0
@@ -372,3 +372,42 @@ def test_a_run_in_time_limited_chunks_trains_as_one(tmp_path, corpus_file, monke
             break
     assert chunks == [True] * 9 + [False]  # a checkpoint every 5 steps, the last chunk finishes
     assert _max_weight_difference(full.model, result.model) == 0
+
+
+def test_ctrl_c_finishes_the_step_saves_and_the_rerun_resumes(tmp_path, corpus_file, monkeypatch):
+    import os
+    import signal
+
+    from workbench.training.step import BatchSource
+
+    settings = tiny_settings(corpus_file, steps=20, eval_every=20, checkpoint_every=20)
+    full = train(settings, tmp_path / "full", progress=False)
+    original = BatchSource.__call__
+
+    def interrupt_at_step_7(self, step):
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of step 7
+        return original(self, step)
+
+    monkeypatch.setattr(BatchSource, "__call__", interrupt_at_step_7)
+    stopped = train(settings, tmp_path / "run", progress=False)
+    assert stopped.interrupted
+    state = json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 8  # step 7 was finished, then saved
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    monkeypatch.setattr(BatchSource, "__call__", original)
+    resumed = train(settings, tmp_path / "run", progress=False)
+    assert not resumed.interrupted and _max_weight_difference(full.model, resumed.model) == 0
+
+
+def test_ctrl_c_in_a_command_is_one_line(monkeypatch, capsys):
+    import workbench.evaluation.cli as eval_cli
+    from workbench.cli import main
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eval_cli, "_run", interrupted)
+    assert main(["eval", "--checkpoint", "two_stream-128", "--device", "cpu"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err and "Traceback" not in err

@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, OSError) as err:
             print(f"workbench {args.command}: error: {describe_error(err)}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # probe and train handle it themselves, keeping their work
+            print(f"workbench {args.command}: interrupted; nothing was left half-written (writes are atomic), "
+                  "rerun the same command", file=sys.stderr)
+            return 130
     return 0
 
 

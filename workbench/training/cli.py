@@ -47,6 +47,8 @@ def _run(args: argparse.Namespace) -> None:
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)}
     result = train(TrainSettings(**fields), args.out, device=args.device, progress=not args.no_progress,
                    compile=False if args.no_compile else None, micro_batch_tokens=args.micro_batch_tokens, time_limit_s=args.time_limit)
+    if result.interrupted:
+        raise SystemExit(130)  # the loop said where the checkpoint is and how to resume
     print(f"checkpoint: {result.checkpoint}")
     for key, value in result.metrics.items():
         print(f"  {key}: {value}")

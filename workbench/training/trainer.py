@@ -3,10 +3,10 @@ gradient clipping and accumulation, bf16 autocast and a compiled step on CUDA, p
 evaluation with early stopping, resumable checkpoints, JSON-lines metrics, and several GPUs
 through torchrun (DistributedDataParallel).
 
-A run directory holds `settings.json` (the settings and the corpus fingerprint), `metrics.jsonl`,
-`checkpoint/` (a loadable checkpoint plus the optimiser state: what a resume starts from),
-`best/` (the model at the lowest validation any-order NLL so far) and, when asked,
-`snapshots/step-NNNNNN/` (intermediate models, log-spaced in tokens). Calling `train` on a
+A run directory (`workbench.training.run_dir`) holds `settings.json` (the settings and the corpus
+fingerprint), `metrics.jsonl`, `checkpoint/` (a loadable checkpoint plus the optimiser state: what
+a resume starts from), `best/` (the model at the lowest validation any-order NLL so far) and, when
+asked, `snapshots/step-NNNNNN/` (intermediate models, log-spaced in tokens). Calling `train` on a
 directory with a checkpoint resumes it. The batch of step s is drawn from a generator seeded by
 (seed, s) on the training device (`workbench.training.step.BatchSource`), so a resumed run sees exactly the batches and
 orders an uninterrupted one would, whatever the number of processes or accumulation passes.
@@ -17,30 +17,37 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
 from tqdm import tqdm
 
-from workbench import checkpoint as ckpt
 from workbench.data import document_split, load_corpus, make_tokenizer, sequential_windows, train_val_split
 from workbench.evaluation import per_window_bits
-from workbench.stats import blocked_mean
 from workbench.models import HookedAOModel, from_config
 from workbench.results_io import write_bytes_atomic
+from workbench.training.run_dir import (
+    VAL_TEXT,
+    Saver,
+    append_jsonl,
+    check_run_dir,
+    recover_saves,
+    resume,
+    truncate_metrics,
+)
 from workbench.training.settings import TrainSettings
+from workbench.stats import blocked_mean
 from workbench.training.step import COMPILE_MODE, BatchSource, CompiledOrEager, SlotLoss
 
-VAL_TEXT = "val.txt"  # the validation split as text, so `workbench eval` needs no corpus
-TRAINER_TENSORS = "trainer_state.safetensors"  # optimiser moments
-TRAINER_JSON = "trainer_state.json"  # step, optimiser hyper-parameters, early-stopping state
 LOG_EVERY = 25  # steps between metric lines (each costs one device sync)
 
 
@@ -52,17 +59,8 @@ class RunResult:
     stopped_early: bool = False
     out_of_time: bool = False
     """The run saved its checkpoint and returned at `time_limit_s`; call `train` again to go on."""
-
-
-@dataclass
-class _Progress:
-    """What a resume needs besides weights and optimiser: where the run is and its best eval."""
-
-    step: int = 0
-    best_bits: float = math.inf
-    evals_since_best: int = 0
-    stopped: bool = False
-    """The run ended early (validation stopped improving): a rerun does not train further."""
+    interrupted: bool = False
+    """Ctrl-C: the run finished its step, saved its checkpoint and returned; call `train` again to go on."""
 
 
 def train(
@@ -88,7 +86,7 @@ def train(
     per_rank, n_micro = _split_batch(settings, world, micro_batch_tokens)
     corpus = load_corpus(settings.data, **({"max_chars": settings.max_chars} if settings.max_chars else {}))
     run_record = {"settings": settings.to_dict(), "corpus": corpus.metadata()}
-    _check_run_dir(out_dir, run_record)
+    check_run_dir(out_dir, run_record)
     tokenizer = make_tokenizer(settings.tokenizer, corpus.text)
     if settings.split == "documents":
         split = document_split(corpus.documents, tokenizer.encode_tensor, settings.seq_len, settings.val_fraction)
@@ -105,10 +103,10 @@ def train(
         lr=settings.lr, betas=(0.9, settings.beta2), fused=device.type == "cuda",
     )
     if rank == 0:
-        _recover_saves(out_dir)
+        recover_saves(out_dir)
     if world > 1:
         dist.barrier()  # every rank reads the checkpoint rank 0 has recovered
-    state = _maybe_resume(out_dir, model, optimizer, device)
+    state = resume(out_dir, model, optimizer, device)
     data_meta = {
         "corpus": corpus.metadata(), "val_fraction": settings.val_fraction, "split": settings.split,
         "n_train_tokens": split.train.numel(), "n_val_tokens": split.val.numel(), "val_text": VAL_TEXT,
@@ -117,7 +115,7 @@ def train(
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(out_dir / "settings.json", json.dumps(run_record, indent=2).encode())
-        _truncate_metrics(out_dir / "metrics.jsonl", state.step)
+        truncate_metrics(out_dir / "metrics.jsonl", state.step)
     loss_module: torch.nn.Module = SlotLoss(model)
     if world > 1:
         loss_module = torch.nn.parallel.DistributedDataParallel(
@@ -128,87 +126,116 @@ def train(
                               COMPILE_MODE if world == 1 and device.type == "cuda" else None)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     batches = BatchSource(settings, split.train, tokenizer.vocab_size, device)
-    saver = _Saver(out_dir, settings, data_meta, n_params, split.val, tokenizer)
+    saver = Saver(out_dir, settings, data_meta, n_params, split.val, tokenizer)
     snapshot_steps = _snapshot_steps(settings)
     metrics: dict[str, Any] = {}
-    stopped_early = out_of_time = False
+    stopped_early = out_of_time = interrupted = False
     started = time.perf_counter()
     bar = tqdm(total=settings.steps, initial=state.step, disable=not progress or rank != 0,
                desc=settings.variant, unit="step")
     if state.stopped and rank == 0:
         print(f"{out_dir} stopped early at step {state.step}; nothing to resume (best model: {out_dir / 'best'})")
     clock, tokens_since = time.perf_counter(), 0
-    for step in range(state.step, state.step if state.stopped else settings.steps):
-        tokens, order = batches(step)
-        mine = slice(rank * per_rank, (rank + 1) * per_rank)
-        micro_tokens, micro_order = tokens[mine].chunk(n_micro), order[mine].chunk(n_micro)
-        lr = learning_rate(settings, step * settings.tokens_per_step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        for i, (t, o) in enumerate(zip(micro_tokens, micro_order)):
-            sync = nullcontext() if world == 1 or i == n_micro - 1 else loss_module.no_sync()
-            with sync:
-                with autocast:
-                    loss = step_fn.run(lambda l: (l / n_micro).backward(), t, o)
-            loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        tokens_since += settings.tokens_per_step
-        bar.update(1)
-        done = step + 1
-        last = done == settings.steps
-        if rank == 0 and (done % LOG_EVERY == 0 or last):
-            loss_bits = (loss_sum / n_micro).item() / math.log(2)  # this rank's share of the batch
-            elapsed = time.perf_counter() - clock
-            line = {"step": done, "tokens": done * settings.tokens_per_step, "loss_bits": loss_bits,
-                    "lr": lr, "grad_norm": grad_norm.item(), "tokens_per_s": tokens_since / elapsed,
-                    "compiled": step_fn.compiled}
-            _append_jsonl(out_dir / "metrics.jsonl", line)
-            bar.set_postfix_str(f"{line['tokens_per_s'] / 1e6:.2f} Mtok/s, train {loss_bits:.3f} bits"
-                                + (f", val {metrics['val_any_order_bits']:.3f}" if metrics else ""))
-            clock, tokens_since = time.perf_counter(), 0
-        if time_limit_s is not None and done % LOG_EVERY == 0 and not last:
-            out_of_time = _agree(time.perf_counter() - started > time_limit_s, world, device)
-        evaluate = done % _every(settings.eval_every_tokens, settings) == 0 or last
-        checkpoint = done % _every(settings.checkpoint_every_tokens, settings) == 0 or last or out_of_time
-        if (evaluate or checkpoint or done in snapshot_steps) and device.type == "cuda":
-            torch.cuda.synchronize(device)  # the pause below should not absorb queued training work
-        stop, paused = False, time.perf_counter()
-        if evaluate:
-            if rank == 0:
-                metrics = _evaluate(model, val_windows, settings, done)
-                _append_jsonl(out_dir / "metrics.jsonl", metrics)
-                state.step = done
-                if metrics["val_any_order_bits"] < state.best_bits:
-                    state.best_bits, state.evals_since_best = metrics["val_any_order_bits"], 0
-                    saver.model_only(model, out_dir / "best", done, metrics)
-                else:
-                    state.evals_since_best += 1
-                stop = 0 < settings.early_stop_evals <= state.evals_since_best
-            stop = _agree(stop, world, device)
-        if rank == 0 and done in snapshot_steps:
-            saver.model_only(model, out_dir / "snapshots" / f"step-{done:06d}", done, metrics, dtype=torch.float16)
-        if rank == 0 and (checkpoint or stop):
-            state.step, state.stopped = done, stop
-            saver.full(model, optimizer, state, metrics)
-        clock += time.perf_counter() - paused  # tokens/s counts training time only
-        if stop:
-            stopped_early = True
-            if rank == 0:
-                print(f"early stop at step {done}: validation any-order bits have not improved for "
-                      f"{settings.early_stop_evals} evaluations (best {state.best_bits:.4f}, in {out_dir / 'best'})")
-            break
-        if out_of_time:
-            if rank == 0:
-                print(f"time limit of {time_limit_s:.0f} s reached at step {done}: checkpoint saved; rerun to go on")
-            break
+    with _graceful_interrupt(world == 1) as stop_requested:
+        for step in range(state.step, state.step if state.stopped else settings.steps):
+            tokens, order = batches(step)
+            mine = slice(rank * per_rank, (rank + 1) * per_rank)
+            micro_tokens, micro_order = tokens[mine].chunk(n_micro), order[mine].chunk(n_micro)
+            lr = learning_rate(settings, step * settings.tokens_per_step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for i, (t, o) in enumerate(zip(micro_tokens, micro_order)):
+                sync = nullcontext() if world == 1 or i == n_micro - 1 else loss_module.no_sync()
+                with sync:
+                    with autocast:
+                        loss = step_fn.run(lambda l: (l / n_micro).backward(), t, o)
+                loss_sum += loss.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            tokens_since += settings.tokens_per_step
+            bar.update(1)
+            done = step + 1
+            last = done == settings.steps
+            if rank == 0 and (done % LOG_EVERY == 0 or last):
+                loss_bits = (loss_sum / n_micro).item() / math.log(2)  # this rank's share of the batch
+                elapsed = time.perf_counter() - clock
+                line = {"step": done, "tokens": done * settings.tokens_per_step, "loss_bits": loss_bits,
+                        "lr": lr, "grad_norm": grad_norm.item(), "tokens_per_s": tokens_since / elapsed,
+                        "compiled": step_fn.compiled}
+                append_jsonl(out_dir / "metrics.jsonl", line)
+                bar.set_postfix_str(f"{line['tokens_per_s'] / 1e6:.2f} Mtok/s, train {loss_bits:.3f} bits"
+                                    + (f", val {metrics['val_any_order_bits']:.3f}" if metrics else ""))
+                clock, tokens_since = time.perf_counter(), 0
+            if time_limit_s is not None and done % LOG_EVERY == 0 and not last:
+                out_of_time = _agree(time.perf_counter() - started > time_limit_s, world, device)
+            interrupted = stop_requested() and not last
+            evaluate = done % _every(settings.eval_every_tokens, settings) == 0 or last
+            checkpoint = done % _every(settings.checkpoint_every_tokens, settings) == 0 or last or out_of_time or interrupted
+            if (evaluate or checkpoint or done in snapshot_steps) and device.type == "cuda":
+                torch.cuda.synchronize(device)  # the pause below should not absorb queued training work
+            stop, paused = False, time.perf_counter()
+            if evaluate:
+                if rank == 0:
+                    metrics = _evaluate(model, val_windows, settings, done)
+                    append_jsonl(out_dir / "metrics.jsonl", metrics)
+                    state.step = done
+                    if metrics["val_any_order_bits"] < state.best_bits:
+                        state.best_bits, state.evals_since_best = metrics["val_any_order_bits"], 0
+                        saver.model_only(model, out_dir / "best", done, metrics)
+                    else:
+                        state.evals_since_best += 1
+                    stop = 0 < settings.early_stop_evals <= state.evals_since_best
+                stop = _agree(stop, world, device)
+            if rank == 0 and done in snapshot_steps:
+                saver.model_only(model, out_dir / "snapshots" / f"step-{done:06d}", done, metrics, dtype=torch.float16)
+            if rank == 0 and (checkpoint or stop):
+                state.step, state.stopped = done, stop
+                saver.full(model, optimizer, state, metrics)
+            clock += time.perf_counter() - paused  # tokens/s counts training time only
+            if stop:
+                stopped_early = True
+                if rank == 0:
+                    print(f"early stop at step {done}: validation any-order bits have not improved for "
+                          f"{settings.early_stop_evals} evaluations (best {state.best_bits:.4f}, in {out_dir / 'best'})")
+                break
+            if out_of_time:
+                if rank == 0:
+                    print(f"time limit of {time_limit_s:.0f} s reached at step {done}: checkpoint saved; rerun to go on")
+                break
+            if interrupted:
+                print(f"interrupted at step {done}: checkpoint saved in {out_dir / 'checkpoint'}; rerun the same command to resume",
+                      file=sys.stderr)
+                break
     bar.close()
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return RunResult(model.eval(), out_dir / "checkpoint", metrics, stopped_early or state.stopped, out_of_time)
+    return RunResult(model.eval(), out_dir / "checkpoint", metrics, stopped_early or state.stopped, out_of_time, interrupted)
+
+
+@contextmanager
+def _graceful_interrupt(enabled: bool) -> Iterator[Callable[[], bool]]:
+    """While training in one process: the first Ctrl-C asks the loop to finish its step, save a
+    checkpoint and return (a step cut in half would leave the optimiser half-applied); a second
+    Ctrl-C stops at once, leaving the last checkpoint. Yields "was a stop asked for?"."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    asked: list[bool] = []
+
+    def handler(signum, frame) -> None:  # noqa: ANN001 (signal handler signature)
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(True)
+        print("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(asked)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def learning_rate(settings: TrainSettings, tokens_done: int) -> float:
@@ -270,137 +297,6 @@ def _evaluate(model: HookedAOModel, windows: torch.Tensor, settings: TrainSettin
     return {"step": step, "tokens": step * settings.tokens_per_step, "val_any_order_bits": a.mean,
             "val_any_order_ci": [a.ci_low, a.ci_high], "val_left_to_right_bits": l.mean,
             "val_windows": len(subset)}
-
-
-@dataclass
-class _Saver:
-    out_dir: Path
-    settings: TrainSettings
-    data_meta: dict[str, Any]
-    n_params: int
-    val_tokens: torch.Tensor
-    tokenizer: Any
-
-    def _training(self, step: int) -> dict[str, Any]:
-        return {**self.settings.to_dict(), "n_params": self.n_params, "steps_done": step,
-                "tokens_done": step * self.settings.tokens_per_step}
-
-    def full(self, model, optimizer, state: _Progress, metrics) -> None:
-        """The resumable checkpoint: model, optimiser moments, progress, validation text."""
-        tensors, opt_state = _optimizer_to_flat(optimizer)
-        opt_state.update(step=state.step, best_bits=state.best_bits, evals_since_best=state.evals_since_best,
-                         stopped=state.stopped)
-        ckpt.save(model, self.out_dir / "checkpoint", data=self.data_meta, training=self._training(state.step),
-                  metrics=metrics, extra_files={TRAINER_TENSORS: safetensors_bytes(tensors),
-                                                TRAINER_JSON: json.dumps(opt_state, indent=2).encode(),
-                                                VAL_TEXT: self.tokenizer.decode(self.val_tokens).encode("utf-8")})
-
-    def model_only(self, model, path: Path, step: int, metrics, dtype: torch.dtype | None = None) -> None:
-        ckpt.save(model, path, data=self.data_meta, training=self._training(step), metrics=metrics, dtype=dtype,
-                  extra_files={VAL_TEXT: self.tokenizer.decode(self.val_tokens).encode("utf-8")})
-
-
-def _check_run_dir(out_dir: Path, run_record: dict[str, Any]) -> None:
-    """Refuse a directory that holds another run (other settings or other data), before any work."""
-    path = out_dir / "settings.json"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out {out_dir} is a file, not a run directory; choose a directory path.")
-    if not path.is_file():
-        if (out_dir / "checkpoint").exists():
-            raise ValueError(f"{out_dir} has a checkpoint/ but no settings.json, so it cannot be resumed "
-                             "safely; choose a new --out directory.")
-        return
-    try:
-        saved = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); it is not a run this trainer wrote. "
-                         "Choose a new --out directory.") from None
-    if "settings" not in saved:  # written before the corpus fingerprint was recorded
-        raise ValueError(f"{out_dir} holds a run in an older format (no corpus fingerprint in settings.json); "
-                         "it cannot be resumed safely. Choose a new --out directory.")
-    mine, theirs = run_record["settings"], saved["settings"]
-    if theirs != mine:
-        diff = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
-        raise ValueError(
-            f"{out_dir} holds a run with different settings (differing: {diff}); resume with the same "
-            "settings, or choose a new --out directory."
-        )
-    old, new = saved["corpus"].get("fingerprint"), run_record["corpus"]["fingerprint"]
-    if old != new:
-        raise ValueError(
-            f"{out_dir} was trained on data with fingerprint {old}, but --data {mine['data']} now has "
-            f"fingerprint {new} (the file changed); a resume would shift its token ids. Restore the data, "
-            "or choose a new --out directory."
-        )
-
-
-def _recover_saves(out_dir: Path) -> None:
-    """Finish or roll back the saves a kill interrupted (workbench.checkpoint.recover)."""
-    for saved in (out_dir / "checkpoint", out_dir / "best"):
-        note = ckpt.recover(saved)
-        if note:
-            print(note)
-
-
-def _maybe_resume(out_dir: Path, model, optimizer, device) -> _Progress:
-    path = out_dir / "checkpoint"
-    if not (path / TRAINER_JSON).is_file():
-        return _Progress()
-    loaded = ckpt.load(path, device=device)
-    model.load_state_dict(loaded.state_dict())
-    state = json.loads((path / TRAINER_JSON).read_text())
-    _optimizer_from_flat(optimizer, load_file(str(path / TRAINER_TENSORS), device=str(device)), state)
-    print(f"resuming {out_dir} from step {state['step']}")
-    return _Progress(state["step"], state["best_bits"], state["evals_since_best"], state["stopped"])
-
-
-def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = optimizer.state_dict()
-    tensors = {
-        f"state.{idx}.{key}": value.detach().contiguous().cpu()
-        for idx, entry in sd["state"].items()
-        for key, value in entry.items()
-    }
-    return tensors, {"param_groups": sd["param_groups"]}
-
-
-def _optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-    entries: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        _, idx, key = name.split(".", 2)
-        entries.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict({"state": entries, "param_groups": state["param_groups"]})
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines a killed run wrote after its last checkpoint (they will be redone), and a
-    torn last line (the kill cut its write short); a bad line before the last one is an error."""
-    if not path.is_file():
-        return
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    kept = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            entry = json.loads(line) if line.strip() else None
-            if entry is not None and not isinstance(entry.get("step"), int):
-                raise ValueError("no integer 'step'")
-        except (ValueError, AttributeError) as err:
-            if number == len(lines):
-                break  # the line a kill tore: dropped, it will be written again
-            raise ValueError(
-                f"{path} line {number} is not a metrics record ({err}); fix or delete that line, then resume."
-            ) from err
-        if entry is not None and entry["step"] <= step:
-            kept.append(line)
-    write_bytes_atomic(path, "".join(l + "\n" for l in kept).encode())
-
-
-def _append_jsonl(path: Path, line: dict[str, Any]) -> None:
-    try:
-        with open(path, "a") as f:
-            f.write(json.dumps(line) + "\n")
-    except OSError as err:  # a full disk says ENOSPC without naming the file
-        raise OSError(err.errno, f"{err.strerror}; could not append to {path}", str(path)) from None
 
 
 def _init_distributed(device: str | None) -> tuple[int, int, torch.device]:
