@@ -27,7 +27,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline_gpt import PlainGPT  # noqa: E402
@@ -35,7 +34,7 @@ from baseline_gpt import PlainGPT  # noqa: E402
 from workbench.data import random_windows  # noqa: E402
 from workbench.models import from_config  # noqa: E402
 from workbench.training import TrainSettings  # noqa: E402
-from workbench.training.step import COMPILE_MODE, BatchSource, CompiledOrEager, SlotLoss  # noqa: E402
+from workbench.training.step import COMPILE_MODE, BatchSource, CompiledOrEager, SlotLoss, flops_per_token  # noqa: E402
 
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12}  # dense bf16 tensor-core FLOP/s (SXM datasheets)
 VARIANTS = ("two_stream", "decoupled_rope", "sigma_gpt")
@@ -84,12 +83,10 @@ class _Row:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
-    def flops(self) -> int:
-        eager = CompiledOrEager(self.loss, False)
-        with FlopCounterMode(display=False) as counter, torch.autocast("cuda", dtype=torch.bfloat16):
-            eager.run(lambda loss: loss.backward(), *self._batch())
-        self.opt.zero_grad(set_to_none=True)
-        return counter.get_total_flops()
+    def flops(self) -> float:
+        """Counted training FLOPs per token, under the step's autocast."""
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return flops_per_token(self.loss, *self._batch())
 
 
 def _warm(config: tuple[str, int, int, str | None]) -> str:
@@ -123,7 +120,7 @@ def _time(config: tuple[str, int, int, str | None], compiled: bool, repeats: int
         torch.cuda.synchronize()
         wall = time.perf_counter() - wall
         rates.append(tps * steps / max(wall, start.elapsed_time(end) / 1e3))
-    flops = row.flops()
+    flops = row.flops() * tps
     rate = statistics.median(rates)
     peak = next((v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name()), None)
     result = {

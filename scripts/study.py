@@ -194,21 +194,19 @@ def compare_runs(values: dict[Run, object], baseline: str = "two_stream") -> dic
 
 
 def _flops_per_token(model, seq_len: int, device: str) -> float:
-    """Training FLOPs per token (forward + backward, counted by torch's FlopCounterMode)."""
+    """Training FLOPs per token of one run's model (workbench.training.step.flops_per_token)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from workbench.orders import random_orders
-    from workbench.training.step import SlotLoss
+    from workbench.training.step import SlotLoss, flops_per_token
 
     tokens = torch.zeros(2, seq_len, dtype=torch.long, device=device)
     order = random_orders(2, seq_len, torch.Generator().manual_seed(0)).to(device)
     model.train()
-    with FlopCounterMode(display=False) as counter:
-        SlotLoss(model)(tokens, order).backward()
-    model.zero_grad(set_to_none=True)
-    model.eval()
-    return counter.get_total_flops() / tokens.numel()
+    try:
+        return flops_per_token(SlotLoss(model), tokens, order)
+    finally:
+        model.eval()
 
 
 def main() -> None:

@@ -132,3 +132,15 @@ def test_inductor_compiled_step_matches_eager_on_the_gpu(variant, seq_len):
     for (name, _), got, base, want in zip(model.named_parameters(), grads16, eager16, ref):
         error, eager_error = (got - want).norm(), (base - want).norm()
         assert error <= 2 * eager_error + 1e-3 * want.norm() + 1e-7, f"{name}: {error:.2e} vs eager bf16 {eager_error:.2e}"
+
+
+def test_flops_per_token_counts_forward_and_backward_and_leaves_no_gradient():
+    from workbench.training.step import flops_per_token
+
+    model = from_config(tiny_config("decoupled_rope"))
+    tokens, order = random_batch(model, 2, 24)
+    per_token = flops_per_token(SlotLoss(model), tokens, order)
+    cfg = model.cfg
+    matmul_params = cfg.n_layers * (4 * cfg.n_heads * cfg.d_head * cfg.d_model + 2 * cfg.d_model * cfg.d_mlp) + cfg.d_model * cfg.d_vocab
+    assert per_token >= 6 * matmul_params  # 2 (forward) + 4 (backward) FLOPs per weight, plus attention
+    assert all(p.grad is None for p in model.parameters())

@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
-from workbench.devices import parse_device
 from workbench.evaluation.compare import gap_changes, paired_gaps
 from workbench.evaluation.core import WindowValues, evaluate_windows, summarise
 from workbench.results_io import write_bytes_atomic, write_json_atomic
@@ -114,14 +113,14 @@ def run_name(path: Path) -> str:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Every plain argument, before anything is loaded; raises ValueError with a one-line message."""
+    """Every plain argument, before anything is loaded; raises ValueError with a one-line message.
+    (`--device` is checked for every command by workbench.cli before this runs.)"""
     if args.orders < 1:
         raise ValueError(f"--orders must be >= 1 random orders per window, got {args.orders}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1 window per forward pass, got {args.batch_size}")
     if args.max_windows is not None and args.max_windows < 2:
         raise ValueError(f"--max-windows must be >= 2 (an interval needs two windows), got {args.max_windows}")
-    parse_device(args.device)
     if args.out is not None:
         check_out(Path(args.out))
 

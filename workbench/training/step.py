@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from workbench.data import random_windows
 from workbench.models import HookedAOModel
@@ -112,3 +113,14 @@ class CompiledOrEager:
         for p in self.module.parameters():
             p.grad = None  # drop any half-accumulated gradient of the failed attempt
         self._fn, self.compiled = self.module, False
+
+
+def flops_per_token(loss_module: nn.Module, tokens: Tensor, *rest: Tensor) -> float:
+    """Training FLOPs per input token of one forward + backward of `loss_module(tokens, *rest)`,
+    counted by torch's FlopCounterMode (matmuls and attention; causal SDPA counted as full).
+    Leaves no gradient behind."""
+    with FlopCounterMode(display=False) as counter:
+        loss_module(tokens, *rest).backward()
+    for p in loss_module.parameters():
+        p.grad = None
+    return counter.get_total_flops() / tokens.numel()
