@@ -33,6 +33,7 @@ VARIANTS = ("two_stream", "decoupled_rope", "sigma_gpt")
 SIZES = {  # name -> (n_layers, d_model, n_heads, d_head, d_mlp)
     "xs": (2, 64, 4, 16, 256),
     "s": (4, 192, 6, 32, 768),
+    "m4": (4, 256, 8, 32, 1024),
     "m": (6, 256, 8, 32, 1024),
     "l": (8, 320, 10, 32, 1280),
 }
@@ -115,45 +116,143 @@ EVAL_SEED = 12345  # the same orders for every run at a length: gaps between var
 
 
 def evaluate_grid(args: argparse.Namespace) -> None:
-    """Every finished run's best/ model on the whole held-out split: results/study.json (one row
-    per run, the paired gaps per length and seed, the gaps and their change with length over
-    seeds as replicates) and the per-window values beside it."""
+    """Evaluate every finished run that has no `eval/` yet, then `report`. A run's evaluation is
+    its `best/` model on the held-out windows that early stopping did not look at (the first
+    `eval_windows` windows chose `best/`; the rest are the test windows), 8 random orders per
+    window, the same orders for every run at a length."""
     import torch
-    from safetensors.torch import save_file
-
-    from workbench import checkpoint as ckpt
-    from workbench.data import sequential_windows
-    from workbench.evaluation import evaluate_windows, summarise
-    from workbench.results_io import write_json_atomic
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows, values = [], {}
     for run in grid(args):
         run_dir = Path(args.runs) / run.name
+        if (run_dir / "eval" / "row.json").is_file():
+            continue
         state = progress(run_dir)
         if not state["finished"]:
             print(f"{run.name}: not finished (step {state['step']} of {state['steps']}); left out")
             continue
-        model = ckpt.load(run_dir / "best", device=device)
-        windows = sequential_windows(model.tokenizer.encode_tensor((run_dir / "best" / "val.txt").read_text()), run.seq_len)
-        windows = windows[: args.max_windows] if args.max_windows else windows
-        v = evaluate_windows(model, windows, n_orders=args.orders, seed=EVAL_SEED, batch_size=args.batch_size)
-        summary, training = summarise(v), model.checkpoint.training
-        tokens = training["tokens_done"]
-        rows.append({
-            "variant": run.variant, "seq_len": run.seq_len, "seed": run.seed, "n_params": training["n_params"],
-            "tokens": tokens, "flops": _flops_per_token(model, run.seq_len, device) * tokens,
-            "any_order_bits": summary["any_order_bits"]["mean"], "any_order": summary["any_order_bits"],
-            "left_to_right_bits": summary["left_to_right_bits"]["mean"], "left_to_right": summary["left_to_right_bits"],
-            "by_fraction_revealed": summary["by_fraction_revealed"], "n_windows": v.n_windows, "n_orders": args.orders,
-            "windows_sha256": v.windows_sha256, "train_tokens": training["train_tokens"],
-        })
-        values[run] = v
-        print(f"{run.name}: any-order {rows[-1]['any_order_bits']:.4f}, left-to-right {rows[-1]['left_to_right_bits']:.4f}")
+        row = evaluate_run(run, run_dir, args, device)
+        print(f"{run.name}: any-order {row['any_order_bits']:.4f}, left-to-right {row['left_to_right_bits']:.4f}")
+    report(args)
+
+
+def evaluate_run(run: Run, run_dir: Path, args: argparse.Namespace, device: str) -> dict:
+    """One run's row and per-window values, written to `run_dir/eval/` (row.json, values.safetensors)."""
+    import torch
+    from safetensors.torch import save
+
+    from workbench import checkpoint as ckpt
+    from workbench.data import sequential_windows
+    from workbench.evaluation import evaluate_windows, summarise
+    from workbench.results_io import write_bytes_atomic, write_json_atomic
+
+    model = ckpt.load(run_dir / "best", device=device)
+    training = model.checkpoint.training
+    windows = sequential_windows(model.tokenizer.encode_tensor((run_dir / "best" / "val.txt").read_text()), run.seq_len)
+    skip = training["eval_windows"]  # early stopping's windows
+    if len(windows) <= skip + 1:
+        raise ValueError(f"{run.name}: {len(windows)} held-out windows, {skip} of them used for early stopping; "
+                         "hold out more text (val_fraction) or use fewer --eval-windows")
+    starts = torch.arange(len(windows)) * run.seq_len
+    test, starts = windows[skip:], starts[skip:]
+    if args.max_windows:
+        test, starts = test[: args.max_windows], starts[: args.max_windows]
+    v = evaluate_windows(model, test, n_orders=args.orders, seed=EVAL_SEED, batch_size=args.batch_size, start=starts)
+    summary, tokens = summarise(v), training["tokens_done"]
+    row = {
+        "variant": run.variant, "seq_len": run.seq_len, "seed": run.seed, "n_params": training["n_params"],
+        "tokens": tokens, "flops": _flops_per_token(model, run.seq_len, device) * tokens,
+        "any_order_bits": summary["any_order_bits"]["mean"], "any_order": summary["any_order_bits"],
+        "left_to_right_bits": summary["left_to_right_bits"]["mean"], "left_to_right": summary["left_to_right_bits"],
+        "by_fraction_revealed": summary["by_fraction_revealed"], "n_windows": v.n_windows, "n_orders": args.orders,
+        "skipped_windows": skip, "windows_sha256": v.windows_sha256, "train_tokens": training["train_tokens"],
+    }
+    out = run_dir / "eval"
+    write_bytes_atomic(out / "values.safetensors", save({k: t.contiguous() for k, t in v.tensors().items()}))
+    write_json_atomic(out / "row.json", row)
+    return row
+
+
+def load_eval(run: Run, run_dir: Path) -> tuple[dict, object]:
+    """A run's evaluation row and its WindowValues, from `run_dir/eval/`."""
+    from safetensors.torch import load_file
+
+    from workbench.evaluation.core import WindowValues
+
+    row = json.loads((run_dir / "eval" / "row.json").read_text())
+    t = load_file(str(run_dir / "eval" / "values.safetensors"))
+    values = WindowValues(any_order=t["any_order"], left_to_right=t["left_to_right"], by_fraction=t["by_fraction"],
+                          fraction=t["fraction"], start=t["start"], seq_len=run.seq_len, seed=EVAL_SEED,
+                          windows_sha256=row["windows_sha256"])
+    return row, values
+
+
+def report(args: argparse.Namespace) -> None:
+    """results/study.json from every evaluated run of the grid (no model needed): one row per run,
+    the paired gaps per length and seed, the gaps and their change with length over seeds as
+    replicates; the per-window values beside it."""
+    from safetensors.torch import save_file
+
+    from workbench.results_io import write_json_atomic
+
+    rows, values = [], {}
+    for run in grid(args):
+        run_dir = Path(args.runs) / run.name
+        if (run_dir / "eval" / "row.json").is_file():
+            row, values[run] = load_eval(run, run_dir)
+            rows.append(row)
+    if not rows:
+        raise SystemExit(f"no evaluated runs under {args.runs}: run `study.py evaluate` first")
     out = Path(args.out)
     write_json_atomic(out, {"runs": rows, **compare_runs(values), "eval_seed": EVAL_SEED})
     save_file({f"{r.name}.{k}": t.contiguous() for r, v in values.items() for k, t in v.tensors().items()},
               str(out.with_suffix(".windows.safetensors")))
+    print(f"wrote {out}: {len(rows)} runs")
+
+
+STATS_PROBES = "histograms,parts,specialisation,sink,entropy,by_step"
+
+
+def probe_grid(args: argparse.Namespace) -> None:
+    """Probes of the --seeds runs (here seed 0 by default) on their whole held-out text through the fused
+    kernel (`probe --fast`): every probe on `best/`, with the causal checks on
+    --causal-sequences windows; the attention statistics alone on each snapshot (the emergence
+    question). Results in `<run>/probes/<best|step-NNNNNN>/`; finished ones are kept."""
+    for run in grid(args):
+        run_dir = Path(args.runs) / run.name
+        if not progress(run_dir)["finished"]:
+            print(f"{run.name}: not finished; not probed")
+            continue
+        snapshots = sorted((run_dir / "snapshots").glob("step-*")) if (run_dir / "snapshots").is_dir() else []
+        for model_dir in [run_dir / "best", *snapshots]:
+            out = run_dir / "probes" / model_dir.name
+            if (out / "metadata.json").is_file():
+                continue
+            extra = ["--causal-sequences", str(args.causal_sequences)] if model_dir.name == "best" else ["--probes", STATS_PROBES]
+            cmd = [sys.executable, "-m", "workbench.cli", "probe", "--checkpoint", str(model_dir), "--out", str(out),
+                   "--fast", "--max-sequences", str(args.max_windows), "--r", "4", "--w", "4", "--seed", "0",
+                   "--no-progress", *extra]
+            started = time.monotonic()
+            subprocess.run(cmd, check=True, cwd=ROOT)
+            print(f"{run.name}/{model_dir.name}: probed in {time.monotonic() - started:.0f} s")
+
+
+def bundle(args: argparse.Namespace) -> None:
+    """Export the `best/` model of every --seeds run (here seed 0 by default) as a float16 checkpoint
+    `<dest>/<variant>-<seq_len>/` with its held-out text (the bundled checkpoints)."""
+    import torch
+
+    from workbench import checkpoint as ckpt
+    from workbench.training.run_dir import VAL_TEXT
+
+    for run in grid(args):
+        best = Path(args.runs) / run.name / "best"
+        model = ckpt.load(best)
+        info = model.checkpoint
+        dest = Path(args.dest) / f"{run.variant}-{run.seq_len}"
+        ckpt.save(model, dest, data=info.data, training=info.training, metrics=info.metrics, dtype=torch.float16,
+                  extra_files={VAL_TEXT: (best / VAL_TEXT).read_bytes()})
+        print(f"{run.name} -> {dest}")
 
 
 def compare_runs(values: dict[Run, object], baseline: str = "two_stream") -> dict[str, list[dict]]:
@@ -212,14 +311,15 @@ def _flops_per_token(model, seq_len: int, device: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, fn in (("train", train_grid), ("status", status), ("evaluate", evaluate_grid)):
+    for name, fn in (("train", train_grid), ("status", status), ("evaluate", evaluate_grid), ("report", report),
+                     ("probe", probe_grid), ("bundle", bundle)):
         p = sub.add_parser(name)
         p.set_defaults(fn=fn)
         p.add_argument("--runs", required=True)
         p.add_argument("--corpus", default="runs/study-corpus.jsonl")
         p.add_argument("--variants", nargs="+", default=list(VARIANTS))
         p.add_argument("--lengths", type=int, nargs="+", default=[128, 1024])
-        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        p.add_argument("--seeds", type=int, nargs="+", default=[0] if name in ("probe", "bundle") else [0, 1, 2])
         p.add_argument("--size", choices=sorted(SIZES), default="m")
         p.add_argument("--train-tokens", type=int, default=131_072_000)
         p.add_argument("--tokens-per-step", type=int, default=65_536)
@@ -233,6 +333,8 @@ def main() -> None:
         p.add_argument("--orders", type=int, default=8, help="random orders per held-out window")
         p.add_argument("--max-windows", type=int, default=0, help="evaluate only the first N windows (0: all)")
         p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--causal-sequences", type=int, default=256, help="probe: windows for the causal checks")
+        p.add_argument("--dest", default=str(ROOT / "checkpoints"), help="bundle: where the checkpoints go")
     args = parser.parse_args()
     args.fn(args)
 
