@@ -21,7 +21,8 @@ st.caption(
     "A probe label means more when removing what the head looks at hurts. Ablation replaces a head's output "
     "(hook_z) by zero or by its mean; knockout blocks the head's semantic set S_r or structural set R_w "
     "(scores set to −inf), against a random set of the same size as control. ΔNLL is intervened − clean, "
-    "in bits/token, paired per sequence, with a 95% CI over sequences."
+    "in bits/token, paired per sequence, with a 95% CI over 16 blocks of contiguous windows (over sequences "
+    "when there are fewer than 32)."
 )
 
 names = loadable(catalog())

@@ -115,7 +115,7 @@ def describe(res: app_data.ProbeResults) -> str:
     data = meta.get("data", {})
     bits = [f"committed r = {res.r}, w = {res.w}" if res.r is not None else "",
             f"{data.get('n_sequences', meta.get('sequences_probed', '?'))} sequences of {data.get('seq_len', '?')} tokens",
-            f"orders: {data.get('orders', 'random')}", res.source]
+            f"orders: {data.get('orders', 'random')}", f"95% CIs over {res.ci_over('statistics')}", res.source]
     return " · ".join(b for b in bits if b)
 
 
@@ -240,7 +240,7 @@ mine = causal[(causal["layer"] == layer) & (causal["stream"] == stream) & (causa
 knock = app_data.knockout_frame(res.table)
 mine_k = knock[(knock["layer"] == layer) & (knock["stream"] == stream) & (knock["head"] == head)]
 if len(mine) or len(mine_k):
-    st.markdown("**Causal checks of this head** (ΔNLL in bits/token, 95% CI over sequences)")
+    st.markdown(f"**Causal checks of this head** (ΔNLL in bits/token, 95% CI over {res.ci_over('causal')})")
     if len(mine):
         st.table(app_data.effect_table(mine.set_index("kind")[["dnll", "ci", "n"]]).style.format("{:+.4f}", subset=["ΔNLL (bits/token)", "± 95%"]))
     if len(mine_k):

@@ -3,12 +3,13 @@
 import torch
 
 from workbench.probing import Row, probe
-from workbench.probing.causal import Effect, Intervention, mean_z, sequence_bits
+from workbench.probing.causal import Intervention, mean_z, sequence_bits
+from workbench.stats import window_mean
 
 
 @probe("ablation", needs=("model",))
 def ablation(ctx):
-    """Zero and mean ablation of every head (hook_z), ΔNLL in bits/token with a 95% CI over sequences."""
+    """Zero and mean ablation of every head (hook_z), ΔNLL in bits/token with a 95% CI over blocks of windows."""
     model, s = ctx.model, ctx.settings
     n_seq = min(s.causal_sequences, ctx.n_sequences)
     # The mean of hook_z over the first batch's sequences and slots: the "mean" replacement.
@@ -26,11 +27,11 @@ def ablation(ctx):
         return {"bits": bits}
 
     bits = torch.cat([b["bits"] for b in ctx.map_batches("ablation", run, n_sequences=n_seq, desc="ablation")], dim=1)
-    clean = Effect.of(bits[0])
-    yield Row(metric="clean_bits", value=clean.mean, ci=clean.ci, n=clean.n)
+    clean = window_mean(bits[0])
+    yield Row(metric="clean_bits", value=clean.mean, ci=clean.half_width, n=clean.n)
     for k, intervention in enumerate(interventions, start=1):
-        effect = Effect.of(bits[k] - bits[0])
+        effect = window_mean(bits[k] - bits[0])
         yield Row(
-            metric=f"{intervention.kind}_dnll", value=effect.mean, ci=effect.ci, n=effect.n,
+            metric=f"{intervention.kind}_dnll", value=effect.mean, ci=effect.half_width, n=effect.n,
             layer=intervention.layer, stream=intervention.stream, head=intervention.head,
         )

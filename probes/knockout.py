@@ -5,8 +5,9 @@ import hashlib
 import torch
 
 from workbench.probing import Row, probe
-from workbench.probing.causal import Effect, Intervention, sequence_bits, set_masks
+from workbench.probing.causal import Intervention, sequence_bits, set_masks
 from workbench.orders import probe_layout
+from workbench.stats import window_mean
 
 SETS = ("semantic", "structural")
 
@@ -37,7 +38,8 @@ def chosen_heads(ctx):
 @probe("knockout", needs=("stats", "model"))
 def knockout(ctx):
     """Knock out S_r or R_w of chosen heads (hook_attn_scores -> -inf) and a same-size random set:
-    ΔNLL in bits/token with 95% CIs, and the paired excess over the random control."""
+    ΔNLL in bits/token with 95% CIs, and the excess over the random control, paired per sequence
+    (CIs over blocks of contiguous windows: workbench.stats.window_mean)."""
     model, s = ctx.model, ctx.settings
     heads = chosen_heads(ctx)
     if not heads:
@@ -69,9 +71,9 @@ def knockout(ctx):
         for key_set in SETS:
             knocked, control = bits[k] - bits[0], bits[k + 1] - bits[0]
             k += 2
-            effect, random, excess = Effect.of(knocked), Effect.of(control), Effect.of(knocked - control)
-            yield Row(metric=f"knockout_{key_set}", value=effect.mean, ci=effect.ci, chance=random.mean, **where)
-            yield Row(metric=f"knockout_{key_set}_random", value=random.mean, ci=random.ci, **where)
-            yield Row(metric=f"knockout_{key_set}_excess", value=excess.mean, ci=excess.ci, chance=0.0, **where)
+            effect, random, excess = window_mean(knocked), window_mean(control), window_mean(knocked - control)
+            yield Row(metric=f"knockout_{key_set}", value=effect.mean, ci=effect.half_width, chance=random.mean, **where)
+            yield Row(metric=f"knockout_{key_set}_random", value=random.mean, ci=random.half_width, **where)
+            yield Row(metric=f"knockout_{key_set}_excess", value=excess.mean, ci=excess.half_width, chance=0.0, **where)
             size = keys[model.stream_names.index(stream), SETS.index(key_set)]
             yield Row(metric=f"knockout_{key_set}_keys", value=float(size), **where)

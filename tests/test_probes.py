@@ -407,8 +407,9 @@ def test_closed_form_ratio_estimates_match_autograd():
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(3, 5, 40, len(FIELDS), generator=gen, dtype=torch.float64)
     x[1, 2, :, F["S_only_mass"]] = x[1, 2, :, F["R_only_mass"]] = 0.0  # index 0 / 0 in one (group, head)
-    pooled = Pooled(0, "main", 40, [0, 1], x.sum(2), torch.einsum("ghni,ghnj->ghij", x, x),
-                    torch.zeros(5, 6, 18), torch.zeros(5, 6, 18), torch.zeros(5, 2, 18, 18), torch.zeros(5, 2, 18, 18))
+    blocks = torch.nn.functional.one_hot(torch.arange(40) // 4).double()  # 10 blocks of 4 sequences
+    pooled = Pooled(0, "main", [0, 1], blocks.sum(0), torch.einsum("nk,ghnf->kghf", blocks, x),
+                    torch.zeros(10, 5, 6, 18), torch.zeros(10, 5, 2, 18, 18))
     for fn in (per_row("entropy"), lift("S_only+both"), summed(["S_only_mass", "both_mass"]), index_fn("mass"),
                excess("S")):
         for group in (0, None):

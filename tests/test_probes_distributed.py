@@ -101,6 +101,7 @@ def test_torchrun_block_sums_give_the_one_process_table(checkpoint, tmp_path):
     pd.testing.assert_frame_equal(read_table(tmp_path / "one"), read_table(tmp_path / "two"), check_exact=True)
     meta = json.loads((tmp_path / "two" / "metadata.json").read_text())
     assert (meta["r"], meta["w"]) == (2, 3)
+    assert meta["ci_unit"]["statistics"] == {"unit": "block", "n_units": 16, "n_sequences": 66}  # blocks of 4-5 windows
 
 
 def test_resume_loads_batches_by_global_index(checkpoint, tmp_path):

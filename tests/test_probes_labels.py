@@ -59,14 +59,14 @@ def pooled_heads(T: int, r: int, w: int, stream: str, seed: int = 0):
     order = torch.stack([torch.randperm(T, generator=gen) for _ in range(N_SEQ)])
     key_pos, row_ref, offset = layout(order, stream)
     patterns = known_patterns(key_pos, row_ref)
-    acc = Accumulator(T, len(HEADS))
+    acc = Accumulator(T, len(HEADS), n_blocks=N_SEQ)
     acc.add_batch(ProbeStats.stack([
         pattern_stats(patterns[b : b + 1], key_pos[b : b + 1], row_ref[b : b + 1], recency_offset=offset, r=r, w=w)
         for b in range(N_SEQ)
-    ]))
+    ]), blocks=torch.arange(N_SEQ))
     sums = acc.to_dict("x")
-    pooled = Pooled(0, stream, N_SEQ, step_buckets(T), sums["x.u_sum"], sums["x.u_outer"], sums["x.hist_sum"],
-                    sums["x.hist_sq"], sums["x.joint_sum"], sums["x.joint_sq"])
+    pooled = Pooled(0, stream, step_buckets(T), sums["x.n_block"], sums["x.u_block"], sums["x.hist_block"],
+                    sums["x.joint_block"])
     return {HEADS[h.head]: h for h in summarise_heads({(0, stream): pooled})}
 
 

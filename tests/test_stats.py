@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from workbench.stats import (
-    DEFAULT_BLOCKS, Estimate, blocked_mean, difference, iid_mean, lag1_autocorrelation, mean_and_ci,
-    paired_difference, t_quantile,
+    DEFAULT_BLOCKS, Estimate, block_index, blocked_mean, blocked_se, ci_unit, difference, iid_mean,
+    lag1_autocorrelation, mean_and_ci, paired_difference, t_quantile, window_blocks, window_mean,
 )
 
 
@@ -114,3 +114,18 @@ def test_difference_of_independent_estimates_adds_variances_with_welch_df():
 def test_lag1_autocorrelation_of_ar1():
     x = ar1(1, 20000, 0.6, torch.Generator().manual_seed(3))[0]
     assert lag1_autocorrelation(x) == pytest.approx(0.6, abs=0.02)
+
+
+def test_window_rule_blocks_from_two_windows_per_block():
+    """The probes' rule: 16 blocks once each holds two windows (n >= 32), else a unit per window."""
+    assert [window_blocks(n) for n in (1, 8, 31, 32, 1000)] == [1, 8, 31, 16, 16]
+    assert ci_unit(31) == {"unit": "sequence", "n_units": 31, "n_sequences": 31}
+    assert ci_unit(64) == {"unit": "block", "n_units": 16, "n_sequences": 64}
+    x = ar1(1, 50, 0.6, torch.Generator().manual_seed(4))[0]
+    assert window_mean(x) == blocked_mean(x, DEFAULT_BLOCKS)
+    assert window_mean(x[:20]) == iid_mean(x[:20]) and math.isnan(window_mean(x[:1]).half_width)
+    # block_index cuts as blocked_mean does, and blocked_se from the block means is its standard error
+    index = block_index(50, 16)
+    assert [len(b) for b in torch.arange(50).tensor_split(16)] == torch.bincount(index).tolist()
+    means = torch.stack([x[index == b].mean() for b in range(16)])
+    assert blocked_se(means, torch.bincount(index).double()).item() == pytest.approx(blocked_mean(x, 16).se)

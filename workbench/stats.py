@@ -1,4 +1,4 @@
-"""Confidence intervals of the workbench: 95% intervals of a mean, for the three kinds of units met.
+"""Confidence intervals of the workbench: 95% intervals of a mean, for the kinds of units met.
 
 - **Independent replicates** (`iid_mean`): seeds of a study (one value per seed, e.g. each
   seed's paired gap), sequences drawn independently. Student t with n - 1 degrees of freedom: with 3-5 seeds the normal quantile
@@ -21,10 +21,15 @@
   far more precise than the two intervals suggest. Estimates from independent data
   (`difference`, e.g. a gap at 1024 minus the gap at 128): variances add; Welch-Satterthwaite
   degrees of freedom.
+- **Probed windows** (`window_mean`, `window_blocks`, `block_index`, `blocked_se`): the probes
+  (workbench/probing) use the blocked rule on their per-window values with one difference, a
+  floor: blocks of one window would leave the correlation in, so with fewer than
+  `MIN_BLOCK_WINDOWS` x DEFAULT_BLOCKS windows each window is its own unit (t with n - 1 degrees
+  of freedom), and the run's metadata says so (`ci_unit`).
 
 Every function returns an `Estimate` (mean, 95% interval, standard error, degrees of freedom, n,
 method), which is what results files store. `mean_and_ci` is the older normal interval of i.i.d.
-values, still used by the probe tables (workbench/probing); with few units it is too narrow.
+values (the divergence probe's independent random orders); with few units it is too narrow.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from torch import Tensor
 Z_95 = 1.959964  # two-sided 95% quantile of the standard normal
 LEVEL = 0.95
 DEFAULT_BLOCKS = 16
+MIN_BLOCK_WINDOWS = 2  # the probes block only when every block holds at least this many windows
 
 
 @dataclass(frozen=True)
@@ -105,10 +111,50 @@ def blocked_mean(values: Tensor, n_blocks: int | None = None, method: str = "blo
     blocks = min(DEFAULT_BLOCKS, n) if n_blocks is None else n_blocks
     if not 2 <= blocks <= n:
         raise ValueError(f"n_blocks must be between 2 and the number of values ({n}), got {blocks}")
-    mean = values.mean()
-    weighted = torch.stack([(b.numel() / n) * (b.mean() - mean) for b in values.tensor_split(blocks)])
-    se = math.sqrt(blocks / (blocks - 1) * weighted.pow(2).sum().item())
-    return _estimate(mean.item(), se, blocks - 1, n, method, n_blocks=blocks)
+    parts = values.tensor_split(blocks)
+    sizes = torch.tensor([b.numel() for b in parts], dtype=torch.float64)
+    se = blocked_se(torch.stack([b.mean() for b in parts]), sizes).item()
+    return _estimate(values.mean().item(), se, blocks - 1, n, method, n_blocks=blocks)
+
+
+def blocked_se(block_means: Tensor, sizes: Tensor) -> Tensor:
+    """The cluster standard error of `blocked_mean` from the blocks alone, elementwise over any
+    trailing dimensions: block_means [block, ...] (each block's mean), sizes [block] (its values).
+    sqrt(B / (B - 1) * sum_b (n_b / n)^2 (m_b - mean)^2), mean = sum_b (n_b / n) m_b; NaN for B < 2."""
+    blocks = block_means.shape[0]
+    if blocks < 2:
+        return torch.full(block_means.shape[1:], math.nan, dtype=block_means.dtype)
+    weights = (sizes / sizes.sum()).to(block_means).reshape(-1, *[1] * (block_means.ndim - 1))
+    mean = (weights * block_means).sum(0)
+    return (blocks / (blocks - 1) * (weights * (block_means - mean)).pow(2).sum(0)).sqrt()
+
+
+def window_blocks(n: int) -> int:
+    """How many units the probes cut `n` consecutive windows into: DEFAULT_BLOCKS contiguous blocks
+    when each then holds at least MIN_BLOCK_WINDOWS windows, else n (each window its own unit: too
+    few windows to block, and the interval ignores their correlation)."""
+    return DEFAULT_BLOCKS if n >= MIN_BLOCK_WINDOWS * DEFAULT_BLOCKS else n
+
+
+def block_index(n: int, n_blocks: int) -> Tensor:
+    """[n] int64: the block of each of `n` values in order, cut as `blocked_mean` cuts them
+    (`tensor_split`: the first n % n_blocks blocks one value longer)."""
+    return torch.cat([torch.full((len(part),), b) for b, part in enumerate(torch.arange(n).tensor_split(n_blocks))])
+
+
+def ci_unit(n: int) -> dict[str, object]:
+    """What a probe interval over `n` consecutive windows is made of, for a run's metadata."""
+    blocks = window_blocks(n)
+    return {"unit": "block" if blocks < n else "sequence", "n_units": blocks, "n_sequences": n}
+
+
+def window_mean(values: Tensor) -> Estimate:
+    """Mean of per-window values of consecutive windows, by the probes' rule (`window_blocks`):
+    `blocked_mean` over DEFAULT_BLOCKS blocks, or `iid_mean` when there are too few windows. A
+    paired comparison is the window_mean of the per-window difference."""
+    values = _series(values, "values")
+    blocks = window_blocks(values.numel())
+    return blocked_mean(values, blocks) if blocks < values.numel() else iid_mean(values)
 
 
 def paired_difference(a: Tensor, b: Tensor, n_blocks: int | None = None) -> Estimate:

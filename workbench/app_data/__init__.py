@@ -17,7 +17,7 @@ plain Python or a notebook. The modules mirror `app_pages/`:
 
 Where the probes (`workbench.probing`) already compute something, these call them: `run_probes`
 for a quick estimate, `pattern_stats` for the four parts of one displayed row, `set_masks` for the
-sets, `intervention_hook` / `mean_z` / `Effect` for live causal checks, `order_divergence` and
+sets, `intervention_hook` / `mean_z` for live causal checks (`workbench.stats.window_mean` for their intervals), `order_divergence` and
 `nearest_keys` for the divergence. `from workbench import app_data` gives every public name.
 """
 

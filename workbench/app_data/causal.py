@@ -116,11 +116,13 @@ def run_causal(
     seed: int = 0,
     joint: bool = True,
 ) -> CausalRun:
-    """ΔNLL (bits/token, intervened - clean, paired per sequence, 95% CI over sequences) of each
+    """ΔNLL (bits/token, intervened - clean, paired per sequence, 95% CI over blocks of contiguous
+    windows, or over sequences when there are fewer than 32: `workbench.stats.window_mean`) of each
     intervention kind (keys of INTERVENTIONS) applied to `heads`: all heads at once (`joint`) or
     each head on its own. Sequences: validation windows under seeded random orders. The hooks
     are the probes' own (`workbench.probing.causal.intervention_hook`)."""
-    from workbench.probing.causal import LN2, Effect, Intervention, intervention_hook, mean_z
+    from workbench.probing.causal import LN2, Intervention, intervention_hook, mean_z
+    from workbench.stats import window_mean
 
     model = loaded.model
     if not heads:
@@ -152,14 +154,14 @@ def run_causal(
                     bits = model.nll(tokens, order).double().mean(-1) / LN2
                 names = ", ".join(h.name for h in group)
                 deltas[(kind, key_set, names)] = bits - clean
-                effect = Effect.of(bits - clean)
+                effect = window_mean(bits - clean)
                 rows.append({"intervention": kind_name, "heads": names, "dnll": effect.mean,
-                             "ci": effect.ci, "n": effect.n, "bits": float(bits.mean())})
+                             "ci": effect.half_width, "n": effect.n, "bits": float(bits.mean())})
     for row in rows:  # a set knockout's paired excess over the random keys of the same size, when both ran
         kind, key_set = INTERVENTIONS[row["intervention"]]
         control = deltas.get(("knockout", f"random:{key_set}", row["heads"])) if kind == "knockout" else None
-        excess = Effect.of(deltas[(kind, key_set, row["heads"])] - control) if control is not None else None
-        row["excess"], row["excess_ci"] = (excess.mean, excess.ci) if excess is not None else (math.nan, math.nan)
+        excess = window_mean(deltas[(kind, key_set, row["heads"])] - control) if control is not None else None
+        row["excess"], row["excess_ci"] = (excess.mean, excess.half_width) if excess is not None else (math.nan, math.nan)
     return CausalRun(clean.numpy(), pd.DataFrame(rows), int(tokens.shape[0]), int(tokens.shape[1]))
 
 

@@ -36,6 +36,16 @@ class ProbeResults:
     def w(self) -> int | None:
         return self.metadata.get("w")
 
+    def ci_over(self, kind: str) -> str:
+        """What the table's `ci` of `kind` ("statistics" or "causal") rows is over, in words (results
+        written before the metadata said it treated sequences as independent)."""
+        unit = self.metadata.get("ci_unit", {}).get(kind)
+        if unit is None:
+            return "sequences (treated as independent)"
+        if unit["unit"] == "block":
+            return f"{unit['n_units']} blocks of contiguous windows"
+        return f"{unit['n_units']} sequences (too few to block)"
+
 
 def probe_results_path(checkpoint: str, root: Path | None = None) -> Path:
     return (results_dir() if root is None else Path(root)) / "probes" / checkpoint

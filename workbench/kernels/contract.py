@@ -122,7 +122,7 @@ class ProbeStats:
     **Per-sequence batches.** `probe_stats(..., per_sequence=True)` and `ProbeStats.stack` give the
     statistics of B sequences side by side: every tensor has one more leading dimension, [B, ...]
     (n_rows [B], sem_mass [B, H, N_BINS], ...), and stays on its device. That is what confidence
-    intervals over sequences need (`workbench.probing.engine.Accumulator`); `+`, `to_flat` and
+    intervals need (summed per block of contiguous sequences: `workbench.probing.engine.Accumulator`); `+`, `to_flat` and
     `all_reduce` work on either form.
     """
 

@@ -1,5 +1,5 @@
 """Causal checks through hooks: per-head ablation and attention knockout, scored by the change in
-NLL (bits per token) with a 95% confidence interval over sequences.
+NLL (bits per token) with a 95% confidence interval over blocks of contiguous sequences.
 
 - **Ablation** replaces one head's output `hook_z` by zeros ("zero") or by its mean over a
   reference batch ("mean", the mean over sequences and slots of the clean run).
@@ -11,8 +11,12 @@ NLL (bits per token) with a 95% confidence interval over sequences.
   that row's visible non-null keys) is knocked out instead. A label means more when knocking out
   its set hurts more than knocking out as many random keys.
 
-The unit of the confidence interval is the sequence: each sequence's NLL averages its positions,
-and the change is paired (the same tokens and order with and without the intervention).
+Each sequence's NLL averages its positions, and every comparison is paired per sequence (the same
+tokens and order with and without the intervention; a knockout against its random control: the
+per-sequence difference of the two). The sequences are consecutive windows of one text, so the
+interval of the mean change is `workbench.stats.window_mean`'s: blocked over 16 contiguous blocks
+of windows, or over sequences when there are fewer than 32 (`workbench.stats.window_blocks`).
+`sequence_bits` returns the sequences in window order, and the batch map keeps that order.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from torch import Tensor
 from workbench.hook_names import hook_name
 from workbench.models import HookedAOModel
 from workbench.orders import ProbeLayout, probe_layout
-from workbench.stats import mean_and_ci
 
 LN2 = math.log(2)
 SETS = ("semantic", "structural", "random")
@@ -177,16 +180,3 @@ def intervention_hook(
         return scores
 
     return hook_name("attn_scores", layer, stream), knock_out
-
-
-@dataclass(frozen=True)
-class Effect:
-    """Change in bits/token caused by an intervention, averaged over sequences, with its 95% CI."""
-
-    mean: float
-    ci: float
-    n: int
-
-    @classmethod
-    def of(cls, deltas: Tensor) -> Effect:
-        return cls(*mean_and_ci(deltas), deltas.numel())

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from workbench.models import HookedAOModel
 from workbench.results_io import write_bytes_atomic
+from workbench.stats import block_index, window_blocks
 
 if TYPE_CHECKING:
     from workbench.probing.engine import Pooled
@@ -202,15 +203,21 @@ class ProbeContext:
 
     @cached_property
     def stats(self) -> dict[tuple[int, str], Pooled]:
-        """Attention statistics pooled over every sequence, per (layer, stream)."""
+        """Attention statistics pooled over every sequence, per (layer, stream), kept per block of
+        contiguous windows for the confidence intervals (workbench/probing/engine.py)."""
         from workbench.probing.engine import pool
 
         s = self.settings
+        n_blocks = window_blocks(self.n_sequences)
+        block_of = block_index(self.n_sequences, n_blocks)  # by global sequence index: contiguous windows
+
+        def collect(i: int, tokens: Tensor, order: Tensor) -> dict[str, Tensor]:
+            blocks = block_of[i * s.batch_size : i * s.batch_size + tokens.shape[0]]
+            return self.source.collect(self.model, tokens, order, r=s.r, w=s.w, blocks=blocks, n_blocks=n_blocks)
+
         [sums] = self.map_batches(
-            f"stats_{self.source.name}",
-            lambda i, tokens, order: self.source.collect(self.model, tokens, order, r=s.r, w=s.w),
-            desc=f"attention statistics ({self.source.name})",
-            summed=True,  # moment sums: ranks exchange a few subtree sums, not every batch's
+            f"stats_{self.source.name}", collect, desc=f"attention statistics ({self.source.name})",
+            summed=True,  # block sums: ranks exchange a few subtree sums, not every batch's
         )
         return pool(sums, self.model, self.seq_len)
 

@@ -3,12 +3,27 @@ with what a confidence interval needs.
 
 A statistics source (workbench/probing/sources.py) turns one batch into `ProbeStats`
 (workbench/kernels/contract.py) per (layer, stream) and sequence, and an `Accumulator` here into
-moment sums: each sequence's statistics become a small vector per head (below, `FIELDS`), for all
-rows and for each step bucket (rows 0, 1, 2-3, 4-7, ... by slot index); a batch contributes the
-sums of those vectors and of their outer products, plus sums and sums of squares of the
-histograms (the joint semantic x recency one included). Pooled over batches these give every
-metric as a ratio of means, and its 95% confidence interval over sequences by the delta method
-(`Pooled.estimate`).
+block sums: each sequence's statistics become a small vector per head (below, `FIELDS`), for all
+rows and for each step bucket (rows 0, 1, 2-3, 4-7, ... by slot index), and a batch adds those
+vectors and the histograms (the joint semantic x recency one included) into the sum of the block
+each sequence belongs to. Pooled over batches these give every metric as a ratio of means, and its
+95% confidence interval by the delta method over blocks (`Pooled.estimate`).
+
+**The unit of the intervals is a block of contiguous windows.** Probed sequences are consecutive
+windows of one text (`workbench.data.sequential_windows`), and neighbouring windows move together
+(workbench/stats.py gives the measured correlations), so sequences are not independent units.
+Sequence s of n belongs to block `workbench.stats.block_index(n, B)[s]`, B =
+`workbench.stats.window_blocks(n)`: 16 contiguous blocks of near-equal length, or, with fewer than
+32 sequences, one block per sequence (the run's metadata says which: `ci_unit`). Blocks are keyed
+by the global sequence index, so the sums are the same whichever batch or process adds a
+sequence, and the blocks are contiguous in window order by construction.
+
+Why the delta method over blocks and not a t interval over per-block ratios: the value in the
+table stays the pooled ratio of means (a mean of block ratios is a different, biased estimate
+when blocks are short), and linearising f at the pooled mean makes each block's contribution
+grad f . (block mean of u), a plain mean of the per-sequence linearised values; their blocked
+standard error is then exactly `workbench.stats.blocked_mean`'s (`blocked_se`), with t on B - 1
+degrees of freedom. With one block per sequence it is the usual delta method over sequences.
 """
 
 from __future__ import annotations
@@ -16,7 +31,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -25,7 +40,7 @@ from workbench.kernels.contract import N_BINS, ProbeStats
 from workbench.models import HookedAOModel
 from workbench.probing import specialisation
 from workbench.probing.table import Row
-from workbench.stats import Z_95
+from workbench.stats import blocked_se, t_quantile
 
 FIELDS = (
     "rows",  # probed rows
@@ -71,28 +86,31 @@ def _bucket_onehot(n_rows: int, device: torch.device) -> Tensor:
 
 
 class Accumulator:
-    """Sums over sequences of the per-head vectors u (FIELDS) and u u^T, for all rows (index 0)
-    and each step bucket (1..), and of the histograms and their squares, on one device.
+    """Per block of sequences (see the module doc), sums of the per-head vectors u (FIELDS), for all
+    rows (index 0) and each step bucket (1..), of the histograms, and the sequence counts, on one
+    device.
 
     Every operation is a fixed-order tensor op (no atomics), so the sums are bit-identical from run
     to run and whichever process computes a batch; none waits for the device."""
 
-    def __init__(self, n_rows: int, n_heads: int, device: torch.device | str = "cpu"):
-        self.n_rows, self.n_heads = n_rows, n_heads
+    def __init__(self, n_rows: int, n_heads: int, n_blocks: int, device: torch.device | str = "cpu"):
+        self.n_rows, self.n_heads, self.n_blocks = n_rows, n_heads, n_blocks
         # [bucket, row] one-hot: u per bucket is one matrix product (index_add_ would use atomics on CUDA)
         self.bucket_onehot = _bucket_onehot(n_rows, torch.device(device))
-        self.n_seq = 0
-        self.sums: dict[str, Tensor] | None = None  # u_sum, u_outer, hist_sum, hist_sq, from the first batch
+        self.sums: dict[str, Tensor] | None = None  # n_block, u_block, hist_block, joint_block, from the first batch
         self.has_step_sink = True
 
-    def add_batch(self, stats: ProbeStats) -> None:
+    def add_batch(self, stats: ProbeStats, blocks: Tensor) -> None:
         """Add a batch of per-sequence statistics (`ProbeStats` with a leading [batch] dimension:
-        `probe_stats(..., per_sequence=True)` or `ProbeStats.stack`)."""
+        `probe_stats(..., per_sequence=True)` or `ProbeStats.stack`); `blocks` [batch] (int64, on
+        the statistics' device) is the block of each sequence (`workbench.stats.block_index`)."""
         if stats.step_rows.ndim != 2 or stats.n_steps != self.n_rows or stats.n_heads != self.n_heads:
             raise ValueError(
                 f"Accumulator of {self.n_heads} heads x {self.n_rows} rows takes per-sequence stats "
                 f"([batch, ...]); got step_rows {list(stats.step_rows.shape)} and {stats.n_heads} heads"
             )
+        if blocks.shape != stats.step_rows.shape[:1]:
+            raise ValueError(f"blocks must give one block per sequence ({stats.step_rows.shape[0]}), got shape {list(blocks.shape)}")
         u = self._vectors(stats)  # [B, group, head, field]
         zeros = torch.zeros_like(stats.sem_mass)
         hist = torch.stack(
@@ -101,14 +119,16 @@ class Accumulator:
             dim=2,
         )  # [B, head, 6, bin]
         joint = torch.stack([stats.joint_mass, stats.joint_chance], dim=2)  # [B, head, 2, bin, bin]
+        # [B, block] one-hot: the block sums are matrix products, like the buckets
+        # (a comparison, not F.one_hot: nothing that could wait for the device inside a CUDA graph)
+        onehot = (blocks[:, None] == torch.arange(self.n_blocks, device=blocks.device)).double()
         batch = {
-            "u_sum": u.sum(0), "u_outer": torch.einsum("bghi,bghj->ghij", u, u),
-            "hist_sum": hist.sum(0), "hist_sq": (hist * hist).sum(0),
-            "joint_sum": joint.sum(0), "joint_sq": (joint * joint).sum(0),
+            "n_block": onehot.sum(0), "u_block": torch.einsum("bk,bghf->kghf", onehot, u),
+            "hist_block": torch.einsum("bk,bhsn->khsn", onehot, hist),
+            "joint_block": torch.einsum("bk,bhsij->khsij", onehot, joint),
         }
         self.sums = batch if self.sums is None else {k: v + batch[k] for k, v in self.sums.items()}
         self.has_step_sink = self.has_step_sink and stats.step_null_mass is not None
-        self.n_seq += stats.step_rows.shape[0]
 
     def _vectors(self, stats: ProbeStats) -> Tensor:
         """u per (sequence, group, head): group 0 = all rows, group g >= 1 = step bucket g - 1."""
@@ -145,18 +165,15 @@ class Accumulator:
 
     def to_dict(self, prefix: str, heads: slice = slice(None)) -> dict[str, Tensor]:
         """The sums (of some heads), keyed "{prefix}.{what}", on the accumulator's device (the
-        counts on the CPU: making them on the device would wait for it)."""
+        flags on the CPU: making them on the device would wait for it)."""
         if self.sums is None:
             raise ValueError("Accumulator.to_dict: no batch was added")
         f64 = dict(dtype=torch.float64)
         return {
-            f"{prefix}.n_seq": torch.tensor(float(self.n_seq), **f64),
-            f"{prefix}.u_sum": self.sums["u_sum"][:, heads],
-            f"{prefix}.u_outer": self.sums["u_outer"][:, heads],
-            f"{prefix}.hist_sum": self.sums["hist_sum"][heads],
-            f"{prefix}.hist_sq": self.sums["hist_sq"][heads],
-            f"{prefix}.joint_sum": self.sums["joint_sum"][heads],
-            f"{prefix}.joint_sq": self.sums["joint_sq"][heads],
+            f"{prefix}.n_block": self.sums["n_block"],
+            f"{prefix}.u_block": self.sums["u_block"][:, :, heads],
+            f"{prefix}.hist_block": self.sums["hist_block"][:, heads],
+            f"{prefix}.joint_block": self.sums["joint_block"][:, heads],
             f"{prefix}.step_sink": torch.tensor(float(self.has_step_sink), **f64),
             f"{prefix}.n_batches": torch.tensor(1.0, **f64),
         }
@@ -167,25 +184,35 @@ class Accumulator:
 
 @dataclass
 class Pooled:
-    """One (layer, stream)'s statistics pooled over every sequence of a run."""
+    """One (layer, stream)'s statistics pooled over every sequence of a run, kept per block of
+    contiguous sequences (the unit of the confidence intervals, see the module doc)."""
 
     layer: int
     stream: str
-    n_seq: int
     bucket_starts: list[int]
-    u_sum: Tensor  # [1 + buckets, head, field]
-    u_outer: Tensor  # [1 + buckets, head, field, field]
-    hist_sum: Tensor  # [head, 6, N_BINS]: (attention, chance) for semantic, recency, own
-    hist_sq: Tensor
-    joint_sum: Tensor  # [head, 2, N_BINS, N_BINS]: (attention, chance) per (semantic bin, recency bin)
-    joint_sq: Tensor
+    n_block: Tensor  # [block]: sequences per block
+    u_block: Tensor  # [block, 1 + buckets, head, field]
+    hist_block: Tensor  # [block, head, 6, N_BINS]: (attention, chance) for semantic, recency, own
+    joint_block: Tensor  # [block, head, 2, N_BINS, N_BINS]: (attention, chance) per (semantic bin, recency bin)
     has_step_sink: bool = True
     """Whether the null-key mass is known per step bucket (not from the kernel source)."""
-    _covariances: dict[int | None, Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    @functools.cached_property
+    def u_sum(self) -> Tensor:
+        """[1 + buckets, head, field]: u summed over every sequence."""
+        return self.u_block.sum(0)
+
+    @property
+    def n_seq(self) -> int:
+        return int(self.n_block.sum())
+
+    @property
+    def n_blocks(self) -> int:
+        return self.n_block.shape[0]
 
     @property
     def n_heads(self) -> int:
-        return self.u_sum.shape[1]
+        return self.u_block.shape[2]
 
     @property
     def has_own(self) -> bool:
@@ -196,14 +223,13 @@ class Pooled:
         return self.u_sum[group, :, F[field]]
 
     def estimate(self, fn: Callable[[Tensor], Tensor], group: int | None = 0) -> tuple[Tensor, Tensor]:
-        """(value, 95% CI half-width) per head of fn(mean u), the CI by the delta method over
-        sequences (NaN with fewer than two sequences). fn works row by row: [n, field] -> [n]
+        """(value, 95% CI half-width) per head of fn(mean u), the CI by the delta method over blocks
+        (module doc; NaN with fewer than two blocks). fn works row by row: [n, field] -> [n]
         (e.g. [head, field] -> [head]); its gradient comes in closed form for a `Ratio`, through
         autograd otherwise. group None: every group at once, [group, head]."""
-        u_sum = self.u_sum if group is None else self.u_sum[group]
-        u_outer = self.u_outer if group is None else self.u_outer[group]
-        shape, k, n = u_sum.shape[:-1], u_sum.shape[-1], self.n_seq
-        m = (u_sum / n).reshape(-1, k)
+        u_block = self.u_block if group is None else self.u_block[:, group]  # [block, ..., field]
+        shape, k = u_block.shape[1:-1], u_block.shape[-1]
+        m = (self.u_sum if group is None else self.u_sum[group]).reshape(-1, k) / self.n_seq
         if isinstance(fn, Ratio):
             value, grad = fn.value_and_grad(m)
         else:
@@ -212,12 +238,12 @@ class Pooled:
                 value = fn(mean)
                 grad = torch.autograd.grad(torch.nan_to_num(value).sum(), mean, allow_unused=True)[0]
             value = value.detach()
-        if n < 2 or grad is None:
+        if grad is None:
             return value.reshape(shape), torch.full(shape, math.nan, dtype=value.dtype)
-        if group not in self._covariances:  # of u over sequences; the same for every fn
-            self._covariances[group] = (u_outer.reshape(-1, k, k) / n - m[:, :, None] * m[:, None, :]) * n / (n - 1)
-        var = (grad[:, None, :] @ self._covariances[group] @ grad[:, :, None]).reshape(-1) / n  # einsum's path search costs more
-        return value.reshape(shape), (Z_95 * var.clamp(min=0).sqrt()).reshape(shape)
+        block_means = u_block.reshape(self.n_blocks, -1, k) / self.n_block.clamp(min=1)[:, None, None]
+        linearised = (block_means * grad).sum(-1)  # [block, n]: grad f . (block mean of u)
+        half = t_quantile(self.n_blocks - 1) * blocked_se(linearised, self.n_block)
+        return value.reshape(shape), half.reshape(shape)
 
     def ratio(self, num: str, den: str, group: int = 0) -> tuple[Tensor, Tensor]:
         return self.estimate(Ratio.of([num], [den]), group)
@@ -226,29 +252,25 @@ class Pooled:
         """(attention, chance, CI) per head and bin, as mean mass per probed row, and the rows."""
         i = 2 * HISTS.index(which)
         rows = float(self.total("own_rows" if which == "own" else "rows")[0])
-        n = self.n_seq
-        attn, chance = self.hist_sum[:, i] / max(rows, 1), self.hist_sum[:, i + 1] / max(rows, 1)
-        if n < 2:
-            return attn, chance, torch.full_like(attn, math.nan), rows
-        mean = self.hist_sum[:, i] / n
-        var = (self.hist_sq[:, i] / n - mean**2).clamp(min=0) * n / (n - 1)
-        ci = Z_95 * (var / n).sqrt() / max(rows / n, 1e-12)
-        return attn, chance, ci, rows
+        return self._mass_per_row(self.hist_block[:, :, i], self.hist_block[:, :, i + 1], rows) + (rows,)
 
     def joint(self) -> tuple[Tensor, Tensor, Tensor, float]:
         """(attention, chance, CI) per head and (semantic bin, recency bin), as mean mass per probed
         row, and the rows: [head, N_BINS, N_BINS] each."""
-        rows, n = float(self.total("rows")[0]), self.n_seq
-        attn, chance = self.joint_sum[:, 0] / max(rows, 1), self.joint_sum[:, 1] / max(rows, 1)
-        if n < 2:
-            return attn, chance, torch.full_like(attn, math.nan), rows
-        mean = self.joint_sum[:, 0] / n
-        var = (self.joint_sq[:, 0] / n - mean**2).clamp(min=0) * n / (n - 1)
-        return attn, chance, Z_95 * (var / n).sqrt() / max(rows / n, 1e-12), rows
+        rows = float(self.total("rows")[0])
+        return self._mass_per_row(self.joint_block[:, :, 0], self.joint_block[:, :, 1], rows) + (rows,)
+
+    def _mass_per_row(self, attention: Tensor, chance: Tensor, rows: float) -> tuple[Tensor, Tensor, Tensor]:
+        """(attention, chance, CI) per probed row from [block, ...] sums: the CI of the mean
+        attention per sequence over blocks, divided by the (fixed) rows per sequence."""
+        per_sequence = attention / self.n_block.clamp(min=1).reshape(-1, *[1] * (attention.ndim - 1))
+        se = blocked_se(per_sequence, self.n_block)
+        ci = t_quantile(self.n_blocks - 1) * se / max(rows / max(self.n_seq, 1), 1e-12)
+        return attention.sum(0) / max(rows, 1), chance.sum(0) / max(rows, 1), ci
 
 
 def pool(sums: dict[str, Tensor], model: HookedAOModel, seq_len: int) -> dict[tuple[int, str], Pooled]:
-    """The moment sums over every batch (`ProbeContext.map_batches(summed=True)`, whose fixed
+    """The block sums over every batch (`ProbeContext.map_batches(summed=True)`, whose fixed
     summation order makes a resumed run, or one on several processes, add up identically), per
     (layer, stream)."""
     out = {}
@@ -256,21 +278,18 @@ def pool(sums: dict[str, Tensor], model: HookedAOModel, seq_len: int) -> dict[tu
         for stream in model.stream_names:
             prefix = f"L{layer}.{stream}"
             total = {k[len(prefix) + 1 :]: v for k, v in sums.items() if k.startswith(prefix + ".")}
-            if "joint_sum" not in total:  # none at all, or saved by a version without the joint histogram
-                raise ValueError(f"statistics of {prefix} are missing from a saved batch (or it predates the joint "
-                                 "histogram); delete the run's .partial directory and run again.")
-            n_rows = total["u_sum"].shape[0] - 1
+            if "u_block" not in total:  # none at all, or saved by a version without block sums
+                raise ValueError(f"statistics of {prefix} are missing from a saved batch (or it predates the "
+                                 "block sums); delete the run's .partial directory and run again.")
+            n_rows = total["u_block"].shape[1] - 1
             out[(layer, stream)] = Pooled(
                 layer=layer,
                 stream=stream,
-                n_seq=int(total["n_seq"]),
                 bucket_starts=step_buckets(_rows_of(stream, seq_len))[:n_rows],
-                u_sum=total["u_sum"],
-                u_outer=total["u_outer"],
-                hist_sum=total["hist_sum"],
-                hist_sq=total["hist_sq"],
-                joint_sum=total["joint_sum"],
-                joint_sq=total["joint_sq"],
+                n_block=total["n_block"],
+                u_block=total["u_block"],
+                hist_block=total["hist_block"],
+                joint_block=total["joint_block"],
                 has_step_sink=bool(total["step_sink"] == total["n_batches"]),
             )
     return out

@@ -5,7 +5,8 @@
 Output directory:
 
     probes.parquet   the tidy table (workbench/probing/table.py lists the columns)
-    metadata.json    checkpoint, data fingerprint, seed, rows probed, versions, git commit, ...
+    metadata.json    checkpoint, data fingerprint, seed, rows probed, the unit of the confidence
+                     intervals (`ci_unit`), versions, git commit, ...
     .partial/        while running: state.json + one file per finished batch; removed at the end
 
 Guarantees:
@@ -48,6 +49,7 @@ from workbench.probing.context import ProbeContext, ProbeSettings
 from workbench.probing.sources import make_source
 from workbench.probing.table import TABLE_FILE, Row, read_table, rows_to_table, write_table
 from workbench.results_io import write_json_atomic
+from workbench.stats import ci_unit
 
 METADATA_FILE = "metadata.json"
 PARTIAL_DIR = ".partial"
@@ -215,6 +217,9 @@ def run_probes(
             },
             "sequences_probed": int(windows.shape[0]),
             "causal_sequences": min(causal_sequences, int(windows.shape[0])),
+            # what the table's `ci` is over: blocks of contiguous windows, or sequences when too few
+            "ci_unit": {"statistics": ci_unit(int(windows.shape[0])),
+                        "causal": ci_unit(min(causal_sequences, int(windows.shape[0])))},
             "statistics_source": {"requested": "kernel" if fast else "reference", "used": source_note},
             "device": str(device),
             "world_size": distributed.world_size(),

@@ -1,5 +1,7 @@
-"""Statistics sources: one batch of a model -> the moment sums of `Accumulator` (workbench/probing/engine.py)
-per (layer, stream).
+"""Statistics sources: one batch of a model -> the block sums of `Accumulator` (workbench/probing/engine.py)
+per (layer, stream). `blocks` says which block (of contiguous windows: the unit of the confidence
+intervals) each sequence of the batch belongs to, and `n_blocks` how many the run has; without
+them every sequence is its own block (a batch that is the whole run).
 
 - `ReferenceSource`: the patterns themselves, read at `hook_pattern` and reduced by
   `workbench.kernels.pattern_stats` (the definition) inside the hook, so no more than one layer's
@@ -9,12 +11,12 @@ per (layer, stream).
   them is captured, as nothing after it is needed) and reduced by the fused Triton kernel
   `workbench.kernels.probe_stats`, never materialising a pattern: one call (three launches) per
   stream and batch (all layers side by side on the head axis), per-sequence outputs that stay on
-  the device, and the moment sums accumulated there too (replayed as a CUDA graph once a batch
+  the device, and the block sums accumulated there too (replayed as a CUDA graph once a batch
   shape repeats), so nothing waits for the GPU; the batch map copies the sums to the host while
   the next batch runs. Needs CUDA, and no hooks past q and k (`score_hooks`): `make_source` falls
   back to the reference with a warning line otherwise.
 
-Both sources give the same moment sums (within float32 rounding of the scores), per-step null-key
+Both sources give the same block sums (within float32 rounding of the scores), per-step null-key
 mass included, so `--fast` writes the reference's table. In XLNet only row 0 sees the null slot
 (`sees_null`); both sources pass that to the contract.
 """
@@ -48,8 +50,9 @@ def sees_null(variant: str, row_ref: Tensor) -> Tensor | None:
 class StatsSource(Protocol):
     name: str
 
-    def collect(self, model: HookedAOModel, tokens: Tensor, order: Tensor, *, r: int, w: int) -> dict[str, Tensor]:
-        """One batch's moment sums, keyed "L{layer}.{stream}.{what}" (see `Accumulator`)."""
+    def collect(self, model: HookedAOModel, tokens: Tensor, order: Tensor, *, r: int, w: int,
+                blocks: Tensor | None = None, n_blocks: int | None = None) -> dict[str, Tensor]:
+        """One batch's block sums, keyed "L{layer}.{stream}.{what}" (see `Accumulator`)."""
         ...
 
 
@@ -58,8 +61,11 @@ class ReferenceSource:
 
     name = "reference"
 
-    def collect(self, model: HookedAOModel, tokens: Tensor, order: Tensor, *, r: int, w: int) -> dict[str, Tensor]:
+    def collect(self, model: HookedAOModel, tokens: Tensor, order: Tensor, *, r: int, w: int,
+                blocks: Tensor | None = None, n_blocks: int | None = None) -> dict[str, Tensor]:
         device = next(model.parameters()).device
+        blocks, n_blocks = _blocks(tokens.shape[0], blocks, n_blocks)
+        blocks = to_device(blocks, device)
         layouts = {s: probe_layout(to_device(order, device), s) for s in model.stream_names}
         names = _stream_hooks(model, "pattern")
         out: dict[str, Tensor] = {}
@@ -67,12 +73,12 @@ class ReferenceSource:
         def hook(pattern: Tensor, hook) -> None:  # [batch, head, row, key]
             layer, stream = names[hook.name]
             layout = layouts[stream]
-            acc = Accumulator(layout.row_ref.shape[1], pattern.shape[1], pattern.device)
+            acc = Accumulator(layout.row_ref.shape[1], pattern.shape[1], n_blocks, pattern.device)
             seen = sees_null(model.cfg.variant, layout.row_ref)
             acc.add_batch(ProbeStats.stack([
                 _chunked_pattern_stats(pattern[b : b + 1], _select(layout, b), r, w, None if seen is None else seen[b : b + 1])
                 for b in range(pattern.shape[0])
-            ]))
+            ]), blocks)
             out.update(acc.to_dict(f"L{layer}.{stream}"))
 
         with model.hooks(fwd_hooks=[(lambda n: n in names, hook)]):
@@ -97,7 +103,8 @@ class KernelSource:
         self.graphs = graphs
         self._seen: dict[tuple, _GraphedSums | None] = {}  # call signature -> its graph, once captured
 
-    def collect(self, model: HookedAOModel, tokens: Tensor, order: Tensor, *, r: int, w: int) -> dict[str, Tensor]:
+    def collect(self, model: HookedAOModel, tokens: Tensor, order: Tensor, *, r: int, w: int,
+                blocks: Tensor | None = None, n_blocks: int | None = None) -> dict[str, Tensor]:
         hooked = score_hooks(model)
         if hooked:  # attached after make_source chose this source: never skip them silently
             raise RuntimeError(
@@ -133,7 +140,10 @@ class KernelSource:
         out: dict[str, Tensor] = {}
         max_distance = order.shape[1]  # positions are 0..T-1: bounds every distance, saves a sync per call
         n_layers = model.cfg.n_layers
-        order = to_device(order, next(model.parameters()).device)
+        device = next(model.parameters()).device
+        order = to_device(order, device)
+        blocks, n_blocks = _blocks(tokens.shape[0], blocks, n_blocks)
+        blocks = to_device(blocks, device)
         for stream in model.stream_names:
             layout = probe_layout(order, stream)
             qs, ks = [], []
@@ -151,60 +161,62 @@ class KernelSource:
             # One kernel call per stream: the layers side by side on the head axis (heads are
             # independent in every statistic), so the fixed cost per call is paid once, not per layer.
             settings = dict(recency_offset=layout.recency_offset, r=r, w=w, scale=base, max_distance=max_distance,
-                            variant=model.cfg.variant)
-            acc = self._sums(stream, qs, ks, layout, settings)
+                            variant=model.cfg.variant, n_blocks=n_blocks)
+            acc = self._sums(stream, qs, ks, blocks, layout, settings)
             n_heads = acc.n_heads // n_layers
             for layer in range(n_layers):
                 out.update(acc.to_dict(f"L{layer}.{stream}", heads=slice(layer * n_heads, (layer + 1) * n_heads)))
         return out  # still on the device: map_batches copies it to the host while the next batch runs
 
 
-    def _sums(self, stream: str, qs: list[Tensor], ks: list[Tensor], layout: ProbeLayout, settings: dict) -> Accumulator:
-        """One stream's moment sums: eager, or by a CUDA graph for a call signature seen before."""
-        positions = [layout.key_pos, layout.row_ref] + ([layout.row_own] if layout.row_own is not None else [])
-        key = (stream, tuple(settings.items()), *((t.shape, t.dtype, t.device) for t in [*qs, *ks, *positions]))
+    def _sums(self, stream: str, qs: list[Tensor], ks: list[Tensor], blocks: Tensor, layout: ProbeLayout,
+              settings: dict) -> Accumulator:
+        """One stream's block sums: eager, or by a CUDA graph for a call signature seen before."""
+        # the graph's inputs besides q and k: the blocks, then the positions
+        inputs = [blocks, layout.key_pos, layout.row_ref] + ([layout.row_own] if layout.row_own is not None else [])
+        key = (stream, tuple(settings.items()), *((t.shape, t.dtype, t.device) for t in [*qs, *ks, *inputs]))
         graphed = self._seen.get(key)
         if graphed is not None:
-            return graphed(qs, ks, positions)
+            return graphed(qs, ks, inputs)
         q, k = torch.cat(qs, dim=1), torch.cat(ks, dim=1)
         if self.graphs and q.is_cuda and key in self._seen:  # the second time: capture
-            self._seen[key] = _GraphedSums(q, k, positions, settings)
-            return self._seen[key](qs, ks, positions)
+            self._seen[key] = _GraphedSums(q, k, inputs, settings)
+            return self._seen[key](qs, ks, inputs)
         self._seen[key] = None
-        return _stream_sums(q, k, *positions, **settings)
+        return _stream_sums(q, k, *inputs, **settings)
 
 
-def _stream_sums(q: Tensor, k: Tensor, key_pos: Tensor, row_ref: Tensor, row_own: Tensor | None = None, *,
-                 variant: str, **settings) -> Accumulator:
+def _stream_sums(q: Tensor, k: Tensor, blocks: Tensor, key_pos: Tensor, row_ref: Tensor, row_own: Tensor | None = None,
+                 *, variant: str, n_blocks: int, **settings) -> Accumulator:
     from workbench.kernels import probe_stats
 
-    acc = Accumulator(row_ref.shape[1], q.shape[1], q.device)
+    acc = Accumulator(row_ref.shape[1], q.shape[1], n_blocks, q.device)
     acc.add_batch(probe_stats(q, k, key_pos, row_ref, row_own=row_own, sees_null=sees_null(variant, row_ref),
-                              per_sequence=True, **settings))
+                              per_sequence=True, **settings), blocks)
     return acc
 
 
 class _GraphedSums:
     """`_stream_sums` captured in a CUDA graph for one call signature. A call copies q and k (the
-    concatenation the eager path does anyway) and the positions into the graph's input buffers and
+    concatenation the eager path does anyway) and the inputs into the graph's input buffers and
     replays it; the returned accumulator's sums are the graph's outputs, overwritten by the next
     replay (map_batches copies them to the host first: the copy is queued before it)."""
 
-    def __init__(self, q: Tensor, k: Tensor, positions: list[Tensor], settings: dict):
-        self.q, self.k, self.positions = q, k, [p.clone() for p in positions]
+    def __init__(self, q: Tensor, k: Tensor, inputs: list[Tensor], settings: dict):
+        self.q, self.k, self.inputs = q, k, [p.clone() for p in inputs]
         side = torch.cuda.Stream()  # warm-up off the capture, as torch.cuda.graph asks
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            _stream_sums(self.q, self.k, *self.positions, **settings)
+            _stream_sums(self.q, self.k, *self.inputs, **settings)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.acc = _stream_sums(self.q, self.k, *self.positions, **settings)
+            self.acc = _stream_sums(self.q, self.k, *self.inputs, **settings)
 
-    def __call__(self, qs: list[Tensor], ks: list[Tensor], positions: list[Tensor]) -> Accumulator:
+    def __call__(self, qs: list[Tensor], ks: list[Tensor], inputs: list[Tensor]) -> Accumulator:
         torch.cat(qs, dim=1, out=self.q)
         torch.cat(ks, dim=1, out=self.k)
-        for buffer, p in zip(self.positions, positions):
+        for buffer, p in zip(self.inputs, inputs):
             buffer.copy_(p)
         self.graph.replay()
         return self.acc
@@ -250,6 +262,15 @@ def make_source(fast: bool, device: torch.device | str, model: HookedAOModel | N
         print(message, file=sys.stderr, flush=True)
         return ReferenceSource(), "reference (fallback: --fast asked for, no CUDA device)"
     return KernelSource(), "kernel: rotated q, k through hooks -> workbench.kernels.probe_stats"
+
+
+def _blocks(batch: int, blocks: Tensor | None, n_blocks: int | None) -> tuple[Tensor, int]:
+    """(the block of each sequence, the run's number of blocks); default: a block per sequence."""
+    if blocks is None:
+        return torch.arange(batch), batch
+    if n_blocks is None or blocks.shape != (batch,):
+        raise ValueError(f"blocks must be [batch] = [{batch}] with n_blocks given, got shape {list(blocks.shape)}, n_blocks={n_blocks}")
+    return blocks, n_blocks
 
 
 def _stream_hooks(model: HookedAOModel, activation: str) -> dict[str, tuple[int, str]]:

@@ -11,7 +11,7 @@ metric, x, y), written as Parquet, atomically.
 | `metric` | str | what `value` measures (docs/probes.md lists every metric) |
 | `value` | float | the measurement |
 | `chance` | float | its chance value (uniform attention over the visible keys; for a causal check, the random-set control); NaN if none |
-| `ci` | float | half-width of its 95% confidence interval over sequences; NaN if none |
+| `ci` | float | half-width of its 95% confidence interval (t) over blocks of contiguous windows, or over sequences when there are fewer than 32 (metadata.json `ci_unit` says which, for the statistics and for the causal checks); NaN if none |
 | `n` | int | how many units the value pools (probed rows, or sequences for causal checks) |
 | `x` | int | the metric's argument: histogram bin (the semantic bin of `joint_hist`), first step of a step bucket, or length T; -1 for scalars |
 | `y` | int | the second argument: the recency bin of `joint_hist` rows; -1 elsewhere |
