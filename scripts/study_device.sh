@@ -3,15 +3,18 @@
 # leave what must come back under $OUT (at most 8 files of 16 MB). Run from the project root with
 # the corpus at runs/study-corpus.jsonl (scripts/build_study_corpus.py).
 #
-#   bash scripts/study_device.sh sweep SECONDS          # model size: decoupled_rope-128 at sizes s, m4, m, l
-#   bash scripts/study_device.sh grid LENGTH SIZE SECONDS   # 3 variants x 3 seeds at one length,
-#                                                       # then evaluate, probe, bundle seed 0
+#   bash scripts/study_device.sh grid LENGTH SIZE TOKENS SECONDS [SWEEP_SIZE ...]
+#
+# grid: trains 3 variants x 3 seeds at one length (at most SECONDS), beside them decoupled_rope
+# seed 0 at each SWEEP_SIZE (the size sweep, runs/sweep-SIZE), then evaluates the grid, bundles
+# its seed-0 models and probes them, packing each result as soon as it exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR="$PWD/.inductor-cache"
-study() { python3 scripts/study.py "$@" --corpus runs/study-corpus.jsonl; }
+# STUDY_OPTIONS: more options for every study.py call (a small local rehearsal: --tokens-per-step 512 ...)
+study() { python3 scripts/study.py "$@" --corpus runs/study-corpus.jsonl ${STUDY_OPTIONS:-}; }
 
 # MPS lets several small training processes share the GPU at once instead of by time slices.
 start_mps() {
@@ -27,35 +30,28 @@ start_mps() {
   fi
 }
 
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no nvidia-smi"
 start_mps
 stage="$1"; shift
 case "$stage" in
-  sweep)
-    seconds="$1"
-    for size in s m4 m l; do
-      study train --runs "runs/sweep-$size" --size "$size" --variants decoupled_rope --lengths 128 --seeds 0 \
-        --seconds "$seconds" --parallel 1 > "runs/sweep-$size.out" 2>&1 &
-    done
-    study train --runs runs/sweep-m4 --size m4 --variants two_stream --lengths 128 --seeds 0 \
-      --seconds "$seconds" --parallel 1 > runs/sweep-m4-ts.out 2>&1 &
-    study train --runs runs/sweep-m4 --size m4 --variants decoupled_rope --lengths 1024 --seeds 0 \
-      --seconds "$seconds" --parallel 1 > runs/sweep-m4-1024.out 2>&1 &
-    wait
-    cat runs/sweep-*.out
-    tar czf "$OUT/sweep.tgz" runs/sweep-*/*/metrics.jsonl runs/sweep-*/*/settings.json runs/sweep-*/*.log runs/sweep-*.out
-    ;;
   grid)
-    length="$1" size="$2" seconds="$3" deadline=$((SECONDS + 560))
-    grid=(--runs runs/study --size "$size" --lengths "$length")
+    length="$1" size="$2" tokens="$3" seconds="$4" deadline=$((SECONDS + 560)); shift 4
+    for sweep in "$@"; do
+      study train --runs "runs/sweep-$sweep" --size "$sweep" --variants decoupled_rope --lengths "$length" --seeds 0 \
+        --train-tokens "$tokens" --seconds "$seconds" --parallel 1 > "runs/sweep-$sweep-$length.out" 2>&1 &
+    done
+    grid=(--runs runs/study --size "$size" --lengths "$length" --train-tokens "$tokens")
     study train "${grid[@]}" --seconds "$seconds" --parallel 9
+    wait
+    cat runs/sweep-*-"$length".out 2>/dev/null || true
+    tar czf "$OUT/curves-$length.tgz" runs/study/*-"$length"-s*/{metrics.jsonl,settings.json} runs/study/*-"$length"-s*.log \
+      $(ls -d runs/sweep-*/*-"$length"-s0/{metrics.jsonl,settings.json} runs/sweep-*/*.log 2>/dev/null)
     study evaluate "${grid[@]}" --out "runs/study-$length.json"
     study bundle "${grid[@]}" --dest runs/bundle
     for d in runs/bundle/*-"$length"; do tar cf "$OUT/$(basename "$d").tar" -C runs/bundle "$(basename "$d")"; done
-    tar czf "$OUT/study-$length.tgz" runs/study/*-"$length"-s*/{metrics.jsonl,settings.json,eval} \
-      runs/study/*-"$length"-s*.log "runs/study-$length.json"
-    timeout $((deadline - SECONDS)) python3 scripts/study.py probe "${grid[@]}" || echo "probes stopped at the deadline"
-    tar czf "$OUT/probes-$length.tgz" runs/study/*-"$length"-s0/probes
+    tar czf "$OUT/eval-$length.tgz" runs/study/*-"$length"-s*/eval "runs/study-$length.json"
+    timeout $((deadline - SECONDS)) python3 scripts/study.py probe "${grid[@]}" ${STUDY_OPTIONS:-} || echo "probes stopped (deadline or error)"
+    tar czf "$OUT/probes-$length.tgz" runs/study/*-"$length"-s0/probes || true
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
