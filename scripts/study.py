@@ -90,6 +90,8 @@ def train_grid(args: argparse.Namespace) -> None:
             flags = [f"--{k.replace('_', '-')}={v}" for k, v in s.to_dict().items() if v is not None]
             cmd = [sys.executable, "-m", "workbench.cli", "train", "--out", str(runs_dir / run.name), "--no-progress",
                    f"--time-limit={max(deadline - time.monotonic() - 20, 10):.0f}", *flags]
+            if args.micro_batch_tokens:
+                cmd.append(f"--micro-batch-tokens={min(args.micro_batch_tokens, s.tokens_per_step)}")
             log = open(runs_dir / f"{run.name}.log", "a")
             active.append((run, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)))
         if not active:
@@ -218,23 +220,25 @@ def probe_grid(args: argparse.Namespace) -> None:
     kernel (`probe --fast`): every probe on `best/`, with the causal checks on
     --causal-sequences windows; the attention statistics alone on each snapshot (the emergence
     question). Results in `<run>/probes/<best|step-NNNNNN>/`; finished ones are kept."""
+    jobs = []
     for run in grid(args):
         run_dir = Path(args.runs) / run.name
         if not progress(run_dir)["finished"]:
             print(f"{run.name}: not finished; not probed")
             continue
         snapshots = sorted((run_dir / "snapshots").glob("step-*")) if (run_dir / "snapshots").is_dir() else []
-        for model_dir in [run_dir / "best", *snapshots]:
-            out = run_dir / "probes" / model_dir.name
-            if (out / "metadata.json").is_file():
-                continue
-            extra = ["--causal-sequences", str(args.causal_sequences)] if model_dir.name == "best" else ["--probes", STATS_PROBES]
-            cmd = [sys.executable, "-m", "workbench.cli", "probe", "--checkpoint", str(model_dir), "--out", str(out),
-                   "--fast", "--max-sequences", str(args.max_windows), "--r", "4", "--w", "4", "--seed", "0",
-                   "--no-progress", *extra]
-            started = time.monotonic()
-            subprocess.run(cmd, check=True, cwd=ROOT)
-            print(f"{run.name}/{model_dir.name}: probed in {time.monotonic() - started:.0f} s")
+        jobs += [(0, run, run_dir, run_dir / "best")] + [(1, run, run_dir, snap) for snap in snapshots]
+    for _, run, run_dir, model_dir in sorted(jobs, key=lambda j: j[0]):  # every best/ first
+        out = run_dir / "probes" / model_dir.name
+        if (out / "metadata.json").is_file():
+            continue
+        extra = ["--causal-sequences", str(args.causal_sequences)] if model_dir.name == "best" else ["--probes", STATS_PROBES]
+        cmd = [sys.executable, "-m", "workbench.cli", "probe", "--checkpoint", str(model_dir), "--out", str(out),
+               "--fast", "--max-sequences", str(args.max_windows), "--r", "4", "--w", "4", "--seed", "0",
+               "--no-progress", *extra]
+        started = time.monotonic()
+        subprocess.run(cmd, check=True, cwd=ROOT)
+        print(f"{run.name}/{model_dir.name}: probed in {time.monotonic() - started:.0f} s")
 
 
 def bundle(args: argparse.Namespace) -> None:
@@ -328,6 +332,8 @@ def main() -> None:
         p.add_argument("--patience", type=int, default=6, help="early stop after this many evals without improvement")
         p.add_argument("--snapshots", type=int, default=5)
         p.add_argument("--seconds", type=float, default=500)
+        p.add_argument("--micro-batch-tokens", type=int, default=0,
+                       help="train: tokens per forward pass (gradient accumulation; bounds the memory of runs sharing a GPU)")
         p.add_argument("--parallel", type=int, default=6)
         p.add_argument("--out", default=str(ROOT / "results" / "study.json"))
         p.add_argument("--orders", type=int, default=8, help="random orders per held-out window")

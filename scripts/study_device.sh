@@ -4,6 +4,7 @@
 # the corpus at runs/study-corpus.jsonl (scripts/build_study_corpus.py).
 #
 #   bash scripts/study_device.sh grid LENGTH SIZE TOKENS SECONDS [SWEEP_SIZE ...]
+#   bash scripts/study_device.sh all SIZE TOKENS SECONDS [SWEEP_SIZE ...]
 #
 # grid: trains 3 variants x 3 seeds at one length (at most SECONDS), beside them decoupled_rope
 # seed 0 at each SWEEP_SIZE (the size sweep, runs/sweep-SIZE), then evaluates the grid, bundles
@@ -34,6 +35,25 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no nvidi
 start_mps
 stage="$1"; shift
 case "$stage" in
+  all)  # both lengths in one call: training bounded in memory by micro-batches, every result packed
+    size="$1" tokens="$2" seconds="$3" deadline=$((SECONDS + 575)); shift 3
+    for sweep in "$@"; do
+      study train --runs "runs/sweep-$sweep" --size "$sweep" --variants decoupled_rope --lengths 128 --seeds 0 \
+        --train-tokens "$tokens" --seconds "$seconds" --parallel 1 > "runs/sweep-$sweep-128.out" 2>&1 &
+    done
+    grid=(--runs runs/study --size "$size" --lengths 128 1024 --train-tokens "$tokens")
+    study train "${grid[@]}" --seconds "$seconds" --parallel 8 --micro-batch-tokens 16384
+    wait
+    cat runs/sweep-*.out 2>/dev/null || true
+    study evaluate "${grid[@]}" --out runs/study.json || echo "evaluation failed"
+    study bundle "${grid[@]}" --dest runs/bundle || echo "bundle failed"
+    for d in runs/bundle/*; do tar cf "$OUT/$(basename "$d").tar" -C runs/bundle "$(basename "$d")"; done
+    tar czf "$OUT/runs.tgz" runs/study/*-s*/{metrics.jsonl,settings.json} runs/study/*.log \
+      $(ls -d runs/study/*/eval runs/study.json runs/study.windows.safetensors runs/sweep-*/*/metrics.jsonl \
+        runs/sweep-*/*/settings.json runs/sweep-*/*.log 2>/dev/null)
+    timeout $((deadline - SECONDS)) python3 scripts/study.py probe "${grid[@]}" ${STUDY_OPTIONS:-} || echo "probes stopped (deadline or error)"
+    tar czf "$OUT/probes.tgz" runs/study/*-s0/probes || true
+    ;;
   grid)
     length="$1" size="$2" tokens="$3" seconds="$4" deadline=$((SECONDS + 560)); shift 4
     for sweep in "$@"; do
