@@ -36,18 +36,18 @@ start_mps
 stage="$1"; shift
 case "$stage" in
   all)  # both lengths in one call: training bounded in memory by micro-batches, every result packed
-    size="$1" tokens="$2" seconds="$3" deadline=$((SECONDS + 575)); shift 3
+    size="$1" tokens="$2" seconds="$3" deadline=$((SECONDS + ${DEADLINE:-575})); shift 3
     for sweep in "$@"; do
       study train --runs "runs/sweep-$sweep" --size "$sweep" --variants decoupled_rope --lengths 128 --seeds 0 \
         --train-tokens "$tokens" --seconds "$seconds" --parallel 1 > "runs/sweep-$sweep-128.out" 2>&1 &
     done
-    grid=(--runs runs/study --size "$size" --lengths 128 1024 --train-tokens "$tokens")
-    study train "${grid[@]}" --seconds "$seconds" --parallel 8 --micro-batch-tokens 16384
+    grid=(--runs runs/study --size "$size" --lengths 1024 128 --train-tokens "$tokens")  # the slower length first
+    study train "${grid[@]}" --seconds "$seconds" --parallel 9 --micro-batch-tokens 16384
     wait
     cat runs/sweep-*.out 2>/dev/null || true
     study evaluate "${grid[@]}" --out runs/study.json || echo "evaluation failed"
     study bundle "${grid[@]}" --dest runs/bundle || echo "bundle failed"
-    for d in runs/bundle/*; do tar cf "$OUT/$(basename "$d").tar" -C runs/bundle "$(basename "$d")"; done
+    for d in $(ls -d runs/bundle/* 2>/dev/null); do tar cf "$OUT/$(basename "$d").tar" -C runs/bundle "$(basename "$d")"; done
     tar czf "$OUT/runs.tgz" runs/study/*-s*/{metrics.jsonl,settings.json} runs/study/*.log \
       $(ls -d runs/study/*/eval runs/study.json runs/study.windows.safetensors runs/sweep-*/*/metrics.jsonl \
         runs/sweep-*/*/settings.json runs/sweep-*/*.log 2>/dev/null)

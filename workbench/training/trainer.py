@@ -120,10 +120,14 @@ def train(
     if world > 1:
         loss_module = torch.nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[device] if device.type == "cuda" else None)
-    # CUDA graphs on one process; under DDP the default mode, since its gradient hooks run
-    # between the graph's kernels (the 2-GPU issue measures that case).
+    # CUDA graphs on one process with one pass per step; under DDP the default mode, since its
+    # gradient hooks run between the graph's kernels (the 2-GPU issue measures that case), and
+    # with gradient accumulation too: a second replay overwrites the graph's outputs that the
+    # first pass's gradients still live in ("accessing tensor output of CUDAGraphs that has been
+    # overwritten", seen on an H100 on 2026-12-07).
+    graphs = world == 1 and n_micro == 1 and device.type == "cuda"
     step_fn = CompiledOrEager(loss_module, device.type == "cuda" if compile is None else compile,
-                              COMPILE_MODE if world == 1 and device.type == "cuda" else None)
+                              COMPILE_MODE if graphs else None)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     batches = BatchSource(settings, split.train, tokenizer.vocab_size, device)
     saver = Saver(out_dir, settings, data_meta, n_params, split.val, tokenizer)
