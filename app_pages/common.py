@@ -67,11 +67,12 @@ def source_pickers() -> None:
     with st.sidebar.expander("Your checkpoints and results", icon=":material/folder_open:"):
         for kind, label, default in (("checkpoints", "Checkpoints directory", app_data.checkpoints_dir()),
                                      ("results", "Results directory", app_data.results_dir())):
-            text = st.text_input(label, key=SOURCE_KEYS[kind], placeholder=str(default),
+            default = app_data.shown_path(default)
+            text = st.text_input(label, key=SOURCE_KEYS[kind], placeholder=default,
                                  help=f"A path on the machine the app runs on. Empty: {default}")
             if text.strip():
                 try:
-                    st.caption(f"Using {app_data.source_dir(kind, text)}")
+                    st.caption(f"Using {app_data.shown_path(app_data.source_dir(kind, text))}")
                 except AppInputError as err:
                     st.error(f"{err} Using {default}.")
 
@@ -276,7 +277,7 @@ def loadable(entries: list[app_data.CheckpointEntry]) -> list[str]:
 def checkpoint_picker(label: str, key: str, names: list[str], default: str | None = None, **kwargs) -> str | None:
     """A selectbox over `names` whose value is kept (and repaired if the list changed)."""
     if not names:
-        st.warning(f"No checkpoints found in {checkpoints_root()}. Train one with `workbench train`, or "
+        st.warning(f"No checkpoints found in {app_data.shown_path(checkpoints_root())}. Train one with `workbench train`, or "
                    "set WORKBENCH_CHECKPOINTS to a directory of checkpoints.")
         return None
     if st.session_state.get(key) not in names:
@@ -367,13 +368,4 @@ def head_from_selection(selection) -> tuple[str, int, str, int] | None:
         custom = point.get("customdata")
         if custom is not None and len(custom) >= 4:
             return str(custom[0]), int(custom[1]), str(custom[2]), int(custom[3])
-    return None
-    for point in points or []:
-        custom = point.get("customdata")
-        if custom is None:
-            continue
-        if len(custom) >= 4:
-            return str(custom[0]), int(custom[1]), str(custom[2]), int(custom[3])
-        if len(custom) == 3:
-            return None, int(custom[0]), str(custom[2]), int(custom[1])
     return None
