@@ -314,15 +314,16 @@ def bounded_int(container, label: str, key: str, low: int, high: int, default: i
 
 def show_figure(fig, key: str | None = None, **kwargs):
     """st.plotly_chart with the app's defaults (full width, no Plotly logo; the camera icon saves
-    an SVG drawn by the browser, so vector figures need no kaleido)."""
+    an SVG drawn by the user's browser)."""
     config = {"displaylogo": False, "scrollZoom": False, "toImageButtonOptions": {"format": "svg", "filename": key or "figure"}}
     return st.plotly_chart(fig, key=key, config=config, **kwargs)
 
 
 def export_menu(key: str, *, frame=None, fig=None, arrays=None, code: str | None = None, label: str = "Export") -> None:
     """A popover with downloads of what is on screen: the frame (CSV, Parquet), named arrays
-    (safetensors, .npz), the figure (HTML; SVG and PDF with kaleido) and "copy as Python". The
-    files are made only when a button is clicked (deferred), and clicking does not rerun the page."""
+    (safetensors, .npz), the figure (HTML, SVG, PDF) and "copy as Python". The files are made only
+    when a button is clicked (deferred), and clicking does not rerun the page. SVG and PDF buttons
+    that cannot work here are disabled and a warning says why and how to fix it."""
     with st.popover(label, icon=":material/download:"):
         row = st.columns(4)
         n = 0
@@ -337,13 +338,15 @@ def export_menu(key: str, *, frame=None, fig=None, arrays=None, code: str | None
                                            mime=mime, key=f"dl_{key}_{fmt}", on_click="ignore")
                 n += 1
         if fig is not None:
-            formats = app_data.figure_formats()
-            for fmt, mime in formats.items():
-                row[n % 4].download_button(f"figure .{fmt}", data=partial(app_data.figure_bytes, fig, fmt), file_name=f"{key}.{fmt}",
-                                           mime=mime, key=f"dl_{key}_fig_{fmt}", on_click="ignore")
+            problem = app_data.vector_export_problem()
+            for fmt, mime in app_data.FIGURE_FORMATS.items():
+                off = problem is not None and fmt in app_data.VECTOR_FORMATS
+                row[n % 4].download_button(f"figure .{fmt}", data=b"" if off else partial(app_data.figure_bytes, fig, fmt),
+                                           file_name=f"{key}.{fmt}", mime=mime, key=f"dl_{key}_fig_{fmt}", on_click="ignore",
+                                           disabled=off, help=problem if off else None)
                 n += 1
-            if "svg" not in formats:
-                st.caption("SVG / PDF here need kaleido (not installed); the chart's camera icon saves an SVG.")
+            if problem:
+                st.warning(f"{problem} Meanwhile the chart's camera icon saves an SVG drawn by your browser.")
         if code is not None:
             st.caption("Copy as Python: this rebuilds the view through the API (copy icon at the top right).")
             st.code(code, language="python")
