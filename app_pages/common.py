@@ -67,11 +67,12 @@ def source_pickers() -> None:
     with st.sidebar.expander("Your checkpoints and results", icon=":material/folder_open:"):
         for kind, label, default in (("checkpoints", "Checkpoints directory", app_data.checkpoints_dir()),
                                      ("results", "Results directory", app_data.results_dir())):
-            text = st.text_input(label, key=SOURCE_KEYS[kind], placeholder=str(default),
+            default = app_data.shown_path(default)
+            text = st.text_input(label, key=SOURCE_KEYS[kind], placeholder=default,
                                  help=f"A path on the machine the app runs on. Empty: {default}")
             if text.strip():
                 try:
-                    st.caption(f"Using {app_data.source_dir(kind, text)}")
+                    st.caption(f"Using {app_data.shown_path(app_data.source_dir(kind, text))}")
                 except AppInputError as err:
                     st.error(f"{err} Using {default}.")
 
@@ -276,7 +277,7 @@ def loadable(entries: list[app_data.CheckpointEntry]) -> list[str]:
 def checkpoint_picker(label: str, key: str, names: list[str], default: str | None = None, **kwargs) -> str | None:
     """A selectbox over `names` whose value is kept (and repaired if the list changed)."""
     if not names:
-        st.warning(f"No checkpoints found in {checkpoints_root()}. Train one with `workbench train`, or "
+        st.warning(f"No checkpoints found in {app_data.shown_path(checkpoints_root())}. Train one with `workbench train`, or "
                    "set WORKBENCH_CHECKPOINTS to a directory of checkpoints.")
         return None
     if st.session_state.get(key) not in names:
@@ -313,15 +314,16 @@ def bounded_int(container, label: str, key: str, low: int, high: int, default: i
 
 def show_figure(fig, key: str | None = None, **kwargs):
     """st.plotly_chart with the app's defaults (full width, no Plotly logo; the camera icon saves
-    an SVG drawn by the browser, so vector figures need no kaleido)."""
+    an SVG drawn by the user's browser)."""
     config = {"displaylogo": False, "scrollZoom": False, "toImageButtonOptions": {"format": "svg", "filename": key or "figure"}}
     return st.plotly_chart(fig, key=key, config=config, **kwargs)
 
 
 def export_menu(key: str, *, frame=None, fig=None, arrays=None, code: str | None = None, label: str = "Export") -> None:
     """A popover with downloads of what is on screen: the frame (CSV, Parquet), named arrays
-    (safetensors, .npz), the figure (HTML; SVG and PDF with kaleido) and "copy as Python". The
-    files are made only when a button is clicked (deferred), and clicking does not rerun the page."""
+    (safetensors, .npz), the figure (HTML, SVG, PDF) and "copy as Python". The files are made only
+    when a button is clicked (deferred), and clicking does not rerun the page. SVG and PDF buttons
+    that cannot work here are disabled and a warning says why and how to fix it."""
     with st.popover(label, icon=":material/download:"):
         row = st.columns(4)
         n = 0
@@ -336,13 +338,15 @@ def export_menu(key: str, *, frame=None, fig=None, arrays=None, code: str | None
                                            mime=mime, key=f"dl_{key}_{fmt}", on_click="ignore")
                 n += 1
         if fig is not None:
-            formats = app_data.figure_formats()
-            for fmt, mime in formats.items():
-                row[n % 4].download_button(f"figure .{fmt}", data=partial(app_data.figure_bytes, fig, fmt), file_name=f"{key}.{fmt}",
-                                           mime=mime, key=f"dl_{key}_fig_{fmt}", on_click="ignore")
+            problem = app_data.vector_export_problem()
+            for fmt, mime in app_data.FIGURE_FORMATS.items():
+                off = problem is not None and fmt in app_data.VECTOR_FORMATS
+                row[n % 4].download_button(f"figure .{fmt}", data=b"" if off else partial(app_data.figure_bytes, fig, fmt),
+                                           file_name=f"{key}.{fmt}", mime=mime, key=f"dl_{key}_fig_{fmt}", on_click="ignore",
+                                           disabled=off, help=problem if off else None)
                 n += 1
-            if "svg" not in formats:
-                st.caption("SVG / PDF here need kaleido (not installed); the chart's camera icon saves an SVG.")
+            if problem:
+                st.warning(f"{problem} Meanwhile the chart's camera icon saves an SVG drawn by your browser.")
         if code is not None:
             st.caption("Copy as Python: this rebuilds the view through the API (copy icon at the top right).")
             st.code(code, language="python")
@@ -367,13 +371,4 @@ def head_from_selection(selection) -> tuple[str, int, str, int] | None:
         custom = point.get("customdata")
         if custom is not None and len(custom) >= 4:
             return str(custom[0]), int(custom[1]), str(custom[2]), int(custom[3])
-    return None
-    for point in points or []:
-        custom = point.get("customdata")
-        if custom is None:
-            continue
-        if len(custom) >= 4:
-            return str(custom[0]), int(custom[1]), str(custom[2]), int(custom[3])
-        if len(custom) == 3:
-            return None, int(custom[0]), str(custom[2]), int(custom[1])
     return None

@@ -155,102 +155,113 @@ def build_maps():
 fig = cached_figure("maps", (*view, metric), build_maps)
 show_figure(fig, key="heads_maps", selection_mode="points", on_select=partial(on_select, "heads_maps"))
 cells = pd.concat([f.assign(checkpoint=name) for name, f in frames.items()], ignore_index=True)
-selected = (st.session_state.get("p_head_ckpt"), st.session_state.get("p_head_layer"),
-            st.session_state.get("p_head_stream"), st.session_state.get("p_head_head"))
-export_menu("heads_maps", frame=cells, fig=fig, code=app_data.heads_snippet(
-    list(frames), metric, r=r, w=w, committed=first, head=selected if None not in selected else None, root=results_root()))
+export_menu("heads_maps", frame=cells, fig=fig, code=app_data.heads_snippet(list(frames), metric, r=r, w=w, committed=first,
+                                                                            root=results_root()))
 labels_present = sorted({lab for f in frames.values() for lab in f["label"] if lab})
 if labels_present:
     st.caption(f"Letters after a value: the head's label ({label_legend(labels_present)}); thresholds in "
                "workbench/probing/specialisation.py.")
 
-# ---- scatter --------------------------------------------------------------------------------------------
-st.subheader("Heads in the semantic / structural plane")
-plane = st.radio("Plane", list(app_data.SCATTER_PLANES), key="p_heads_plane", horizontal=True)
-x_key, y_key = app_data.SCATTER_PLANES[plane]
-base = cached_figure("scatter", (*view, plane), lambda: viz.head_scatter(
-    cells, x=x_key, y=y_key, x_title=app_data.HEAD_METRICS[x_key][1], y_title=app_data.HEAD_METRICS[y_key][1],
-    title="Each point is a head (colour: stream; cross: chance for uniform attention); click one"))
-fig = viz.with_selected(base, cells, x_key, y_key, selected if None not in selected else None)
-show_figure(fig, key="heads_scatter", on_select=partial(on_select, "heads_scatter"), selection_mode=("points", "box"))
 
-# ---- one head ---------------------------------------------------------------------------------------------
-st.subheader("One head")
-ensure_choice("p_head_ckpt", list(frames), main)
-cols = st.columns(4)
-head_ckpt = cols[0].selectbox("Checkpoint", list(frames), key="p_head_ckpt")
-frame = frames[head_ckpt]
-ensure_choice("p_head_stream", list(dict.fromkeys(frame["stream"])))
-ensure_choice("p_head_layer", sorted(frame["layer"].unique().tolist()))
-ensure_choice("p_head_head", sorted(frame["head"].unique().tolist()))
-layer = cols[1].selectbox("Layer", sorted(frame["layer"].unique().tolist()), key="p_head_layer")
-stream = cols[2].selectbox("Stream", list(dict.fromkeys(frame["stream"])), key="p_head_stream")
-head = cols[3].selectbox("Head", sorted(frame["head"].unique().tolist()), key="p_head_head")
-record = app_data.head_record(frame, layer, stream, head)
-if record is None:
-    st.warning(f"{head_ckpt} has no results for layer {layer}, stream {stream}, head {head}.")
-    st.stop()
+# ---- the selected head: the scatter and one head ------------------------------------------------------------
+# One fragment: a click on the scatter, or another head picked below, reruns only this part; the
+# summary and the maps above stay as they are (a map click reruns the page, since it is outside).
+@st.fragment
+def selected_head_view() -> None:
+    st.subheader("Heads in the semantic / structural plane")
+    plane = st.radio("Plane", list(app_data.SCATTER_PLANES), key="p_heads_plane", horizontal=True)
+    x_key, y_key = app_data.SCATTER_PLANES[plane]
+    base = cached_figure("scatter", (*view, plane), lambda: viz.head_scatter(
+        cells, x=x_key, y=y_key, x_title=app_data.HEAD_METRICS[x_key][1], y_title=app_data.HEAD_METRICS[y_key][1],
+        title="Each point is a head (colour: stream; cross: chance for uniform attention); click one"))
+    selected = tuple(st.session_state.get(k) for k in ("p_head_ckpt", "p_head_layer", "p_head_stream", "p_head_head"))
+    fig = viz.with_selected(base, cells, x_key, y_key, selected if None not in selected else None)
+    show_figure(fig, key="heads_scatter", on_select=partial(on_select, "heads_scatter"), selection_mode=("points", "box"))
+    one_head()
 
-res = results[head_ckpt]
-if at_committed:
-    label_line = f"label at r = {r}, w = {w}: **{record['label'] or 'n/a'}**"
-else:
-    labels = app_data.head_labels(res.table)
-    committed_label = next(iter(labels[(labels["layer"] == layer) & (labels["stream"] == stream) & (labels["head"] == head)]["label"]), "")
-    label_line = (f"label at the committed r = {first[0]}, w = {first[1]}: **{committed_label or 'n/a'}** "
-                  f"(labels at r = {r}, w = {w} need a probe run there)")
-st.markdown(f"**{head_ckpt} · {stream} stream · layer {layer} · head {head}** — {label_line}")
-m = st.columns(5)
-m[0].metric("specialisation index", f"{record['index']:+.3f}", delta=f"{record['index_excess']:+.3f} over chance", delta_color="off",
-            help=f"95% CI ± {record['index_ci']:.3f}; chance {record['index_chance']:+.3f}")
-m[1].metric("semantic lift (S_r)", f"{record['semantic_lift']:.2f}x")
-m[2].metric("structural lift (R_w)", f"{record['structural_lift']:.2f}x")
-m[3].metric("entropy (bits)", f"{record['entropy']:.2f}", help=f"uniform attention: {record['entropy_chance']:.2f} bits")
-m[4].metric("null-key mass", f"{record['sink']:.3f}", help=f"chance {record['sink_chance']:.3f}")
-parts = pd.DataFrame({
-    "part": ["S only", "R only", "both", "neither"],
-    "attention mass": [record[k] for k in ("S_only", "R_only", "both", "neither")],
-    "95% CI": [record[f"{k}_ci"] for k in ("S_only", "R_only", "both", "neither")],
-    "chance (uniform)": [record[f"{k}_chance"] for k in ("S_only", "R_only", "both", "neither")],
-})
-parts["lift"] = parts["attention mass"] / parts["chance (uniform)"]
-# Small tables as st.table (static HTML): selecting a head redraws them, and a data grid costs more to draw.
-st.table(parts.set_index("part").style.format("{:.3f}", na_rep="n/a"))
-export_menu(f"parts_{head_ckpt}_L{layer}_{stream}_H{head}", frame=parts, label="Export this head")
 
-hists = app_data.head_histograms(res.table, layer, stream, head)
-if hists:
-    titles = {"semantic": "semantic distance |pos − target|", "recency": "recency (steps since generated)",
-              "own": "distance to the row's own position"}
-    show_figure(viz.histogram_figure({titles[k]: v for k, v in hists.items()},
-                                     x_titles={titles["semantic"]: "distance bin", titles["recency"]: "recency bin",
-                                               titles["own"]: "distance bin"},
-                                     title="Where the attention goes, by log2 bins (dashes: uniform attention)"),
-                key="head_histograms")
-    export_menu(f"histograms_{head_ckpt}_L{layer}_{stream}_H{head}",
-                frame=pd.concat([v.assign(histogram=k) for k, v in hists.items()], ignore_index=True), label="Export histograms")
-steps = app_data.head_by_step(res.table, layer, stream, head, ["S_only", "R_only", "both", "index", "sink"])
-if len(steps):
-    show_figure(viz.by_step_figure(steps, title=f"Along the generation: parts and index by how many keys the row sees (committed r = {first[0]}, w = {first[1]})",
-                                   names={"S_only": "S-only mass", "R_only": "R-only mass", "both": "both", "index": "index", "sink": "null-key mass"}),
-                key="head_by_step")
+def one_head() -> None:
+    """The selected head in detail: label, metrics, parts, histograms, by-step curves, causal checks."""
+    st.subheader("One head")
+    ensure_choice("p_head_ckpt", list(frames), main)
+    cols = st.columns(4)
+    head_ckpt = cols[0].selectbox("Checkpoint", list(frames), key="p_head_ckpt")
+    frame = frames[head_ckpt]
+    ensure_choice("p_head_stream", list(dict.fromkeys(frame["stream"])))
+    ensure_choice("p_head_layer", sorted(frame["layer"].unique().tolist()))
+    ensure_choice("p_head_head", sorted(frame["head"].unique().tolist()))
+    layer = cols[1].selectbox("Layer", sorted(frame["layer"].unique().tolist()), key="p_head_layer")
+    stream = cols[2].selectbox("Stream", list(dict.fromkeys(frame["stream"])), key="p_head_stream")
+    head = cols[3].selectbox("Head", sorted(frame["head"].unique().tolist()), key="p_head_head")
+    record = app_data.head_record(frame, layer, stream, head)
+    if record is None:
+        st.warning(f"{head_ckpt} has no results for layer {layer}, stream {stream}, head {head}.")
+        return
 
-causal = app_data.ablation_frame(res.table)
-mine = causal[(causal["layer"] == layer) & (causal["stream"] == stream) & (causal["head"] == head)]
-knock = app_data.knockout_frame(res.table)
-mine_k = knock[(knock["layer"] == layer) & (knock["stream"] == stream) & (knock["head"] == head)]
-if len(mine) or len(mine_k):
-    st.markdown(f"**Causal checks of this head** (ΔNLL in bits/token, 95% CI over {res.ci_over('causal')})")
-    if len(mine):
-        st.table(app_data.effect_table(mine.set_index("kind")[["dnll", "ci", "n"]]).style.format("{:+.4f}", subset=["ΔNLL (bits/token)", "± 95%"]))
-    if len(mine_k):
-        shown_k = app_data.effect_table(mine_k.set_index("set")[["dnll", "ci", "random_dnll", "random_ci", "excess", "excess_ci", "keys"]])
-        st.table(shown_k.style.format("{:.4f}"))
+    res = results[head_ckpt]
+    if at_committed:
+        label_line = f"label at r = {r}, w = {w}: **{record['label'] or 'n/a'}**"
+    else:
+        labels = app_data.head_labels(res.table)
+        committed_label = next(iter(labels[(labels["layer"] == layer) & (labels["stream"] == stream) & (labels["head"] == head)]["label"]), "")
+        label_line = (f"label at the committed r = {first[0]}, w = {first[1]}: **{committed_label or 'n/a'}** "
+                      f"(labels at r = {r}, w = {w} need a probe run there)")
+    st.markdown(f"**{head_ckpt} · {stream} stream · layer {layer} · head {head}** — {label_line}")
+    m = st.columns(5)
+    m[0].metric("specialisation index", f"{record['index']:+.3f}", delta=f"{record['index_excess']:+.3f} over chance", delta_color="off",
+                help=f"95% CI ± {record['index_ci']:.3f}; chance {record['index_chance']:+.3f}")
+    m[1].metric("semantic lift (S_r)", f"{record['semantic_lift']:.2f}x")
+    m[2].metric("structural lift (R_w)", f"{record['structural_lift']:.2f}x")
+    m[3].metric("entropy (bits)", f"{record['entropy']:.2f}", help=f"uniform attention: {record['entropy_chance']:.2f} bits")
+    m[4].metric("null-key mass", f"{record['sink']:.3f}", help=f"chance {record['sink_chance']:.3f}")
+    parts = pd.DataFrame({
+        "part": ["S only", "R only", "both", "neither"],
+        "attention mass": [record[k] for k in ("S_only", "R_only", "both", "neither")],
+        "95% CI": [record[f"{k}_ci"] for k in ("S_only", "R_only", "both", "neither")],
+        "chance (uniform)": [record[f"{k}_chance"] for k in ("S_only", "R_only", "both", "neither")],
+    })
+    parts["lift"] = parts["attention mass"] / parts["chance (uniform)"]
+    # Small tables as st.table (static HTML): selecting a head redraws them, and a data grid costs more to draw.
+    st.table(parts.set_index("part").style.format("{:.3f}", na_rep="n/a"))
+    export_menu(f"parts_{head_ckpt}_L{layer}_{stream}_H{head}", frame=parts, label="Export this head", code=app_data.heads_snippet(
+        list(frames), metric, r=r, w=w, committed=first, head=(head_ckpt, layer, stream, head), root=results_root()))
 
-if st.button("Open this head in the sample browser", key="head_open_sample", icon=":material/text_fields:"):
-    st.session_state["p_sample_ckpt"] = head_ckpt
-    st.session_state["p_sample_layer"] = int(layer)
-    st.session_state["p_sample_stream"] = stream
-    st.session_state["p_sample_head"] = int(head)
-    st.session_state["p_sample_r"], st.session_state["p_sample_w"] = int(r), int(w)
-    st.switch_page(PAGES["samples"])
+    hists = app_data.head_histograms(res.table, layer, stream, head)
+    if hists:
+        titles = {"semantic": "semantic distance |pos − target|", "recency": "recency (steps since generated)",
+                  "own": "distance to the row's own position"}
+        show_figure(viz.histogram_figure({titles[k]: v for k, v in hists.items()},
+                                         x_titles={titles["semantic"]: "distance bin", titles["recency"]: "recency bin",
+                                                   titles["own"]: "distance bin"},
+                                         title="Where the attention goes, by log2 bins (dashes: uniform attention)"),
+                    key="head_histograms")
+        export_menu(f"histograms_{head_ckpt}_L{layer}_{stream}_H{head}",
+                    frame=pd.concat([v.assign(histogram=k) for k, v in hists.items()], ignore_index=True), label="Export histograms")
+    steps = app_data.head_by_step(res.table, layer, stream, head, ["S_only", "R_only", "both", "index", "sink"])
+    if len(steps):
+        show_figure(viz.by_step_figure(steps, title=f"Along the generation: parts and index by how many keys the row sees (committed r = {first[0]}, w = {first[1]})",
+                                       names={"S_only": "S-only mass", "R_only": "R-only mass", "both": "both", "index": "index", "sink": "null-key mass"}),
+                    key="head_by_step")
+
+    causal = app_data.ablation_frame(res.table)
+    mine = causal[(causal["layer"] == layer) & (causal["stream"] == stream) & (causal["head"] == head)]
+    knock = app_data.knockout_frame(res.table)
+    mine_k = knock[(knock["layer"] == layer) & (knock["stream"] == stream) & (knock["head"] == head)]
+    if len(mine) or len(mine_k):
+        st.markdown(f"**Causal checks of this head** (ΔNLL in bits/token, 95% CI over {res.ci_over('causal')})")
+        if len(mine):
+            st.table(app_data.effect_table(mine.set_index("kind")[["dnll", "ci", "n"]]).style.format("{:+.4f}", subset=["ΔNLL (bits/token)", "± 95%"]))
+        if len(mine_k):
+            shown_k = app_data.effect_table(mine_k.set_index("set")[["dnll", "ci", "random_dnll", "random_ci", "excess", "excess_ci", "keys"]])
+            st.table(shown_k.style.format("{:.4f}"))
+
+    if st.button("Open this head in the sample browser", key="head_open_sample", icon=":material/text_fields:"):
+        st.session_state["p_sample_ckpt"] = head_ckpt
+        st.session_state["p_sample_layer"] = int(layer)
+        st.session_state["p_sample_stream"] = stream
+        st.session_state["p_sample_head"] = int(head)
+        st.session_state["p_sample_r"], st.session_state["p_sample_w"] = int(r), int(w)
+        st.switch_page(PAGES["samples"])
+
+
+selected_head_view()

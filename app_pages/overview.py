@@ -29,7 +29,7 @@ if verdict.is_file():
 else:
     st.info(f"No verdict yet: the study that can decide the claim (NLL gap against length with seed intervals, "
             f"training curves, the checkpoints where specialisation emerges) has not reported. When it does, its "
-            f"summary goes in {verdict} and is shown here as written. Until then, below is only what the committed "
+            f"summary goes in {app_data.shown_path(verdict)} and is shown here as written. Until then, below is only what the committed "
             "results show.")
 
 st.subheader("What the committed results show")
@@ -60,7 +60,7 @@ if takeaways:
 
 st.subheader("Checkpoints")
 if not entries:
-    st.warning(f"No checkpoints in {checkpoints_root()}. Train one with `workbench train`, pick a directory in the sidebar, or set "
+    st.warning(f"No checkpoints in {app_data.shown_path(checkpoints_root())}. Train one with `workbench train`, pick a directory in the sidebar, or set "
                "WORKBENCH_CHECKPOINTS to a directory of checkpoints.")
 else:
     listing = app_data.catalog_frame(entries)
@@ -93,7 +93,7 @@ if n_probed == 0:
 else:
     for e in entries:
         if e.probes is not None:
-            st.caption(f"{e.name}: `{e.probes.relative_to(app_data.REPO) if e.probes.is_relative_to(app_data.REPO) else e.probes}`")
+            st.caption(f"{e.name}: `{app_data.shown_path(e.probes)}`")
 
 st.subheader("Pages")
 c = st.columns(4)

@@ -289,9 +289,10 @@ def main() -> None:
     lines += ["Notes: the script times are the server's share (running the page, building every figure). The browser",
               "times are end to end with Chromium on the same machine as the server, so both share its CPUs; the",
               "reference row is the round trip of a bare Streamlit app here, the floor under any interaction.",
-              "Stepping reruns only a fragment (the step view); selecting a head reruns the head page, whose maps and",
-              "scatter are built once per view (cached). Changing the order runs the model once (no target: it is a",
-              "forward pass that keeps every pattern, cached per (text, order) afterwards).", ""]
+              "Stepping reruns only a fragment (the step view); a scatter click (or a head picked below it) reruns only",
+              "the selected-head fragment (scatter and one head), a map click the whole head page; maps and scatter",
+              "are built once per view (cached). Changing the order runs the model once (no target: it is a forward",
+              "pass that keeps every pattern, cached per (text, order) afterwards).", ""]
     stem.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 

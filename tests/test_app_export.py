@@ -33,18 +33,58 @@ def test_frames_round_trip_through_csv_and_parquet():
         app_data.frame_bytes(frame, "xlsx")
 
 
-def test_figures_export_html_offline_and_say_when_svg_needs_kaleido():
+def test_figures_export_html_that_opens_offline():
     import plotly.graph_objects as go
 
-    fig = go.Figure(go.Bar(x=[1], y=[2]))
-    html = app_data.figure_bytes(fig, "html").decode()
+    html = app_data.figure_bytes(go.Figure(go.Bar(x=[1], y=[2])), "html").decode()
     assert "<html>" in html and '<script src="http' not in html and len(html) > 1_000_000  # plotly.js embedded: opens offline
-    formats = app_data.figure_formats()
-    if "svg" not in formats:
-        with pytest.raises(app_data.AppInputError, match="needs kaleido"):
-            app_data.figure_bytes(fig, "svg")
-    else:
-        assert app_data.figure_bytes(fig, "svg").startswith(b"<svg")
+    with pytest.raises(app_data.AppInputError, match="unknown figure format 'eps'; use one of html, svg, pdf"):
+        app_data.figure_bytes(go.Figure(), "eps")
+
+
+def heads_map(results):
+    """The head page's map of two_stream-128 (both streams), built through the API as the page does."""
+    from workbench import viz
+
+    heads = app_data.head_frame(app_data.load_probe_results("two_stream-128", results).table)
+    grids = {("two_stream-128", s): app_data.head_grid(heads, s, "index") for s in ("content", "query")}
+    return viz.head_maps(grids, title="two_stream-128", value_name=app_data.over_chance_name("index"))
+
+
+@pytest.mark.browser
+def test_a_map_exports_as_a_real_svg_and_pdf(results):
+    """kaleido draws through the system Chromium (setup_env.sh installs both): a real vector file comes out."""
+    problem = app_data.vector_export_problem()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    fig = heads_map(results)
+    svg = app_data.figure_bytes(fig, "svg").decode()
+    assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+    assert 'width="1100"' in svg and "two_stream-128 · query stream" in svg and svg.count('class="hm"') == 2  # both heatmaps
+    pdf = app_data.figure_bytes(fig, "pdf")
+    assert pdf.startswith(b"%PDF-") and b"%%EOF" in pdf[-64:] and len(pdf) > 10_000
+
+
+def test_without_a_browser_svg_and_pdf_are_disabled_and_say_how_to_fix(env, results, tmp_path):
+    env.setenv("BROWSER_PATH", str(tmp_path / "no-chrome"))
+    problem = app_data.vector_export_problem()
+    assert "BROWSER_PATH" in problem and "apt-get install chromium" in problem
+    with pytest.raises(app_data.AppInputError, match="apt-get install chromium"):
+        app_data.figure_bytes(heads_map(results), "svg")
+    at = open_page("heads")
+    buttons = {b.key: b.proto for b in at.get("download_button")}
+    assert buttons["dl_heads_maps_fig_svg"].disabled and buttons["dl_heads_maps_fig_pdf"].disabled
+    assert problem in buttons["dl_heads_maps_fig_svg"].help and not buttons["dl_heads_maps_fig_html"].disabled
+    assert any(problem in w.value for w in at.warning)
+
+
+def test_without_kaleido_svg_and_pdf_say_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "kaleido" else find_spec(name, *a))
+    assert "kaleido, which is not installed" in app_data.vector_export_problem()
+    assert "scripts/setup_env.sh" in app_data.vector_export_problem()
 
 
 def test_heads_page_exports_and_its_python_rebuilds_the_view(env, results):

@@ -114,3 +114,17 @@ def test_checkpoints_listing_labels_its_training_time_subset(capsys):
 def test_run_app_does_not_watch_the_repository():
     script = (REPO / "scripts" / "run_app.sh").read_text()
     assert "--server.fileWatcherType none" in script.split("exec", 1)[1]
+
+
+def test_paths_inside_the_project_are_shown_relative_to_it(monkeypatch):
+    monkeypatch.delenv(app_data.RESULTS_ENV, raising=False)
+    monkeypatch.delenv(app_data.CHECKPOINTS_ENV, raising=False)
+    assert app_data.shown_path(REPO / "results" / "probes") == "results/probes"
+    assert app_data.shown_path("/elsewhere/results") == "/elsewhere/results"
+    at = open_page(p_source_results=str(REPO / "results"))
+    assert [t.placeholder for t in at.text_input] == ["checkpoints", "results"]
+    shown = texts(at)
+    assert "Using results" in shown and f"results/{app_data.VERDICT_FILE}" in shown and "`results/probes/two_stream-128/probes.parquet`" in shown
+    at.switch_page("app_pages/heads.py").run()
+    assert "results/probes/two_stream-128" in texts(at)
+    assert str(REPO) not in texts(at)

@@ -2,7 +2,7 @@
 pages, clicks a head in a map, opens it in the sample browser, steps the order, runs a causal
 check, and saves a screenshot of each page.
 
-Chromium must be the system one (`apt-get install chromium`; `scripts/run_tests.sh` installs it
+Chromium must be the system one (`apt-get install chromium`; `scripts/setup_env.sh` installs it
 when run as root); Playwright's own browser downloads are never used. Without Chromium this test
 fails and says how to install it: it is part of CI, not an optional extra.
 
@@ -185,7 +185,7 @@ def test_browser_tour(tmp_path):
     if chromium_path() is None:
         pytest.fail(
             "Debian's chromium is not installed, so the real-browser test cannot run. Install it with "
-            "`sudo apt-get install chromium` (scripts/run_tests.sh does this when run as root), or point "
+            "`sudo apt-get install chromium` (scripts/setup_env.sh does this when run as root), or point "
             "$CHROMIUM at a Chromium binary.",
             pytrace=False,
         )
@@ -206,7 +206,7 @@ def test_browser_tour(tmp_path):
 
 def require_browser() -> None:
     if chromium_path() is None:
-        pytest.fail("Debian's chromium is not installed: `sudo apt-get install chromium` (scripts/run_tests.sh does this as root), "
+        pytest.fail("Debian's chromium is not installed: `sudo apt-get install chromium` (scripts/setup_env.sh does this as root), "
                     "or point $CHROMIUM at a Chromium binary.", pytrace=False)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from workbench.checkpoint import BUNDLED_DIR, CheckpointError
 from workbench.models import HookedAOModel
 
-__all__ = ["REPO", "RESULTS_ENV", "CHECKPOINTS_ENV", "STREAMS_OF", "AppInputError", "results_dir", "checkpoints_dir", "source_dir", "streams_of", "load_model", "LoadedModel"]
+__all__ = ["REPO", "RESULTS_ENV", "CHECKPOINTS_ENV", "STREAMS_OF", "AppInputError", "results_dir", "checkpoints_dir", "shown_path", "source_dir", "streams_of", "load_model", "LoadedModel"]
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +36,16 @@ def checkpoints_dir() -> Path:
     return Path(os.environ.get(CHECKPOINTS_ENV) or BUNDLED_DIR)
 
 
+def shown_path(path: Path | str) -> str:
+    """`path` as the app writes it: relative to the project root when inside it ("results/probes/x"),
+    else absolute."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def source_dir(kind: str, text: str) -> Path:
     """A directory the user typed for "checkpoints" or "results", checked: it must exist and hold
     what the app reads (checkpoint directories; `nll.json` or `probes/`). A checkpoint directory
@@ -44,16 +54,16 @@ def source_dir(kind: str, text: str) -> Path:
 
     path = Path(text.strip()).expanduser()
     if not path.is_dir():
-        raise AppInputError(f"{path} is not a directory.")
+        raise AppInputError(f"{shown_path(path)} is not a directory.")
     if kind == "checkpoints":
         if (path / META).is_file():
             return path.parent
         if not any((p / META).is_file() for p in path.iterdir() if p.is_dir()):
-            raise AppInputError(f"{path} holds no checkpoint (no sub-directory with {META}).")
+            raise AppInputError(f"{shown_path(path)} holds no checkpoint (no sub-directory with {META}).")
         return path
     if kind == "results":
         if not ((path / "nll.json").is_file() or (path / "probes").is_dir()):
-            raise AppInputError(f"{path} holds neither nll.json nor probes/: it is not a results directory.")
+            raise AppInputError(f"{shown_path(path)} holds neither nll.json nor probes/: it is not a results directory.")
         return path
     raise ValueError(f"kind must be 'checkpoints' or 'results', got {kind!r}")
 

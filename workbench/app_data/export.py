@@ -1,12 +1,13 @@
 """What a researcher can take away from a page: the frame behind a map or table (CSV, Parquet),
 arrays (a sample's attention row and the head's pattern) as safetensors or .npz, figures (HTML
-always; SVG and PDF when kaleido is installed), and Python snippets that rebuild a view
+always; SVG and PDF through kaleido and a system Chrome or Chromium), and Python snippets that rebuild a view
 through this API. Every function returns bytes (or text) and writes nothing."""
 
 from __future__ import annotations
 
 import importlib.util
 import io
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pandas as pd
 
 from workbench.app_data.common import REPO, AppInputError
 
-__all__ = ["FRAME_FORMATS", "ARRAY_FORMATS", "frame_bytes", "array_bytes", "figure_formats", "figure_bytes", "heads_snippet", "sample_snippet"]
+__all__ = ["FRAME_FORMATS", "ARRAY_FORMATS", "frame_bytes", "array_bytes", "FIGURE_FORMATS", "VECTOR_FORMATS", "vector_export_problem", "figure_bytes", "heads_snippet", "sample_snippet"]
 
 FRAME_FORMATS = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 ARRAY_FORMATS = {"safetensors": "application/octet-stream", "npz": "application/octet-stream"}
@@ -49,22 +50,44 @@ def array_bytes(arrays: Mapping[str, np.ndarray], fmt: str) -> bytes:
     raise AppInputError(f"unknown array format {fmt!r}; use one of {', '.join(ARRAY_FORMATS)}.")
 
 
-def figure_formats() -> dict[str, str]:
-    """The figure formats this environment can write: HTML always (plotly.js embedded, so it opens
-    offline), SVG and PDF only when kaleido is installed (it renders through a headless Chrome)."""
-    formats = {"html": "text/html"}
-    if importlib.util.find_spec("kaleido") is not None:
-        formats.update({"svg": "image/svg+xml", "pdf": "application/pdf"})
-    return formats
+VECTOR_FORMATS = {"svg": "image/svg+xml", "pdf": "application/pdf"}
+FIGURE_FORMATS = {"html": "text/html", **VECTOR_FORMATS}
+"""HTML always works (plotly.js embedded: it opens offline); SVG and PDF need what `vector_export_problem` checks."""
+EXPORT_WIDTH = 1100
+"""Width in px of an exported SVG / PDF (figures on screen take the page's width; kaleido's default is 700)."""
+
+
+def vector_export_problem() -> str | None:
+    """Why this environment cannot write SVG or PDF, with how to fix it; None when it can.
+    kaleido (>= 1) renders through a Chrome or Chromium found on the system (or at $BROWSER_PATH)."""
+    if importlib.util.find_spec("kaleido") is None:
+        return ("SVG and PDF need kaleido, which is not installed in this environment: run `bash scripts/setup_env.sh` "
+                "(or `pip install 'kaleido>=1.3'`) and restart the app.")
+    from choreographer.browsers.chromium import Chromium
+
+    browser = Chromium.find_browser(skip_local=False)
+    if browser is None or not Path(browser).is_file():
+        where = f" (BROWSER_PATH={os.environ['BROWSER_PATH']!r} is not a file)" if os.environ.get("BROWSER_PATH") else ""
+        return (f"SVG and PDF need a Chrome or Chromium for kaleido to draw with, and none was found{where}: install "
+                "Debian's with `sudo apt-get install chromium` (`bash scripts/setup_env.sh` does it when run as root), "
+                "or set BROWSER_PATH to a Chrome or Chromium binary.")
+    return None
 
 
 def figure_bytes(fig, fmt: str) -> bytes:
+    """`fig` as a file: HTML, or SVG / PDF drawn by kaleido (a headless browser start: seconds)."""
     if fmt == "html":
         return fig.to_html(include_plotlyjs=True, full_html=True).encode("utf-8")
-    if fmt not in figure_formats():
-        raise AppInputError(f"{fmt.upper()} export needs kaleido (pip install kaleido), which is not installed here; "
-                            "download the HTML, or use the camera icon on the chart (it saves an SVG).")
-    return fig.to_image(format=fmt)
+    if fmt not in VECTOR_FORMATS:
+        raise AppInputError(f"unknown figure format {fmt!r}; use one of {', '.join(FIGURE_FORMATS)}.")
+    problem = vector_export_problem()
+    if problem:
+        raise AppInputError(problem)
+    try:
+        return fig.to_image(format=fmt, width=EXPORT_WIDTH)
+    except Exception as err:  # noqa: BLE001 -- the browser can fail in many ways; say which and what to try
+        raise AppInputError(f"{fmt.upper()} export failed while kaleido drew the figure in a headless browser ({type(err).__name__}: "
+                            f"{err}). Download the HTML instead, or use the camera icon on the chart (it saves an SVG).") from err
 
 
 def _root_arg(root: Path | None) -> str:

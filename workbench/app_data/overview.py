@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench.app_data.common import AppInputError, checkpoints_dir, results_dir, streams_of
+from workbench.app_data.common import AppInputError, checkpoints_dir, results_dir, shown_path, streams_of
 from workbench.checkpoint import META, CheckpointError, read_info
 
 __all__ = ["CLAIM", "VERDICT_FILE", "CheckpointEntry", "catalog", "catalog_frame", "nll_table", "nll_gaps", "gap_change", "nll_by_fraction"]
@@ -111,8 +111,8 @@ def nll_table(path: Path | None = None) -> pd.DataFrame:
     path = results_dir() / "nll.json" if path is None else Path(path)
     if not path.is_file():
         raise AppInputError(
-            f"no NLL table at {path}. Make it with `workbench eval --checkpoint <names> --orders 4 "
-            f"--out {path}` (docs/results.md)."
+            f"no NLL table at {shown_path(path)}. Make it with `workbench eval --checkpoint <names> --orders 4 "
+            f"--out {shown_path(path)}` (docs/results.md)."
         )
     try:
         table = json.loads(path.read_text())
@@ -133,7 +133,7 @@ def nll_table(path: Path | None = None) -> pd.DataFrame:
                 }
             )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise AppInputError(f"{path} is not an NLL table written by `workbench eval --out` ({err!r}).") from err
+        raise AppInputError(f"{shown_path(path)} is not an NLL table written by `workbench eval --out` ({err!r}).") from err
     order = {"two_stream": 0, "decoupled_rope": 1, "sigma_gpt": 2}
     frame = pd.DataFrame(rows)
     frame["_v"] = frame["variant"].map(lambda v: order.get(v, 9))
@@ -186,14 +186,14 @@ def _nll_json(path: Path | None) -> dict:
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AppInputError(f"{path} is not an NLL table written by `workbench eval --out` ({err!r}).") from err
+        raise AppInputError(f"{shown_path(path)} is not an NLL table written by `workbench eval --out` ({err!r}).") from err
 
 
 def nll_by_fraction(path: Path | None = None) -> pd.DataFrame:
     """The per-checkpoint curve of bits/token against the fraction of the text already revealed."""
     path = results_dir() / "nll.json" if path is None else Path(path)
     if not path.is_file():
-        raise AppInputError(f"no NLL table at {path}.")
+        raise AppInputError(f"no NLL table at {shown_path(path)}.")
     rows = []
     for name, r in json.loads(path.read_text()).items():
         for point in r.get("by_fraction_revealed", []):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench.app_data.common import AppInputError, checkpoints_dir, results_dir
+from workbench.app_data.common import AppInputError, checkpoints_dir, results_dir, shown_path
 from workbench.checkpoint import CheckpointError
 
 __all__ = ["ProbeResults", "probe_results_path", "load_probe_results", "QUICK_PROBES", "quick_probe_results", "chance_of",
@@ -56,24 +56,25 @@ def load_probe_results(checkpoint: str, root: Path | None = None) -> ProbeResult
     from workbench.probing import read_table
 
     where = probe_results_path(checkpoint, root)
+    shown = shown_path(where)
     try:
         table = read_table(where)
     except FileNotFoundError as err:
         raise AppInputError(
-            f"no probe results for {checkpoint} in {where}. Run `workbench probe --checkpoint {checkpoint} "
-            f"--out {where}`."
+            f"no probe results for {checkpoint} in {shown}. Run `workbench probe --checkpoint {checkpoint} "
+            f"--out {shown}`."
         ) from err
     except Exception as err:  # noqa: BLE001 (pyarrow raises many kinds for a damaged file)
-        raise AppInputError(f"the probe table in {where} cannot be read ({err}); run the probes again.") from err
+        raise AppInputError(f"the probe table in {shown} cannot be read ({err}); run the probes again.") from err
     missing = {"layer", "stream", "head", "metric", "value"} - set(table.columns)
     if missing:
-        raise AppInputError(f"the probe table in {where} lacks columns {sorted(missing)}; it is not a workbench probe table.")
+        raise AppInputError(f"the probe table in {shown} lacks columns {sorted(missing)}; it is not a workbench probe table.")
     meta_file = where / "metadata.json"
     try:
         metadata = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     except json.JSONDecodeError:
         metadata = {}
-    return ProbeResults(checkpoint, table, metadata, str(where))
+    return ProbeResults(checkpoint, table, metadata, shown)
 
 
 QUICK_PROBES = ("parts", "specialisation", "histograms", "entropy", "sink", "by_step")
