@@ -218,8 +218,9 @@ STATS_PROBES = "histograms,parts,specialisation,sink,entropy,by_step"
 def probe_grid(args: argparse.Namespace) -> None:
     """Probes of the --seeds runs (here seed 0 by default) on their whole held-out text through the fused
     kernel (`probe --fast`): every probe on `best/`, with the causal checks on
-    --causal-sequences windows; the attention statistics alone on each snapshot (the emergence
-    question). Results in `<run>/probes/<best|step-NNNNNN>/`; finished ones are kept."""
+    --causal-sequences windows (its bundled copy in --dest if `bundle` made one); the attention
+    statistics alone on each snapshot (the emergence question). Results in
+    `<run>/probes/<best|step-NNNNNN>/`; finished ones are kept."""
     jobs = []
     for run in grid(args):
         run_dir = Path(args.runs) / run.name
@@ -227,9 +228,9 @@ def probe_grid(args: argparse.Namespace) -> None:
             print(f"{run.name}: not finished; not probed")
             continue
         snapshots = sorted((run_dir / "snapshots").glob("step-*")) if (run_dir / "snapshots").is_dir() else []
-        jobs += [(0, run, run_dir, run_dir / "best")] + [(1, run, run_dir, snap) for snap in snapshots]
+        jobs += [(0, run, run_dir, _bundled_copy(run, run_dir, args))] + [(1, run, run_dir, snap) for snap in snapshots]
     for _, run, run_dir, model_dir in sorted(jobs, key=lambda j: j[0]):  # every best/ first
-        out = run_dir / "probes" / model_dir.name
+        out = run_dir / "probes" / ("best" if model_dir.parent.resolve() == Path(args.dest).resolve() else model_dir.name)
         if (out / "metadata.json").is_file():
             continue
         extra = ["--causal-sequences", str(args.causal_sequences)] if model_dir.name == "best" else ["--probes", STATS_PROBES]
@@ -239,6 +240,14 @@ def probe_grid(args: argparse.Namespace) -> None:
         started = time.monotonic()
         subprocess.run(cmd, check=True, cwd=ROOT)
         print(f"{run.name}/{model_dir.name}: probed in {time.monotonic() - started:.0f} s")
+
+
+def _bundled_copy(run: Run, run_dir: Path, args: argparse.Namespace) -> Path:
+    """`best/`, or its bundled float16 copy in --dest when there is one (probe results of a
+    bundled checkpoint must be of its own weights)."""
+    best, bundled = run_dir / "best", Path(args.dest) / f"{run.variant}-{run.seq_len}"
+    training = lambda d: json.loads((d / "checkpoint.json").read_text()).get("training")  # noqa: E731
+    return bundled if (bundled / "checkpoint.json").is_file() and training(bundled) == training(best) else best
 
 
 def bundle(args: argparse.Namespace) -> None:

@@ -3,12 +3,12 @@
 # leave what must come back under $OUT (at most 8 files of 16 MB). Run from the project root with
 # the corpus at runs/study-corpus.jsonl (scripts/build_study_corpus.py).
 #
-#   bash scripts/study_device.sh grid LENGTH SIZE TOKENS SECONDS [SWEEP_SIZE ...]
 #   bash scripts/study_device.sh all SIZE TOKENS SECONDS [SWEEP_SIZE ...]
 #
-# grid: trains 3 variants x 3 seeds at one length (at most SECONDS), beside them decoupled_rope
+# Trains 3 variants x {128, 1024} x 3 seeds (at most SECONDS), beside them decoupled_rope-128
 # seed 0 at each SWEEP_SIZE (the size sweep, runs/sweep-SIZE), then evaluates the grid, bundles
-# its seed-0 models and probes them, packing each result as soon as it exists.
+# its seed-0 models and probes them, packing each result as soon as it exists. DEADLINE (s,
+# default 575) bounds the whole stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/out}"
@@ -51,27 +51,9 @@ case "$stage" in
     tar czf "$OUT/runs.tgz" runs/study/*-s*/{metrics.jsonl,settings.json} runs/study/*.log \
       $(ls -d runs/study/*/eval runs/study.json runs/study.windows.safetensors runs/sweep-*/*/metrics.jsonl \
         runs/sweep-*/*/settings.json runs/sweep-*/*.log 2>/dev/null)
-    timeout $((deadline - SECONDS)) python3 scripts/study.py probe "${grid[@]}" ${STUDY_OPTIONS:-} || echo "probes stopped (deadline or error)"
+    timeout $((deadline - SECONDS)) python3 scripts/study.py probe "${grid[@]}" --dest runs/bundle ${STUDY_OPTIONS:-} \
+      || echo "probes stopped (deadline or error)"
     tar czf "$OUT/probes.tgz" runs/study/*-s0/probes || true
-    ;;
-  grid)
-    length="$1" size="$2" tokens="$3" seconds="$4" deadline=$((SECONDS + 560)); shift 4
-    for sweep in "$@"; do
-      study train --runs "runs/sweep-$sweep" --size "$sweep" --variants decoupled_rope --lengths "$length" --seeds 0 \
-        --train-tokens "$tokens" --seconds "$seconds" --parallel 1 > "runs/sweep-$sweep-$length.out" 2>&1 &
-    done
-    grid=(--runs runs/study --size "$size" --lengths "$length" --train-tokens "$tokens")
-    study train "${grid[@]}" --seconds "$seconds" --parallel 9
-    wait
-    cat runs/sweep-*-"$length".out 2>/dev/null || true
-    tar czf "$OUT/curves-$length.tgz" runs/study/*-"$length"-s*/{metrics.jsonl,settings.json} runs/study/*-"$length"-s*.log \
-      $(ls -d runs/sweep-*/*-"$length"-s0/{metrics.jsonl,settings.json} runs/sweep-*/*.log 2>/dev/null)
-    study evaluate "${grid[@]}" --out "runs/study-$length.json"
-    study bundle "${grid[@]}" --dest runs/bundle
-    for d in runs/bundle/*-"$length"; do tar cf "$OUT/$(basename "$d").tar" -C runs/bundle "$(basename "$d")"; done
-    tar czf "$OUT/eval-$length.tgz" runs/study/*-"$length"-s*/eval "runs/study-$length.json"
-    timeout $((deadline - SECONDS)) python3 scripts/study.py probe "${grid[@]}" ${STUDY_OPTIONS:-} || echo "probes stopped (deadline or error)"
-    tar czf "$OUT/probes-$length.tgz" runs/study/*-"$length"-s0/probes || true
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

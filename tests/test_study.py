@@ -44,7 +44,22 @@ def test_tiny_study_end_to_end(tmp_path):
     [effect] = result["length_effect"]
     assert effect["variant"] == "decoupled_rope" and (effect["from"], effect["to"]) == (16, 32)
     assert effect["df"] == 1 and set(effect["per_seed"]) == {"0", "1"}
+    assert all(row["skipped_windows"] == 8 for row in result["runs"])  # early stopping's windows are not test windows
     assert (out.with_suffix(".windows.safetensors")).is_file()
+    again = tmp_path / "again.json"  # report rebuilds the same file from the runs' eval/ caches, no model needed
+    subprocess.run([*study, "report", *grid, "--out", str(again)], check=True, capture_output=True, cwd=ROOT)
+    assert json.loads(again.read_text()) == result
+    dest = tmp_path / "bundle"
+    subprocess.run([*study, "bundle", *grid, "--seeds", "0", "--dest", str(dest)], check=True, capture_output=True, cwd=ROOT)
+    from safetensors import safe_open
+
+    from workbench import checkpoint as ckpt
+
+    assert ckpt.load(dest / "decoupled_rope-32").cfg.n_ctx == 32
+    with safe_open(str(dest / "decoupled_rope-32" / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    assert (dest / "decoupled_rope-32" / "val.txt").read_text() == (
+        tmp_path / "runs" / "decoupled_rope-32-s0" / "best" / "val.txt").read_text()
     assert (tmp_path / "runs" / "two_stream-16-s0" / "snapshots").is_dir()
     table = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_tables.py"), str(out)],
                            capture_output=True, text=True, check=True).stdout

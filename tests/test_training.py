@@ -121,6 +121,20 @@ def test_gradient_accumulation_matches_one_pass(tmp_path, corpus_file):
         train(settings, tmp_path / "bad", progress=False, micro_batch_tokens=96)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_gradient_accumulation_on_the_gpu(tmp_path, corpus_file):
+    """On CUDA the trainer compiles the step; with micro-batches it must not replay CUDA graphs
+    (a second replay overwrote the first pass's gradient outputs, 2026-12-07): it trains, stays
+    compiled, and ends near the one-pass run (bf16 autocast: not bit-equal)."""
+    settings = tiny_settings(corpus_file, steps=20, eval_every=20, checkpoint_every=10)
+    one = train(settings, tmp_path / "one", progress=False)
+    four = train(settings, tmp_path / "four", progress=False, micro_batch_tokens=4 * 32)
+    lines = [json.loads(l) for l in (tmp_path / "four" / "metrics.jsonl").read_text().splitlines()]
+    assert all(l["compiled"] for l in lines if "compiled" in l)
+    assert _max_weight_difference(one.model, four.model) < 2e-2
+
+
 def test_killed_before_its_first_checkpoint_then_rerun(tmp_path, corpus_file):
     """Other settings are refused (nothing of the old run is touched); the same settings start
     cleanly, without the dead run's metric lines."""
