@@ -47,9 +47,11 @@ case "$stage" in
     cat runs/sweep-*.out 2>/dev/null || true
     study evaluate "${grid[@]}" --out runs/study.json || echo "evaluation failed"
     study bundle "${grid[@]}" --dest runs/bundle || echo "bundle failed"
+    python3 -m workbench.cli eval --checkpoint runs/bundle/* --orders 4 --out runs/nll.json || echo "eval of the bundle failed"
     for d in $(ls -d runs/bundle/* 2>/dev/null); do tar cf "$OUT/$(basename "$d").tar" -C runs/bundle "$(basename "$d")"; done
     tar czf "$OUT/runs.tgz" runs/study/*-s*/{metrics.jsonl,settings.json} runs/study/*.log \
-      $(ls -d runs/study/*/eval runs/study.json runs/study.windows.safetensors runs/sweep-*/*/metrics.jsonl \
+      $(ls -d runs/study/*/eval runs/study.json runs/study.windows.safetensors runs/nll.json runs/nll.windows.safetensors \
+        runs/sweep-*/*/metrics.jsonl \
         runs/sweep-*/*/settings.json runs/sweep-*/*.log 2>/dev/null)
     timeout $((deadline - SECONDS)) python3 scripts/study.py probe "${grid[@]}" --dest runs/bundle ${STUDY_OPTIONS:-} \
       || echo "probes stopped (deadline or error)"
