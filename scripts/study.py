@@ -124,16 +124,20 @@ def evaluate_grid(args: argparse.Namespace) -> None:
     window, the same orders for every run at a length."""
     import torch
 
+    from workbench.results_io import write_json_atomic
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for run in grid(args):
         run_dir = Path(args.runs) / run.name
         if (run_dir / "eval" / "row.json").is_file():
             continue
         state = progress(run_dir)
-        if not state["finished"]:
+        if not state["finished"] and not (args.unfinished and (run_dir / "best" / "checkpoint.json").is_file()):
             print(f"{run.name}: not finished (step {state['step']} of {state['steps']}); left out")
             continue
         row = evaluate_run(run, run_dir, args, device)
+        row["finished"] = state["finished"]  # False only under --unfinished: best/ of a run cut short
+        write_json_atomic(run_dir / "eval" / "row.json", row)
         print(f"{run.name}: any-order {row['any_order_bits']:.4f}, left-to-right {row['left_to_right_bits']:.4f}")
     report(args)
 
@@ -224,8 +228,8 @@ def probe_grid(args: argparse.Namespace) -> None:
     jobs = []
     for run in grid(args):
         run_dir = Path(args.runs) / run.name
-        if not progress(run_dir)["finished"]:
-            print(f"{run.name}: not finished; not probed")
+        if not (run_dir / "best" / "checkpoint.json").is_file():
+            print(f"{run.name}: no best/ yet; not probed")
             continue
         snapshots = sorted((run_dir / "snapshots").glob("step-*")) if (run_dir / "snapshots").is_dir() else []
         jobs += [(0, run, run_dir, _bundled_copy(run, run_dir, args))] + [(1, run, run_dir, snap) for snap in snapshots]
@@ -348,6 +352,8 @@ def main() -> None:
         p.add_argument("--orders", type=int, default=8, help="random orders per held-out window")
         p.add_argument("--max-windows", type=int, default=0, help="evaluate only the first N windows (0: all)")
         p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--unfinished", action="store_true",
+                       help="evaluate: also the best/ of runs cut short (their rows say finished: false)")
         p.add_argument("--causal-sequences", type=int, default=256, help="probe: windows for the causal checks")
         p.add_argument("--dest", default=str(ROOT / "checkpoints"), help="bundle: where the checkpoints go")
     args = parser.parse_args()

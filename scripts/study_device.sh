@@ -45,7 +45,7 @@ case "$stage" in
     study train "${grid[@]}" --seconds "$seconds" --parallel 9 --micro-batch-tokens 16384
     wait
     cat runs/sweep-*.out 2>/dev/null || true
-    study evaluate "${grid[@]}" --out runs/study.json || echo "evaluation failed"
+    study evaluate "${grid[@]}" --out runs/study.json --unfinished || echo "evaluation failed"
     study bundle "${grid[@]}" --dest runs/bundle || echo "bundle failed"
     python3 -m workbench.cli eval --checkpoint runs/bundle/* --orders 4 --out runs/nll.json || echo "eval of the bundle failed"
     for d in $(ls -d runs/bundle/* 2>/dev/null); do tar cf "$OUT/$(basename "$d").tar" -C runs/bundle "$(basename "$d")"; done
