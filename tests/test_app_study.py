@@ -1,0 +1,99 @@
+"""Issue 19, item 2: the study's committed files as frames, and the verdict sentence."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tests.app_support import STUDY_SAMPLE
+from workbench import app_data
+
+# ---- loaders ---------------------------------------------------------------------------------------------------
+
+
+def test_study_loaders_read_the_rehearsal_files():
+    study = json.loads((STUDY_SAMPLE / "study.json").read_text())
+    runs = app_data.study_runs(STUDY_SAMPLE)
+    assert len(runs) == len(study["runs"]) == 8 and set(runs["length"]) == {16, 32} and set(runs["seed"]) == {0, 1}
+    row = runs[(runs["variant"] == "two_stream") & (runs["length"] == 16) & (runs["seed"] == 0)].iloc[0]
+    assert row["any_order"] == pytest.approx(study["runs"][0]["any_order_bits"])
+
+    seeds = app_data.study_seed_gaps(STUDY_SAMPLE)
+    assert len(seeds) == 4 and set(seeds["baseline"]) == {"two_stream"}
+    gaps = app_data.study_gaps(STUDY_SAMPLE).set_index("length")
+    for length in (16, 32):  # the gap over seeds is the mean of the seeds' paired gaps
+        assert gaps.loc[length, "gap"] == pytest.approx(seeds[seeds["length"] == length]["gap"].mean())
+        assert gaps.loc[length, "n_seeds"] == 2
+        assert gaps.loc[length, "ci"] == pytest.approx((gaps.loc[length, "ci_high"] - gaps.loc[length, "ci_low"]) / 2)
+
+    [effect] = app_data.study_length_effect(STUDY_SAMPLE).to_dict("records")
+    assert (effect["variant"], effect["from"], effect["to"], effect["n_seeds"]) == ("decoupled_rope", 16, 32, 2)
+    assert effect["change"] == pytest.approx(gaps.loc[32, "gap"] - gaps.loc[16, "gap"])
+    assert effect["per_seed"] == "0: -0.052, 1: -0.038"
+
+    curves = app_data.study_curves(STUDY_SAMPLE)
+    assert set(curves["kind"]) == {"run", "sweep"}
+    assert (curves.groupby("run")["best"].sum() == 1).all()  # one best/ evaluation per run
+    assert (curves.groupby("run")["tokens"].diff().dropna() > 0).all()
+
+    emergence = app_data.study_emergence(STUDY_SAMPLE)
+    raw = json.loads((STUDY_SAMPLE / "study-emergence.json").read_text())
+    assert set(emergence["run"]) == set(raw)
+    first = raw["two_stream-16-s0"][0]
+    got = emergence[(emergence["run"] == "two_stream-16-s0") & (emergence["model"] == first["model"]) & (emergence["stream"] == first["stream"])]
+    assert dict(zip(got["label"], got["count"])) == {k: first[k] for k in ("semantic", "structural", "sink", "diffuse")}
+    assert set(emergence["seed"]) == {0, 1} and set(emergence["stream"]) == {"content", "query", "main"}
+
+
+def test_study_loaders_say_what_is_missing_or_malformed(tmp_path):
+    for loader in (app_data.study_runs, app_data.study_gaps, app_data.study_curves, app_data.study_emergence):
+        with pytest.raises(app_data.AppInputError, match=r"no study results at .*study.*\.json.*docs/study\.md"):
+            loader(tmp_path)
+    (tmp_path / "study.json").write_text(json.dumps({"runs": [{"variant": "two_stream"}]}))
+    with pytest.raises(app_data.AppInputError, match="study.json is not in the format of the study's scripts"):
+        app_data.study_runs(tmp_path)
+    (tmp_path / "study-emergence.json").write_text("{ not json")
+    with pytest.raises(app_data.AppInputError, match="not valid JSON"):
+        app_data.study_emergence(tmp_path)
+
+
+# ---- the verdict -------------------------------------------------------------------------------------------------
+
+
+def effect(change: float, half: float, n_seeds: int = 3) -> dict:
+    return {"variant": "decoupled_rope", "baseline": "two_stream", "from": 128, "to": 1024, "change": change,
+            "ci_low": change - half, "ci_high": change + half, "ci": half, "n_seeds": n_seeds}
+
+
+def test_verdict_when_the_interval_includes_zero():
+    sentence = app_data.study_verdict(effect(0.012, 0.020))
+    assert sentence.startswith("decoupled_rope − two_stream changes by +0.012 ± 0.020 bits/token from 128 to 1024 (3 seeds")
+    assert "the interval includes 0 — no length effect detected at this resolution" in sentence
+    assert "it can tell a 0.03 bits/token change from zero (half-width 0.020 < 0.03)" in sentence
+    wide = app_data.study_verdict(effect(0.012, 0.085))
+    assert "includes 0" in wide and "too wide to tell a 0.03 bits/token change from zero (half-width 0.085 ≥ 0.03)" in wide
+
+
+def test_verdict_when_the_interval_excludes_zero():
+    grows = app_data.study_verdict(effect(0.08, 0.02))
+    assert "+0.080 ± 0.020" in grows and "the interval excludes 0 — the gap grows with length" in grows and "can tell" in grows
+    shrinks = app_data.study_verdict(effect(-0.08, 0.05))
+    assert "the interval excludes 0 — the gap shrinks with length" in shrinks and "too wide" in shrinks
+
+
+def test_verdict_with_one_seed_says_there_is_no_interval():
+    for one in (effect(0.05, math.nan, n_seeds=1), {**effect(0.05, 0.0, n_seeds=1), "ci_low": math.nan, "ci_high": math.nan, "ci": math.nan}):
+        sentence = app_data.study_verdict(one)
+        assert "+0.050 bits/token from 128 to 1024 (1 seed)" in sentence and "no interval over seeds" in sentence
+        assert "±" not in sentence and "excludes" not in sentence and "includes" not in sentence
+
+
+def test_one_seed_study_reads_as_no_interval(tmp_path):
+    """scripts/study.py writes a one-seed interval as NaN; a null reads the same."""
+    study = json.loads((STUDY_SAMPLE / "study.json").read_text())
+    study["length_effect"][0].update(per_seed={"0": -0.05}, ci_low=None, ci_high=None)
+    (tmp_path / "study.json").write_text(json.dumps(study))
+    [row] = app_data.study_length_effect(tmp_path).to_dict("records")
+    assert math.isnan(row["ci"]) and "no interval over seeds" in app_data.study_verdict(row)
