@@ -1,13 +1,17 @@
-"""Issue 19, item 2: the study's committed files as frames, and the verdict sentence."""
+"""Issue 19, item 2: the Overview shows the study's verdict with its interval (the gap to two_stream
+against length with seed intervals, validation curves, head labels along training), read from
+the study's committed files; the loaders and the verdict sentence on their own."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 
-from tests.app_support import STUDY_SAMPLE
+from tests.app_support import STUDY_SAMPLE, figure, make_results, texts
+from tests.test_app import open_page
 from workbench import app_data
 
 # ---- loaders ---------------------------------------------------------------------------------------------------
@@ -97,3 +101,77 @@ def test_one_seed_study_reads_as_no_interval(tmp_path):
     (tmp_path / "study.json").write_text(json.dumps(study))
     [row] = app_data.study_length_effect(tmp_path).to_dict("records")
     assert math.isnan(row["ci"]) and "no interval over seeds" in app_data.study_verdict(row)
+
+
+# ---- the Overview ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def study_env(monkeypatch, tmp_path):
+    monkeypatch.setenv(app_data.RESULTS_ENV, str(make_results(tmp_path / "results", checkpoints=(), study=True)))
+    monkeypatch.delenv(app_data.CHECKPOINTS_ENV, raising=False)
+    return tmp_path / "results"
+
+
+def test_overview_shows_the_study_verdict_gap_curves_and_emergence(study_env):
+    at = open_page()
+    shown = texts(at)
+    [row] = app_data.study_length_effect(study_env).to_dict("records")
+    assert app_data.study_verdict(row) in shown
+    assert "decoupled_rope − two_stream changes by -0.045 ± 0.085 bits/token from 16 to 32 (2 seeds" in shown
+
+    gap = figure(at, "Gap to two_stream against length")
+    gaps, seeds = app_data.study_gaps(study_env), app_data.study_seed_gaps(study_env)
+    means = next(t for t in gap["data"] if t["name"] == "decoupled_rope, mean over seeds")
+    assert means["y"] == pytest.approx(gaps.sort_values("length")["gap"].tolist())
+    assert means["error_y"]["array"] == pytest.approx((gaps["ci_high"] - gaps["gap"]).tolist())
+    each = next(t for t in gap["data"] if t["name"] == "decoupled_rope, each seed")
+    assert sorted(each["y"]) == pytest.approx(sorted(seeds["gap"]))
+
+    curves = figure(at, "Validation curves")
+    lines = [t for t in curves["data"] if t["mode"] == "lines"]
+    assert len(lines) == 12 and {t["name"] for t in lines} == {"two_stream", "decoupled_rope"}  # 12 runs, the sweep apart
+    assert sum(len(t["x"]) for t in curves["data"] if t["mode"] == "markers") == 12  # one best/ star per run
+    sweep = figure(at, "Size sweep")
+    assert [t["name"] for t in sweep["data"] if t["mode"] == "lines"] == ["two_stream"]
+
+    emergence = figure(at, "Heads labelled semantic / structural")
+    lines = [t for t in emergence["data"] if t["mode"] == "lines+markers"]
+    assert {t["name"] for t in lines} == {"two_stream · content", "two_stream · query", "decoupled_rope · main"}
+    assert len(lines) == 2 * 6  # (semantic, structural) x seed-0 (run, stream) pairs: 2 lengths x 3 streams
+    raw = json.loads((study_env / "study-emergence.json").read_text())
+    query = [r for r in raw["two_stream-32-s0"] if r["stream"] == "query"]
+    line = next(t for t in lines if t["name"] == "two_stream · query" and t["xaxis"] == "x4")  # structural, length 32
+    assert line["y"] == [r["structural"] for r in query if r["model"] != "best"]
+    [best] = [t for t in emergence["data"] if t["mode"] == "markers" and t["xaxis"] == "x4" and "two_stream-32-s0, query" in t["hovertemplate"]]
+    assert best["x"] == [r["tokens"] for r in query if r["model"] == "best"]
+    assert "Seed 0 of each variant and length" in shown
+
+    assert "The bundled checkpoints' own held-out evaluation" in shown and "This is not the study" in shown
+    figure(at, "Bits per token on the held-out text, bundled checkpoints")
+
+
+def test_overview_without_the_study_says_so_and_keeps_the_bundled_evaluation(study_env):
+    (study_env / "study.json").unlink()
+    at = open_page()
+    shown = texts(at)
+    assert "no study results at" in shown and "study.json" in shown and "docs/study.md" in shown
+    assert "the claim above is untested here" in shown
+    assert not [f for f in at.get("plotly_chart") if "Gap to two_stream" in f.proto.spec]
+    assert "decoupled_rope − two_stream at 128: **+0.137" in shown
+
+
+def test_overview_with_the_study_but_no_curves_or_emergence(study_env):
+    for name in ("study-curves.json", "study-emergence.json"):
+        (study_env / name).unlink()
+    at = open_page()
+    shown = texts(at)
+    assert "Verdict on the length effect" in shown
+    assert "no study results at" in shown and "study-curves.json" in shown and "study-emergence.json" in shown
+    figure(at, "Gap to two_stream against length")
+
+
+def test_a_results_directory_with_only_the_study_is_accepted(tmp_path):
+    for path in STUDY_SAMPLE.glob("study*.json"):
+        shutil.copy(path, tmp_path / path.name)
+    assert app_data.source_dir("results", str(tmp_path)) == tmp_path
