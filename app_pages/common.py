@@ -122,6 +122,18 @@ def nll_table():
     return _nll_table(str(path), _mtime(path))
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _study_frame(loader: str, root: str, stamp: tuple):
+    return getattr(app_data, loader)(Path(root))
+
+
+def study_frame(loader: str):
+    """`app_data.<loader>` (`study_runs`, `study_gaps`, ...) of this session's results directory,
+    cached until one of the study's files changes; AppInputError while the file is missing."""
+    root = results_root()
+    return _study_frame(loader, str(root), tuple(_mtime(root / name) for name in app_data.STUDY_FILES))
+
+
 @st.cache_data(show_spinner="Reading probe results...", max_entries=16)
 def _probe_results(checkpoint: str, root: str, mtime: float) -> app_data.ProbeResults:
     return app_data.load_probe_results(checkpoint, Path(root))

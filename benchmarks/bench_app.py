@@ -174,7 +174,7 @@ def browser_timings(repeats: int) -> dict[str, dict] | str:
         for _ in range(repeats):
             t = time.perf_counter()
             page.goto(url)  # a new session: the whole page, scripts, first run
-            page.get_by_text("NLL by variant and length").first.wait_for()
+            page.get_by_text("own held-out evaluation").first.wait_for()
             page.locator(".js-plotly-plot").first.wait_for()
             wait_idle(page, poll=0.02, quiet_polls=1)
             times.append(time.perf_counter() - t)

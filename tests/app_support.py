@@ -18,6 +18,10 @@ APP = str(REPO / "app.py")
 N_LAYERS, N_HEADS = 4, 6
 STREAMS = {"two_stream": ("content", "query"), "decoupled_rope": ("main",), "sigma_gpt": ("main",)}
 PARTS = ("S_only", "R_only", "both", "neither")
+STUDY_SAMPLE = REPO / "tests" / "data" / "study"
+"""The study's three files (study.json, study-curves.json, study-emergence.json) as a tiny CPU
+rehearsal of scripts/study.py and scripts/study_results.py wrote them: two_stream and
+decoupled_rope at lengths 16 and 32, seeds 0 and 1 (the curves also hold length-128 runs)."""
 
 
 def synthetic_index(checkpoint: str, layer: int, stream: str, head: int) -> float:
@@ -93,13 +97,17 @@ def overlap(length: int, k: int) -> float:
     return float((k / steps).mean())
 
 
-def make_results(root: Path, checkpoints=("two_stream-128", "two_stream-1024", "decoupled_rope-128"), joint=()) -> Path:
+def make_results(root: Path, checkpoints=("two_stream-128", "two_stream-1024", "decoupled_rope-128"), joint=(), study=False) -> Path:
     """A results directory: the real nll.json and synthetic probe tables for `checkpoints`; those
-    also in `joint` hold a joint semantic x recency histogram too (`joint_rows`)."""
+    also in `joint` hold a joint semantic x recency histogram too (`joint_rows`); with `study`, the
+    study's files of `STUDY_SAMPLE`."""
     from workbench.probing.table import rows_to_table, write_table
 
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "results" / "nll.json", root / "nll.json")
+    if study:
+        for path in STUDY_SAMPLE.glob("study*.json"):
+            shutil.copy(path, root / path.name)
     for name in checkpoints:
         out = root / "probes" / name
         out.mkdir(parents=True, exist_ok=True)

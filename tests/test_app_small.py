@@ -1,7 +1,7 @@
-"""Issue 19, items 2 and 8: the Overview says what the results show instead of stating the claim,
-with a place for the study's verdict; and the small items (hints that point to what exists, out
-of range numbers, one-token text, readable causal columns with the paired excess, the divergence
-note, the checkpoints listing, run_app.sh's file watcher)."""
+"""Issue 19, items 2 and 8: the Overview states the claim as a hypothesis and says what the bundled
+checkpoints' evaluation shows (the study's verdict: tests/test_app_study.py); and the small items
+(hints that point to what exists, out of range numbers, one-token text, readable causal columns
+with the paired excess, the divergence note, the checkpoints listing, run_app.sh's file watcher)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_overview_states_the_claim_as_a_hypothesis_and_shows_gaps_with_intervals
     at = open_page()
     shown = texts(at)
     assert "The hypothesis under test" in shown and "not a finding" in shown
-    assert "No verdict yet" in shown and app_data.VERDICT_FILE in shown
+    assert "no study results at" in shown and "docs/study.md" in shown
     nll = json.loads((results / "nll.json").read_text())
     gap = lambda v, n: nll[f"{v}-{n}"]["any_order_bits"]["mean"] - nll[f"two_stream-{n}"]["any_order_bits"]["mean"]  # noqa: E731
     change = gap("decoupled_rope", 1024) - gap("decoupled_rope", 128)
@@ -37,14 +37,6 @@ def test_gap_change_combines_the_two_intervals():
     gaps = pd.DataFrame({"length": [128, 1024], "variant": ["x", "x"], "gap": [0.1, 0.4], "ci": [0.03, 0.04]})
     [row] = app_data.gap_change(gaps).to_dict("records")
     assert row["change"] == pytest.approx(0.3) and row["ci"] == pytest.approx(0.05) and (row["from"], row["to"]) == (128, 1024)
-
-
-def test_overview_shows_the_study_verdict_when_there_is_one(monkeypatch, tmp_path):
-    root = make_results(tmp_path / "results", checkpoints=())
-    (root / app_data.VERDICT_FILE).write_text("**Verdict (test).** The gap grows by 0.1 ± 0.02 bits.")
-    monkeypatch.setenv(app_data.RESULTS_ENV, str(root))
-    at = open_page()
-    assert "The gap grows by 0.1 ± 0.02 bits." in texts(at) and "No verdict yet" not in texts(at)
 
 
 # ---- item 8: small items ---------------------------------------------------------------------------------------
@@ -124,7 +116,7 @@ def test_paths_inside_the_project_are_shown_relative_to_it(monkeypatch):
     at = open_page(p_source_results=str(REPO / "results"))
     assert [t.placeholder for t in at.text_input] == ["checkpoints", "results"]
     shown = texts(at)
-    assert "Using results" in shown and f"results/{app_data.VERDICT_FILE}" in shown and "`results/probes/two_stream-128/probes.parquet`" in shown
+    assert "Using results" in shown and "results/study.json" in shown and "`results/probes/two_stream-128/probes.parquet`" in shown
     at.switch_page("app_pages/heads.py").run()
     assert "results/probes/two_stream-128" in texts(at)
     assert str(REPO) not in texts(at)

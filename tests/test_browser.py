@@ -137,7 +137,7 @@ def tour(url: str, out: Path, *, viewport=(1400, 1000), run_causal: bool = True,
             page.get_by_text("where does each head look", exact=False).first.wait_for()
             wait_idle(page)
             page.locator(".js-plotly-plot").first.wait_for()
-            assert page.get_by_text("NLL by variant and length").count() == 1
+            assert page.get_by_text("own held-out evaluation").count() == 1
             shots["overview"] = shoot(page, out / "overview.png")
 
             # Head specialisation: click the cell (layer, head) of the query-stream map.

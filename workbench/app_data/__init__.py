@@ -6,7 +6,8 @@ model), and turn `AppInputError` into messages. Everything here is importable an
 plain Python or a notebook. The modules mirror `app_pages/`:
 
 - `common`: where checkpoints and results live, `AppInputError`, a loaded model with its lock;
-- `overview`: the checkpoint catalog and the NLL table;
+- `overview`: the checkpoint catalog and the NLL table of the bundled checkpoints;
+- `study`: the length-effect study's results (runs, gaps over seeds, curves, emergence) and its verdict;
 - `probes`: probe results (committed, or a quick estimate), and the one reader of labels and of
   chance values;
 - `heads`: per-head frames and grids for the Head specialisation page;
@@ -29,4 +30,5 @@ from workbench.app_data.heads import *  # noqa: F403
 from workbench.app_data.overview import *  # noqa: F403
 from workbench.app_data.probes import *  # noqa: F403
 from workbench.app_data.samples import *  # noqa: F403
+from workbench.app_data.study import *  # noqa: F403
 from workbench.app_data.text import *  # noqa: F403

@@ -16,7 +16,7 @@ __all__ = ["REPO", "RESULTS_ENV", "CHECKPOINTS_ENV", "STREAMS_OF", "AppInputErro
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS_ENV = "WORKBENCH_RESULTS"
-"""Directory holding `nll.json` and `probes/<checkpoint>/` (default: `results/` of the repo)."""
+"""Directory holding `nll.json`, `probes/<checkpoint>/` and the study's `study*.json` (default: `results/` of the repo)."""
 CHECKPOINTS_ENV = "WORKBENCH_CHECKPOINTS"
 """Directory of checkpoints the app lists (default: the bundled `checkpoints/`)."""
 
@@ -48,7 +48,7 @@ def shown_path(path: Path | str) -> str:
 
 def source_dir(kind: str, text: str) -> Path:
     """A directory the user typed for "checkpoints" or "results", checked: it must exist and hold
-    what the app reads (checkpoint directories; `nll.json` or `probes/`). A checkpoint directory
+    what the app reads (checkpoint directories; `nll.json`, `study.json` or `probes/`). A checkpoint directory
     given as the checkpoints directory stands for its parent."""
     from workbench.checkpoint import META
 
@@ -62,8 +62,8 @@ def source_dir(kind: str, text: str) -> Path:
             raise AppInputError(f"{shown_path(path)} holds no checkpoint (no sub-directory with {META}).")
         return path
     if kind == "results":
-        if not ((path / "nll.json").is_file() or (path / "probes").is_dir()):
-            raise AppInputError(f"{shown_path(path)} holds neither nll.json nor probes/: it is not a results directory.")
+        if not ((path / "nll.json").is_file() or (path / "study.json").is_file() or (path / "probes").is_dir()):
+            raise AppInputError(f"{shown_path(path)} holds none of nll.json, study.json, probes/: it is not a results directory.")
         return path
     raise ValueError(f"kind must be 'checkpoints' or 'results', got {kind!r}")
 

@@ -14,7 +14,7 @@ import pandas as pd
 from workbench.app_data.common import AppInputError, checkpoints_dir, results_dir, shown_path, streams_of
 from workbench.checkpoint import META, CheckpointError, read_info
 
-__all__ = ["CLAIM", "VERDICT_FILE", "CheckpointEntry", "catalog", "catalog_frame", "nll_table", "nll_gaps", "gap_change", "nll_by_fraction"]
+__all__ = ["CLAIM", "CheckpointEntry", "catalog", "catalog_frame", "nll_table", "nll_gaps", "gap_change", "nll_by_fraction"]
 
 CLAIM = (
     "In any-order generation each step must attend both to semantically informative tokens "
@@ -25,9 +25,7 @@ CLAIM = (
     "(Pynadath and Zhang, 2026)."
 )
 """The paper's claim: the hypothesis the workbench tests, never shown as a finding."""
-VERDICT_FILE = "verdict.md"
-"""Markdown in the results directory in which the study states its verdict, with its intervals; the
-Overview shows it as written, and says that there is none while it is missing."""
+
 
 @dataclass(frozen=True)
 class CheckpointEntry:

@@ -7,7 +7,9 @@ Like CircuitsVis, nothing here sees a model: computing activations is the caller
   and its by-step curves;
 - `sample`: one attention row over the text, the row as bars, a head's whole pattern, the
   model's prediction, NLL along the generation;
-- `results`: the NLL table, causal effects, the divergence of the two orders.
+- `results`: the NLL table, causal effects, the divergence of the two orders;
+- `study`: the length-effect study's gap against length, validation curves and head labels along
+  training.
 """
 
 from workbench.viz.heads import by_step_figure, head_maps, head_scatter, histogram_figure, with_selected
@@ -19,6 +21,7 @@ from workbench.viz.results import (
     nll_fraction_figure,
 )
 from workbench.viz.sample import attention_bars, nll_steps_figure, pattern_heatmap, prediction_bars, text_grid
+from workbench.viz.study import curves_figure, emergence_figure, gap_figure
 from workbench.viz.style import PART_COLOURS, STREAM_COLOURS
 
 __all__ = [
@@ -26,9 +29,12 @@ __all__ = [
     "STREAM_COLOURS",
     "attention_bars",
     "by_step_figure",
+    "curves_figure",
     "divergence_figure",
     "divergence_strip",
     "effect_bars",
+    "emergence_figure",
+    "gap_figure",
     "head_maps",
     "head_scatter",
     "histogram_figure",
