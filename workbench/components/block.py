@@ -64,12 +64,14 @@ class Block(nn.Module):
     ) -> Tensor:
         """Slots first.. of a stream that attends to itself (rank <= own): the single stream, or
         the two-stream content stream. Keys are rotated by `key_pos` (each slot's own position),
-        queries by `query_pos` (the target for a single stream, the own position for content)."""
+        queries by `query_pos` (the target for a single stream, the own position for content).
+        Hooks fire in the order hook_k, hook_v, hook_rot_k, hook_q, hook_rot_q."""
 
         def attention(xn: Tensor) -> Tensor:
-            k, v = self.attn.keys_values(xn, hooks.attn)
+            q, k, v = self.attn.project(xn)
+            k, v = hooks.attn.hook_k(k), hooks.attn.hook_v(v)
             _, k_rot, v = cache.extend(k, self.attn.rotate_keys(k, key_pos, hooks.attn), v)
-            q = self.attn.queries(xn, query_pos, hooks.attn)
+            q = self.attn.hooked_queries(q, query_pos, hooks.attn)
             return self.attn.attend(q, k_rot, v, first, hooks.attn)
 
         return self.residual(x, hooks, attention)
