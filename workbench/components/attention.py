@@ -18,11 +18,11 @@ import math
 import einops
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor, nn
 
 from workbench.components.hook_sets import is_hooked
-from workbench.components.rotary import Rotary
+from workbench.components.rotary import Angles, Rotary
 from workbench.config import AOConfig
 
 
@@ -55,20 +55,20 @@ class Attention(nn.Module):
     def queries(
         self,
         x: Float[Tensor, "batch slot d_model"],
-        pos: Int[Tensor, "batch slot"],
+        angles: Angles | None,
         hooks: nn.Module,
     ) -> Float[Tensor, "batch slot head d_head"]:
         """Queries alone (the query stream, whose keys are the content stream's), hooked and rotated."""
-        return self.hooked_queries(einops.einsum(x, self.W_Q, "b s d, h d e -> b s h e") + self.b_Q, pos, hooks)
+        return self.hooked_queries(einops.einsum(x, self.W_Q, "b s d, h d e -> b s h e") + self.b_Q, angles, hooks)
 
-    def hooked_queries(self, q: Tensor, pos: Int[Tensor, "batch slot"], hooks: nn.Module) -> Tensor:
+    def hooked_queries(self, q: Tensor, angles: Angles | None, hooks: nn.Module) -> Tensor:
         """`q` through hook_q, rotated by each row's reference position (own or target, by
         stream), through hook_rot_q."""
         q = hooks.hook_q(q)
-        return hooks.hook_rot_q(self.rotary(q, pos)) if self.rotary else q
+        return hooks.hook_rot_q(self.rotary.rotate(q, angles)) if self.rotary else q
 
-    def rotate_keys(self, k: Tensor, pos: Int[Tensor, "batch key"], hooks: nn.Module) -> Tensor:
-        return hooks.hook_rot_k(self.rotary(k, pos)) if self.rotary else k
+    def rotate_keys(self, k: Tensor, angles: Angles | None, hooks: nn.Module) -> Tensor:
+        return hooks.hook_rot_k(self.rotary.rotate(k, angles)) if self.rotary else k
 
     def attend(
         self,
