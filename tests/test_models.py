@@ -1,5 +1,6 @@
 """The model family's contract: causality in generation order, left-to-right reduction, fast ==
-hooked path, KV-cached decoding == full forward, and clear errors for bad inputs."""
+hooked path, the one-matmul Q/K/V projection == three matmuls, KV-cached decoding == full forward,
+and clear errors for bad inputs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 from tests.conftest import random_batch, tiny_config
 from workbench import AOConfig, from_config
+from workbench.components.attention import Attention
 from workbench.decoding import Decoder
 from workbench.orders import ranks
 
@@ -120,6 +122,71 @@ def test_fast_path_equals_hooked_path(tiny_model, n_pos):
     assert any("hook_pattern" in name for name in cache.keys())
     print("max |fast - hooked|:", (fast - hooked).abs().max().item())
     torch.testing.assert_close(fast, hooked, atol=1e-5, rtol=0)
+
+
+def _three_matmuls(attn: Attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The projection as it was before one matmul did it: q, k, v each from its own einsum."""
+    return tuple(
+        torch.einsum("bsd,hde->bshe", x, W) + b
+        for W, b in ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V))
+    )
+
+
+def _run_both(model, monkeypatch, run):
+    """run(model) with the one-matmul projection, then with three matmuls."""
+    fused = run(model)
+    with monkeypatch.context() as patch:
+        patch.setattr(Attention, "project", _three_matmuls)
+        unfused = run(model)
+    return fused, unfused
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_one_matmul_projection_equals_three(tiny_model, monkeypatch, dtype, atol):
+    """Logits, the loss's gradients and every cached activation (hook_q / hook_k / hook_v
+    included: same names, shapes and values) agree with three separate matmuls."""
+    model = tiny_model.to(dtype)
+    tokens, order = random_batch(model, 3, 17, seed=8)
+
+    def run(m):
+        m.zero_grad(set_to_none=True)
+        logits, loss = m(tokens, order, return_type="both")
+        loss.backward()
+        _, cache = m.run_with_cache(tokens, order)
+        return logits, {n: p.grad for n, p in m.named_parameters()}, cache
+
+    (logits, grads, cache), (ref_logits, ref_grads, ref_cache) = _run_both(model, monkeypatch, run)
+    print("max |fused - unfused| logits:", (logits - ref_logits).abs().max().item())
+    torch.testing.assert_close(logits, ref_logits, atol=atol, rtol=0)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], atol=atol, rtol=0, msg=name)
+    assert cache.keys() == ref_cache.keys() and any(n.endswith("attn.hook_q") for n in cache)
+    for name, act in cache.items():
+        torch.testing.assert_close(act, ref_cache[name], atol=atol, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("activation", ["q", "k", "v"])
+def test_in_place_edits_of_q_k_v_change_the_output_as_with_three_matmuls(tiny_model, monkeypatch, activation):
+    """Each of q, k, v reaches its hook as a tensor of its own: an in-place edit under autograd
+    changes only what it edits, and the output as it did with three matmuls."""
+    model = tiny_model.double()
+    tokens, order = random_batch(model, 2, 9, seed=9)
+    base = model(tokens, order)
+    name = model.stream_names[0]
+    hook = "blocks.0." + ("" if name == "main" else f"{name}.") + f"attn.hook_{activation}"
+
+    def zero_head(x, hook):
+        x[:, :, 0] = 0
+        return x
+
+    def run(m):
+        edited = m.run_with_hooks(tokens, order, fwd_hooks=[(hook, zero_head)])
+        edited.sum().backward()  # the edit is differentiable
+        return edited
+
+    edited, ref_edited = _run_both(model, monkeypatch, run)
+    assert (edited - base).abs().max() > 1e-4, f"editing {hook} did not change the output"
+    torch.testing.assert_close(edited, ref_edited, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("n_pos", (1, 5, 24))

@@ -7,6 +7,8 @@ taken whenever anything hooks one of them (a TransformerLens hook, a cache, a pl
 A non-finite key or value reaches exactly the rows that can see it (as NaN in that head's output),
 never an earlier row: `zero_non_finite`.
 `hook_result` (per-head outputs) is likewise only formed when something hooks it.
+A stream that makes its own keys projects q, k and v with one matmul (`project`) on every path,
+hooked or not: hook_q, hook_k and hook_v fire as before, on tensors of their own.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import math
 import einops
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor, nn
 
 from workbench.components.hook_sets import is_hooked
-from workbench.components.rotary import Rotary
+from workbench.components.rotary import Angles, Rotary
 from workbench.config import AOConfig
 
 
@@ -41,28 +43,32 @@ class Attention(nn.Module):
         # Shared, not owned: the model's one Rotary. Kept out of the module tree.
         self.__dict__["rotary"] = rotary
 
+    def project(self, x: Float[Tensor, "batch slot d_model"]) -> tuple[Tensor, Tensor, Tensor]:
+        """Unhooked q, k, v, each [batch, slot, head, d_head]: one matmul against W_Q, W_K, W_V
+        side by side (one read of x, one launch; the weights stay three parameters). Each comes
+        out of its bias add a tensor of its own, not a view of the others, so a hook may edit it
+        in place."""
+        W_QKV = torch.cat([self.W_Q, self.W_K, self.W_V], dim=0)  # [3 head, d_model, d_head]
+        q, k, v = einops.einsum(x, W_QKV, "b s d, h d e -> b s h e").chunk(3, dim=2)
+        return q + self.b_Q, k + self.b_K, v + self.b_V
+
     def queries(
         self,
         x: Float[Tensor, "batch slot d_model"],
-        pos: Int[Tensor, "batch slot"],
+        angles: Angles | None,
         hooks: nn.Module,
     ) -> Float[Tensor, "batch slot head d_head"]:
-        """Queries, rotated by each row's reference position (own or target, by stream)."""
-        q = hooks.hook_q(einops.einsum(x, self.W_Q, "b s d, h d e -> b s h e") + self.b_Q)
-        return hooks.hook_rot_q(self.rotary(q, pos)) if self.rotary else q
+        """Queries alone (the query stream, whose keys are the content stream's), hooked and rotated."""
+        return self.hooked_queries(einops.einsum(x, self.W_Q, "b s d, h d e -> b s h e") + self.b_Q, angles, hooks)
 
-    def keys_values(
-        self,
-        x: Float[Tensor, "batch key d_model"],
-        hooks: nn.Module,
-    ) -> tuple[Tensor, Tensor]:
-        """Unrotated keys and values, each [batch, key, head, d_head], through hook_k / hook_v."""
-        k = hooks.hook_k(einops.einsum(x, self.W_K, "b s d, h d e -> b s h e") + self.b_K)
-        v = hooks.hook_v(einops.einsum(x, self.W_V, "b s d, h d e -> b s h e") + self.b_V)
-        return k, v
+    def hooked_queries(self, q: Tensor, angles: Angles | None, hooks: nn.Module) -> Tensor:
+        """`q` through hook_q, rotated by each row's reference position (own or target, by
+        stream), through hook_rot_q."""
+        q = hooks.hook_q(q)
+        return hooks.hook_rot_q(self.rotary.rotate(q, angles)) if self.rotary else q
 
-    def rotate_keys(self, k: Tensor, pos: Int[Tensor, "batch key"], hooks: nn.Module) -> Tensor:
-        return hooks.hook_rot_k(self.rotary(k, pos)) if self.rotary else k
+    def rotate_keys(self, k: Tensor, angles: Angles | None, hooks: nn.Module) -> Tensor:
+        return hooks.hook_rot_k(self.rotary.rotate(k, angles)) if self.rotary else k
 
     def attend(
         self,

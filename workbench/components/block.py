@@ -19,7 +19,7 @@ from workbench.components.hook_sets import (
 from workbench.components.kv_cache import LayerKV
 from workbench.components.layer_norm import LayerNorm
 from workbench.components.mlp import MLP
-from workbench.components.rotary import Rotary
+from workbench.components.rotary import Angles, Rotary
 from workbench.config import AOConfig
 
 
@@ -57,19 +57,21 @@ class Block(nn.Module):
         self,
         x: Float[Tensor, "batch slot d_model"],
         hooks: nn.Module,
-        key_pos: Int[Tensor, "batch slot"],
-        query_pos: Int[Tensor, "batch slot"],
+        key_angles: Angles | None,
+        query_angles: Angles | None,
         cache: LayerKV,
         first: int,
     ) -> Tensor:
         """Slots first.. of a stream that attends to itself (rank <= own): the single stream, or
-        the two-stream content stream. Keys are rotated by `key_pos` (each slot's own position),
-        queries by `query_pos` (the target for a single stream, the own position for content)."""
+        the two-stream content stream. Keys are rotated by `key_angles` (each slot's own position),
+        queries by `query_angles` (the target for a single stream, the own position for content);
+        None without RoPE. Hooks fire in the order hook_k, hook_v, hook_rot_k, hook_q, hook_rot_q."""
 
         def attention(xn: Tensor) -> Tensor:
-            k, v = self.attn.keys_values(xn, hooks.attn)
-            _, k_rot, v = cache.extend(k, self.attn.rotate_keys(k, key_pos, hooks.attn), v)
-            q = self.attn.queries(xn, query_pos, hooks.attn)
+            q, k, v = self.attn.project(xn)
+            k, v = hooks.attn.hook_k(k), hooks.attn.hook_v(v)
+            _, k_rot, v = cache.extend(k, self.attn.rotate_keys(k, key_angles, hooks.attn), v)
+            q = self.attn.hooked_queries(q, query_angles, hooks.attn)
             return self.attn.attend(q, k_rot, v, first, hooks.attn)
 
         return self.residual(x, hooks, attention)
@@ -77,7 +79,7 @@ class Block(nn.Module):
     def query_stream(
         self,
         g: Float[Tensor, "batch step d_model"],
-        target_pos: Int[Tensor, "batch step"],
+        target_angles: Angles | None,
         key_pos: Int[Tensor, "batch key"],
         cache: LayerKV,
         first: int,
@@ -85,14 +87,15 @@ class Block(nn.Module):
         """Query rows first..: row t sees content keys 0..t, i.e. BOS and ranks < t.
 
         The keys and values are the content stream's, passed through this stream's own hook_k /
-        hook_v / hook_rot_k so they can be read or edited for the query stream alone.
+        hook_v / hook_rot_k so they can be read or edited for the query stream alone (an edited
+        hook_k is rotated again, by `key_pos`).
         """
         hooks = self.query.attn
 
         def attention(xn: Tensor) -> Tensor:
             k, v = hooks.hook_k(cache.k), hooks.hook_v(cache.v)
             k_rot = cache.k_rot if k is cache.k else self.attn.rotary(k, key_pos)
-            q = self.attn.queries(xn, target_pos, hooks)
+            q = self.attn.queries(xn, target_angles, hooks)
             return self.attn.attend(q, hooks.hook_rot_k(k_rot), v, first, hooks)
 
         return self.residual(g, self.query, attention)

@@ -3,13 +3,25 @@
 Any-order models rotate each slot by the position it stands for, which is not its index: keys by
 their own position, queries by their reference (target) position. Position -1 (the BOS / null
 slot) gets the identity rotation. Halves are rotated GPT-NeoX style, as TransformerLens does.
+
+A forward gathers the angles of each set of positions once (`angles`) and every layer rotates
+with them (`rotate`): the gather depends on the positions alone, not on the layer.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
+
+
+class Angles(NamedTuple):
+    """cos and sin of each slot's rotation, each [batch, slot, 1, rot] (broadcast over heads)."""
+
+    cos: Tensor
+    sin: Tensor
 
 
 class Rotary(nn.Module):
@@ -23,12 +35,17 @@ class Rotary(nn.Module):
         self.register_buffer("cos", torch.cat([torch.ones(1, n_rotary), angles.cos().float()]), persistent=False)
         self.register_buffer("sin", torch.cat([torch.zeros(1, n_rotary), angles.sin().float()]), persistent=False)
 
-    def forward(
-        self, x: Float[Tensor, "batch slot head d_head"], pos: Int[Tensor, "batch slot"]
-    ) -> Tensor:
-        cos = self.cos[pos + 1].unsqueeze(2).to(x.dtype)  # [batch, slot, 1, rot]
-        sin = self.sin[pos + 1].unsqueeze(2).to(x.dtype)
+    def angles(self, pos: Int[Tensor, "batch slot"]) -> Angles:
+        return Angles(self.cos[pos + 1].unsqueeze(2), self.sin[pos + 1].unsqueeze(2))
+
+    def rotate(self, x: Float[Tensor, "batch slot head d_head"], angles: Angles) -> Tensor:
+        cos, sin = angles.cos.to(x.dtype), angles.sin.to(x.dtype)
         rot, rest = x[..., : self.n_rotary], x[..., self.n_rotary :]
         half = self.n_rotary // 2
         flipped = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
         return torch.cat([rot * cos + flipped * sin, rest], dim=-1)
+
+    def forward(
+        self, x: Float[Tensor, "batch slot head d_head"], pos: Int[Tensor, "batch slot"]
+    ) -> Tensor:
+        return self.rotate(x, self.angles(pos))

@@ -20,7 +20,7 @@ from transformer_lens.hook_points import HookPoint
 from workbench.components.block import Block
 from workbench.components.kv_cache import KVCache
 from workbench.components.layer_norm import LayerNorm
-from workbench.components.rotary import Rotary
+from workbench.components.rotary import Angles, Rotary
 from workbench.config import AOConfig
 from workbench.hook_names import CheckedHookNames
 from workbench.models.weights import WeightsMixin
@@ -274,6 +274,11 @@ class HookedAOModel(CheckedHookNames, WeightsMixin, HookedRootModule):
     def unembed(self, x: Float[Tensor, "... d_model"], hooks: nn.Module | None = None) -> Tensor:
         """Logits of final residuals `x`: ln_final then W_U, b_U (through `hooks` when given)."""
         return self.ln_final(x, hooks) @ self.W_U + self.b_U
+
+    def rope_angles(self, pos: Int[Tensor, "batch slot"]) -> Angles | None:
+        """The rotation of each slot at positions `pos` (None without RoPE), gathered once per
+        forward and shared by every layer."""
+        return None if self.rotary is None else self.rotary.angles(pos)
 
     def embed_tokens(self, ids: Int[Tensor, "batch slot"], bos_first: bool) -> Tensor:
         """Token embeddings; the BOS slot's learned vector prepended when `bos_first`."""

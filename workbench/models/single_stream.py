@@ -85,6 +85,7 @@ class SingleStreamModel(HookedAOModel):
         if self.cfg.variant == "sigma_gpt":
             own = self.W_pos[own_pos.clamp(min=0)] * (own_pos >= 0).unsqueeze(-1)
             x = x + self.hook_pos_embed(own) + self.hook_target_embed(self.W_target[target_pos])
+        key_angles, query_angles = self.rope_angles(own_pos), self.rope_angles(target_pos)
         for block, layer in zip(self.blocks, cache.layers):
-            x = block.causal_stream(x, block, own_pos, target_pos, layer, first)
+            x = block.causal_stream(x, block, key_angles, query_angles, layer, first)
         return self.unembed(x, self.ln_final)

@@ -55,12 +55,14 @@ class TwoStreamModel(HookedAOModel):
             content_pos = self.content.hook_pos(content_pos)
             cache.add_positions(content_pos)
             h = self.content.hook_embed(self.embed_tokens(content_ids, bos_first=content_first == 0))
+            content_angles = self.rope_angles(content_pos)  # keys and queries: each slot's own position
         if query_pos is not None:
             query_pos = self.query.hook_pos(query_pos)
             g = self.query.hook_embed(self.w_query.expand(*query_pos.shape, -1).clone())
+            query_angles = self.rope_angles(query_pos)
         for block, layer in zip(self.blocks, cache.layers):
             if h is not None:
-                h = block.causal_stream(h, block.content, content_pos, content_pos, layer, content_first)
+                h = block.causal_stream(h, block.content, content_angles, content_angles, layer, content_first)
             if g is not None:
-                g = block.query_stream(g, query_pos, cache.key_pos, layer, query_first)
+                g = block.query_stream(g, query_angles, cache.key_pos, layer, query_first)
         return None if g is None else self.unembed(g, self.query.ln_final)
