@@ -24,6 +24,7 @@ start_mps() {
   if command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d \
      && timeout 60 python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
     echo "MPS on"
+    trap 'echo quit | nvidia-cuda-mps-control' EXIT  # leave the machine as it was found
   else
     echo quit | nvidia-cuda-mps-control 2>/dev/null || true
     unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
