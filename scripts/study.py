@@ -124,8 +124,6 @@ def evaluate_grid(args: argparse.Namespace) -> None:
     window, the same orders for every run at a length."""
     import torch
 
-    from workbench.results_io import write_json_atomic
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for run in grid(args):
         run_dir = Path(args.runs) / run.name
@@ -135,15 +133,14 @@ def evaluate_grid(args: argparse.Namespace) -> None:
         if not state["finished"] and not (args.unfinished and (run_dir / "best" / "checkpoint.json").is_file()):
             print(f"{run.name}: not finished (step {state['step']} of {state['steps']}); left out")
             continue
-        row = evaluate_run(run, run_dir, args, device)
-        row["finished"] = state["finished"]  # False only under --unfinished: best/ of a run cut short
-        write_json_atomic(run_dir / "eval" / "row.json", row)
+        row = evaluate_run(run, run_dir, args, device, finished=state["finished"])
         print(f"{run.name}: any-order {row['any_order_bits']:.4f}, left-to-right {row['left_to_right_bits']:.4f}")
     report(args)
 
 
-def evaluate_run(run: Run, run_dir: Path, args: argparse.Namespace, device: str) -> dict:
-    """One run's row and per-window values, written to `run_dir/eval/` (row.json, values.safetensors)."""
+def evaluate_run(run: Run, run_dir: Path, args: argparse.Namespace, device: str, finished: bool) -> dict:
+    """One run's row and per-window values, written to `run_dir/eval/` (row.json, values.safetensors).
+    `finished` is False only under --unfinished: the best/ of a run cut short."""
     import torch
     from safetensors.torch import save
 
@@ -172,6 +169,7 @@ def evaluate_run(run: Run, run_dir: Path, args: argparse.Namespace, device: str)
         "left_to_right_bits": summary["left_to_right_bits"]["mean"], "left_to_right": summary["left_to_right_bits"],
         "by_fraction_revealed": summary["by_fraction_revealed"], "n_windows": v.n_windows, "n_orders": args.orders,
         "skipped_windows": skip, "windows_sha256": v.windows_sha256, "train_tokens": training["train_tokens"],
+        "finished": finished,
     }
     out = run_dir / "eval"
     write_bytes_atomic(out / "values.safetensors", save({k: t.contiguous() for k, t in v.tensors().items()}))
@@ -232,18 +230,18 @@ def probe_grid(args: argparse.Namespace) -> None:
             print(f"{run.name}: no best/ yet; not probed")
             continue
         snapshots = sorted((run_dir / "snapshots").glob("step-*")) if (run_dir / "snapshots").is_dir() else []
-        jobs += [(0, run, run_dir, _bundled_copy(run, run_dir, args))] + [(1, run, run_dir, snap) for snap in snapshots]
-    for _, run, run_dir, model_dir in sorted(jobs, key=lambda j: j[0]):  # every best/ first
-        out = run_dir / "probes" / ("best" if model_dir.parent.resolve() == Path(args.dest).resolve() else model_dir.name)
+        jobs += [(0, run, _bundled_copy(run, run_dir, args), run_dir / "probes" / "best")]
+        jobs += [(1, run, snap, run_dir / "probes" / snap.name) for snap in snapshots]
+    for kind, run, model_dir, out in sorted(jobs, key=lambda j: j[0]):  # every best/ first
         if (out / "metadata.json").is_file():
             continue
-        extra = ["--causal-sequences", str(args.causal_sequences)] if model_dir.name == "best" else ["--probes", STATS_PROBES]
+        extra = ["--causal-sequences", str(args.causal_sequences)] if kind == 0 else ["--probes", STATS_PROBES]
         cmd = [sys.executable, "-m", "workbench.cli", "probe", "--checkpoint", str(model_dir), "--out", str(out),
                "--fast", "--max-sequences", str(args.max_windows), "--r", "4", "--w", "4", "--seed", "0",
                "--no-progress", *extra]
         started = time.monotonic()
         subprocess.run(cmd, check=True, cwd=ROOT)
-        print(f"{run.name}/{model_dir.name}: probed in {time.monotonic() - started:.0f} s")
+        print(f"{run.name}/{out.name}: probed in {time.monotonic() - started:.0f} s")
 
 
 def _bundled_copy(run: Run, run_dir: Path, args: argparse.Namespace) -> Path:
@@ -355,7 +353,7 @@ def main() -> None:
         p.add_argument("--unfinished", action="store_true",
                        help="evaluate: also the best/ of runs cut short (their rows say finished: false)")
         p.add_argument("--causal-sequences", type=int, default=256, help="probe: windows for the causal checks")
-        p.add_argument("--dest", default=str(ROOT / "checkpoints"), help="bundle: where the checkpoints go")
+        p.add_argument("--dest", default=str(ROOT / "checkpoints"), help="bundle: where the checkpoints go; probe: where best/'s bundled copy is")
     args = parser.parse_args()
     args.fn(args)
 
