@@ -7,7 +7,8 @@
 #
 # Trains 3 variants x {128, 1024} x 3 seeds (at most SECONDS), beside them decoupled_rope-128
 # seed 0 at each SWEEP_SIZE (the size sweep, runs/sweep-SIZE), then evaluates the grid, bundles
-# its seed-0 models and probes them, packing each result as soon as it exists. DEADLINE (s,
+# its seed-0 models and probes them, packing each result as soon as it exists. LENGTHS (default
+# "1024 128") and PARALLEL (default 9) pick the lengths and processes at once. DEADLINE (s,
 # default 575) bounds the whole stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,27 +37,36 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no nvidi
 start_mps
 stage="$1"; shift
 case "$stage" in
-  all)  # both lengths in one call: training bounded in memory by micro-batches, every result packed
+  all)  # training bounded in memory by micro-batches; every result packed as soon as it exists
     size="$1" tokens="$2" seconds="$3" deadline=$((SECONDS + ${DEADLINE:-575})); shift 3
+    left() { echo $((deadline - SECONDS)); }
+    pack() {  # what the study needs back, small files only (curves, settings, logs, evaluations)
+      tar czf "$OUT/runs.tgz" runs/study/*-s*/{metrics.jsonl,settings.json} runs/study/*.log \
+        $(ls -d runs/study/*/eval runs/study.json runs/study.windows.safetensors runs/nll.json runs/nll.windows.safetensors \
+          runs/sweep-*/*/metrics.jsonl runs/sweep-*/*/settings.json runs/sweep-*/*.log 2>/dev/null)
+    }
     for sweep in "$@"; do
       study train --runs "runs/sweep-$sweep" --size "$sweep" --variants decoupled_rope --lengths 128 --seeds 0 \
         --train-tokens "$tokens" --seconds "$seconds" --parallel 1 > "runs/sweep-$sweep-128.out" 2>&1 &
     done
-    grid=(--runs runs/study --size "$size" --lengths 1024 128 --train-tokens "$tokens")  # the slower length first
-    study train "${grid[@]}" --seconds "$seconds" --parallel 9 --micro-batch-tokens 16384
+    grid=(--runs runs/study --size "$size" --lengths ${LENGTHS:-1024 128} --train-tokens "$tokens")  # the slower length first
+    study train "${grid[@]}" --seconds "$seconds" --parallel "${PARALLEL:-9}" --micro-batch-tokens 16384
     wait
     cat runs/sweep-*.out 2>/dev/null || true
-    study evaluate "${grid[@]}" --out runs/study.json --unfinished || echo "evaluation failed"
+    pack
+    timeout "$(left)" python3 scripts/study.py evaluate "${grid[@]}" --corpus runs/study-corpus.jsonl --out runs/study.json \
+      --unfinished ${STUDY_OPTIONS:-} || echo "evaluation failed or stopped at the deadline"
+    pack
     study bundle "${grid[@]}" --dest runs/bundle || echo "bundle failed"
-    python3 -m workbench.cli eval --checkpoint runs/bundle/* --orders 4 --out runs/nll.json || echo "eval of the bundle failed"
     for d in $(ls -d runs/bundle/* 2>/dev/null); do tar cf "$OUT/$(basename "$d").tar" -C runs/bundle "$(basename "$d")"; done
-    tar czf "$OUT/runs.tgz" runs/study/*-s*/{metrics.jsonl,settings.json} runs/study/*.log \
-      $(ls -d runs/study/*/eval runs/study.json runs/study.windows.safetensors runs/nll.json runs/nll.windows.safetensors \
-        runs/sweep-*/*/metrics.jsonl \
-        runs/sweep-*/*/settings.json runs/sweep-*/*.log 2>/dev/null)
-    timeout $((deadline - SECONDS)) python3 scripts/study.py probe "${grid[@]}" --dest runs/bundle ${STUDY_OPTIONS:-} \
+    timeout "$(left)" python3 scripts/study.py probe "${grid[@]}" --dest runs/bundle ${STUDY_OPTIONS:-} \
       || echo "probes stopped (deadline or error)"
     tar czf "$OUT/probes.tgz" runs/study/*-s0/probes || true
+    if [ "$(left)" -gt 30 ]; then  # the bundle's own evaluation (results/nll.json), if time is left
+      timeout "$(left)" python3 -m workbench.cli eval --checkpoint runs/bundle/* --orders 4 --batch-size 128 --out runs/nll.json \
+        || echo "eval of the bundle failed or stopped at the deadline"
+      pack
+    fi
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
