@@ -26,7 +26,8 @@ c3.metric("NLL table", "yes" if (results_root() / "nll.json").is_file() else "mi
 
 st.subheader("The study")
 st.caption("Does the gap of each single-stream variant to two_stream grow from the shortest length to the longest? Every variant x "
-           "length x seed is trained the same way to its validation minimum and evaluated on the same held-out windows and orders, "
+           "length x seed is trained the same way (its model is its validation minimum within one token budget) and evaluated on the same "
+           "held-out windows and orders, "
            "so each seed's gap is paired; the seeds are the replicates of the interval (docs/study.md).")
 try:
     effect = study_frame("study_length_effect")
@@ -34,9 +35,12 @@ except app_data.AppInputError as err:
     effect = None
     st.info(f"{err} Until then the claim above is untested here; below is only the bundled checkpoints' own evaluation.")
 if effect is not None:
-    st.markdown("**Verdict on the length effect** (any-order bits/token):\n" +
-                "\n".join(f"- {app_data.study_verdict(e)}" for e in effect.to_dict("records")))
     seed_gaps, over_seeds = study_frame("study_seed_gaps"), study_frame("study_gaps")
+    if len(effect):
+        st.markdown("**Verdict on the length effect** (any-order bits/token):\n" +
+                    "\n".join(f"- {app_data.study_verdict(e)}" for e in effect.to_dict("records")))
+    else:
+        st.info(app_data.study_pending(over_seeds))
     fig = viz.gap_figure(seed_gaps, over_seeds)
     show_figure(fig, key="overview_study_gap")
     export_menu("study_gaps", frame=seed_gaps.merge(over_seeds, on=["variant", "length"], suffixes=("", "_over_seeds")), fig=fig)

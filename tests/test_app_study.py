@@ -161,6 +161,22 @@ def test_overview_without_the_study_says_so_and_keeps_the_bundled_evaluation(stu
     assert "decoupled_rope − two_stream at 128: **+0.137" in shown
 
 
+def test_overview_with_one_length_says_the_verdict_waits(study_env):
+    study = json.loads((study_env / "study.json").read_text())
+    study["runs"] = [r for r in study["runs"] if r["seq_len"] == 16]
+    study["gaps"] = [g for g in study["gaps"] if g["seq_len"] == 16]
+    study["gaps_over_seeds"] = [g for g in study["gaps_over_seeds"] if g["seq_len"] == 16]
+    study["length_effect"] = []
+    (study_env / "study.json").write_text(json.dumps(study))
+    at = open_page()
+    shown = texts(at)
+    assert "The study has reported length 16 only" in shown and "no verdict yet" in shown
+    assert "Verdict on the length effect" not in shown
+    gap = figure(at, "Gap to two_stream against length")
+    means = next(t for t in gap["data"] if t["name"] == "decoupled_rope, mean over seeds")
+    assert means["y"] == pytest.approx(app_data.study_gaps(study_env)["gap"].tolist()) and len(means["y"]) == 1
+
+
 def test_overview_with_the_study_but_no_curves_or_emergence(study_env):
     for name in ("study-curves.json", "study-emergence.json"):
         (study_env / name).unlink()

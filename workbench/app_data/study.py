@@ -25,7 +25,7 @@ import pandas as pd
 from workbench.app_data.common import AppInputError, results_dir, shown_path
 
 __all__ = ["STUDY_FILES", "RESOLUTION", "study_runs", "study_seed_gaps", "study_gaps", "study_length_effect", "study_curves",
-           "study_emergence", "study_verdict"]
+           "study_emergence", "study_verdict", "study_pending"]
 
 STUDY_FILES = ("study.json", "study-curves.json", "study-emergence.json")
 RESOLUTION = 0.03
@@ -169,3 +169,12 @@ def study_verdict(effect: Mapping) -> str:
     power = (f"it can tell a {RESOLUTION} bits/token change from zero (half-width {half:.3f} < {RESOLUTION})" if half < RESOLUTION else
              f"it is too wide to tell a {RESOLUTION} bits/token change from zero (half-width {half:.3f} ≥ {RESOLUTION}): more seeds would narrow it")
     return f"{what} ± {half:.3f} {where} ({n} seeds, 95% t interval over seeds): {reading}; {power}."
+
+
+def study_pending(gaps: pd.DataFrame) -> str:
+    """What the Overview says while the study has reported fewer than two lengths (`gaps`: the
+    frame of `study_gaps`): which lengths are in, and that the verdict waits for another."""
+    lengths = sorted(int(n) for n in gaps["length"].unique())
+    have = ", ".join(map(str, lengths)) if lengths else "none"
+    return (f"The study has reported length {have} only: the length effect is the change of a gap between two lengths, "
+            "so there is no verdict yet. The gap at each reported length, with its interval over seeds, is below.")
