@@ -6,7 +6,8 @@ results, on the CPU, with no model:
 - results/study-emergence.json: for each probed run and model (the log-spaced snapshots, then
   best/), per stream the heads labelled semantic / structural / with a sink and the median index
   over chance (`workbench.app_data.stream_summary`, the app's per-stream summary);
-- results/probes/<variant>-<length>/: the probe results of each bundled model (best/ of seed 0).
+- results/probes/<variant>-<length>/: the probe results of each bundled model (best/ of seed 0);
+  `--probes-dir study-probes` while the study's models are not the bundled ones yet.
 
     python scripts/study_results.py --runs runs/study --sweeps 'runs/sweep-*'
 """
@@ -66,6 +67,8 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/study")
     parser.add_argument("--sweeps", default="runs/sweep-*", help="glob of the size sweep's run folders")
     parser.add_argument("--results", default=str(ROOT / "results"))
+    parser.add_argument("--probes-dir", default="probes",
+                        help="folder under --results for seed 0's best/ probe results (probes: they are the bundled models')")
     args = parser.parse_args()
     from workbench.results_io import write_json_atomic
 
@@ -81,7 +84,7 @@ def main() -> None:
     for run in probed:
         best = run / "probes" / "best"
         if (best / "probes.parquet").is_file():
-            dest = results / "probes" / run.name.rsplit("-s", 1)[0]
+            dest = results / args.probes_dir / run.name.rsplit("-s", 1)[0]
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(best, dest)
     print(f"{len(runs)} runs, {len(sweeps)} sweep runs, {len(probed)} probed -> {results}")
