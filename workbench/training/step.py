@@ -132,6 +132,16 @@ def split_batch(settings: TrainSettings, world: int, micro_batch_tokens: int | N
     return per_rank, per_rank // micro
 
 
+def make_optimizer(model: nn.Module, settings: TrainSettings, device: torch.device) -> torch.optim.AdamW:
+    """The trainer's AdamW: weight decay on matrices only, fused on CUDA."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=settings.lr, betas=(0.9, settings.beta2), fused=torch.device(device).type == "cuda",
+    )
+
+
 class TrainStep:
     """One optimiser step as the trainer takes it, on one process of `world`.
 
@@ -139,8 +149,8 @@ class TrainStep:
     [rank * per_rank, (rank + 1) * per_rank); those go through `n_micro` accumulation passes of
     `SlotLoss` (wrapped in DistributedDataParallel when world > 1, whose gradient all-reduce runs
     on the last pass only), under bf16 autocast on CUDA, through `CompiledOrEager`; then gradient
-    clipping and the optimiser step. The learning rate is the caller's to set. `workbench train`
-    and benchmarks/bench_train.py both step through this.
+    clipping and the optimiser step at the caller's learning rate. `workbench train` and
+    benchmarks/bench_train.py (one GPU and under torchrun) both step through this.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, settings: TrainSettings,
@@ -169,9 +179,11 @@ class TrainStep:
     def compiled(self) -> bool:
         return self.step_fn.compiled
 
-    def __call__(self, tokens: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
-        """Step on the step's whole batch; returns (this process's mean loss in nats, the gradient
-        norm before clipping), both on the device (reading them syncs)."""
+    def __call__(self, tokens: Tensor, order: Tensor, lr: float) -> tuple[Tensor, Tensor]:
+        """Step on the step's whole batch at learning rate `lr`; returns (this process's mean loss
+        in nats, the gradient norm before clipping), both on the device (reading them syncs)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         n_micro = self.n_micro
         mine = slice(self.rank * self.per_rank, (self.rank + 1) * self.per_rank)
         loss_sum = torch.zeros((), device=tokens.device)

@@ -46,7 +46,7 @@ from workbench.training.run_dir import (
 )
 from workbench.training.settings import TrainSettings
 from workbench.stats import blocked_mean
-from workbench.training.step import BatchSource, TrainStep, split_batch
+from workbench.training.step import BatchSource, TrainStep, make_optimizer, split_batch
 
 LOG_EVERY = 25  # steps between metric lines (each costs one device sync)
 
@@ -96,12 +96,7 @@ def train(
     model = from_config(settings.model_config(tokenizer.vocab_size))
     model.tokenizer = tokenizer
     model.to(device)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=settings.lr, betas=(0.9, settings.beta2), fused=device.type == "cuda",
-    )
+    optimizer = make_optimizer(model, settings, device)
     if rank == 0:
         recover_saves(out_dir)
     if world > 1:
@@ -132,9 +127,7 @@ def train(
         for step in range(state.step, state.step if state.stopped else settings.steps):
             tokens, order = batches(step)
             lr = learning_rate(settings, step * settings.tokens_per_step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss, grad_norm = train_step(tokens, order)
+            loss, grad_norm = train_step(tokens, order, lr)
             tokens_since += settings.tokens_per_step
             bar.update(1)
             done = step + 1
