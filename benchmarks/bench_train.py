@@ -284,6 +284,7 @@ def _time_ddp(args, variant: str, seq_len: int, world: int, stream, device, comp
     tps = args.tokens_per_gpu * world
     runs = distributed.rank() < world
     row = None
+    torch._dynamo.reset()  # every row compiles afresh (else the recompile limit quietly turns later rows eager)
     if runs:
         trainee = _Trainee(_ddp_settings(args, variant, seq_len, tps), stream, device, distributed.rank(), world, compile)
         t0 = time.perf_counter()
@@ -340,6 +341,7 @@ def _check(args, variant: str, seq_len: int, tokens_per_gpu: int, stream, device
     still catch a fault is not possible there, so the check is made in fp32.
     """
     world, rank = distributed.world_size(), distributed.rank()
+    torch.set_float32_matmul_precision("highest")  # fp32 matmuls in fp32 (no TF32) on CUDA
     tps = tokens_per_gpu * world
     settings = _ddp_settings(args, variant, seq_len, tps)
     many = _Trainee(settings, stream, device, rank, world, compile=False, autocast=False)
