@@ -427,6 +427,7 @@ def ddp_main() -> None:
                         "(default: 16 sequences)")
     parser.add_argument("--stream-tokens", type=int, default=STREAM, help="random token stream batches are drawn from")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--suffix", default="", help="appended to the results' name (e.g. T128 for a run split by length)")
     args = parser.parse_args()
 
     device, joined = distributed.init_from_env(torch.device(args.device))
@@ -464,7 +465,7 @@ def ddp_main() -> None:
                     "dims": {k: dims[k] for k in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp")}}
             table = _ddp_table(meta, rows, checks)
             print(table, flush=True)
-            write_results(result_stem(args.out, f"train-ddp{world}", name, date),
+            write_results(result_stem(args.out, f"train-ddp{world}", name, date, args.suffix),
                           {**meta, "rows": rows, "checks": checks,
                            "all_checks_passed": all(c["passed"] for c in checks)}, table)
     finally:
