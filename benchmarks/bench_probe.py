@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import RESULTS, device_name, result_stem, write_results  # noqa: E402
 
 OBSERVATIONAL = "parts,histograms,specialisation,sink,entropy,by_step"
 
@@ -155,7 +155,7 @@ def main() -> None:
     p.add_argument("--json", help="write this run's results here")
     p.add_argument("--tables", default="/tmp/bench_probe_tables", help="one-process tables, for the multi-GPU comparison")
     p.add_argument("--report", nargs="+", help="merge these JSON files into a report")
-    p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args()
     if args.report:
         return report(args.report, Path(args.out_dir))
@@ -163,18 +163,11 @@ def main() -> None:
     from workbench.probing import distributed
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if world > 1:
-        import torch.distributed as dist
-
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if device == "cuda":
-            torch.cuda.set_device(local)
-            device = f"cuda:{local}"
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    device, joined = distributed.init_from_env(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    device = str(device)  # "cuda" alone, "cuda:LOCAL_RANK" under torchrun, or "cpu"
     tables = Path(args.tables)
     tables.mkdir(parents=True, exist_ok=True)
-    results = {"world_size": world, "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    results = {"world_size": world, "device_name": device_name(),
                "date": dt.date.today().isoformat(), "torch": torch.__version__, "batch_size": args.batch_size,
                "repeat": args.repeat, "probes": OBSERVATIONAL, "dtype": "fp32 (model weights as saved; no autocast)",
                "checkpoints": {}}
@@ -205,18 +198,14 @@ def main() -> None:
             print(name, json.dumps(row, default=str), flush=True)
     if distributed.is_main() and args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+    distributed.finish(joined)
 
 
 def report(files: list[str], out_dir: Path) -> None:
     runs = [json.loads(Path(f).read_text()) for f in files]
     single = next(r for r in runs if r["world_size"] == 1)
     multi = [r for r in runs if r["world_size"] > 1]
-    device = single["device_name"].replace(" ", "_")
-    stem = out_dir / f"probe-{device}-{single['date']}-bs{single['batch_size']}-x{single['repeat']}"
+    stem = result_stem(out_dir, "probe", single["device_name"], single["date"], f"bs{single['batch_size']}-x{single['repeat']}")
     lines = [
         f"# `workbench probe --fast` end to end ({single['device_name']}, {single['date']})",
         "",
@@ -246,8 +235,7 @@ def report(files: list[str], out_dir: Path) -> None:
         lines.append(f"| {name} | {c['sequences']} | {c['rows']} | {c['same_rows']} | {c['by_step_sink_rows']} | "
                      f"{c['max_abs_diff_value']:.2e} / {c['max_abs_diff_chance']:.2e} / {c['max_abs_diff_ci']:.2e} | "
                      f"{c.get('label_mismatches', '-')} |")
-    stem.with_suffix(".json").write_text(json.dumps({"single": single, "multi": multi}, indent=1, default=str))
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_results(stem, {"single": single, "multi": multi}, "\n".join(lines), indent=1)
     print("\n".join(lines))
 
 

@@ -207,12 +207,17 @@ def test_snapshots_are_log_spaced(tmp_path, corpus_file):
     assert snap.checkpoint.training["tokens_done"] == 4 * STEP
 
 
-def _torchrun_train(settings: TrainSettings, out_dir, port: int, *extra: str) -> None:
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.to_dict().items() if v is not None]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-           "-m", "workbench.cli", "train", "--out", str(out_dir), "--no-progress", *flags, *extra]
+def _torchrun(port: int, *args: str) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node=2 <args>` (2 CPU processes, gloo); fails the test if it fails."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _torchrun_train(settings: TrainSettings, out_dir, port: int, *extra: str) -> None:
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.to_dict().items() if v is not None]
+    _torchrun(port, "-m", "workbench.cli", "train", "--out", str(out_dir), "--no-progress", *flags, *extra)
 
 
 @pytest.mark.slow
@@ -229,6 +234,34 @@ def test_two_processes_under_torchrun_match_one(tmp_path, corpus_file):
     _train_until(settings, tmp_path / "one-then-two", stop_after=6)
     _torchrun_train(settings, tmp_path / "one-then-two", 29518)
     assert _max_weight_difference(single.model, ckpt.load(tmp_path / "one-then-two" / "checkpoint")) < 1e-5
+
+
+@pytest.mark.slow
+def test_bench_train_under_torchrun_on_two_cpu_processes(tmp_path):
+    """benchmarks/bench_train.py's data-parallel path end to end (issue 20) over gloo, tiny dims:
+    a timed row per variant (1 process and 2 at the same per-process batch) and the parameter
+    check (2 processes vs 1 with the same global batch) passing, in the results JSON and table."""
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+    _torchrun(29519, str(bench), "--device", "cpu", "--dims", "1,32,2,16,64", "--lengths", "32",
+              "--tokens-per-gpu", "256", "--steps", "2", "--repeats", "1", "--warmup-steps", "1",
+              "--check-steps", "2", "--stream-tokens", "65536", "--out", str(tmp_path))
+    [json_file] = tmp_path.glob("train-ddp2-cpu-*.json")
+    result = json.loads(json_file.read_text())
+    assert (result["processes"], result["backend"], result["device"]) == (2, "gloo", "cpu")
+    assert [(r["variant"], r["seq_len"]) for r in result["rows"]] == [(v, 32) for v in ("two_stream", "decoupled_rope", "sigma_gpt")]
+    for row in result["rows"]:
+        assert (row["one"]["processes"], row["one"]["tokens_per_step"]) == (1, 256)
+        assert (row["many"]["processes"], row["many"]["tokens_per_step"]) == (2, 512)  # same per-process batch
+        assert row["one"]["tokens_per_s"] > 0 and row["many"]["tokens_per_s"] > 0 and row["target"] == 1.8
+        assert row["speedup"] == pytest.approx(row["many"]["tokens_per_s"] / row["one"]["tokens_per_s"])
+    assert len(result["checks"]) == 3 and result["all_checks_passed"]
+    for check in result["checks"]:
+        assert check["tokens_per_step"] == 2 * 16 * 32 and check["steps"] == 2 and check["rank_spread"] == 0.0
+        assert check["max_abs_diff"] <= check["atol"] and check["passed"]
+    table = json_file.with_suffix(".md").read_text()
+    assert "cpu x 2 (gloo)" in table and result["date"] in table and table.count("| yes |") >= 3
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, corpus_file):

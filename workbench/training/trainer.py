@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from workbench.training.run_dir import (
 )
 from workbench.training.settings import TrainSettings
 from workbench.stats import blocked_mean
-from workbench.training.step import COMPILE_MODE, BatchSource, CompiledOrEager, SlotLoss
+from workbench.training.step import BatchSource, TrainStep, make_optimizer, split_batch
 
 LOG_EVERY = 25  # steps between metric lines (each costs one device sync)
 
@@ -83,7 +83,7 @@ def train(
     """
     out_dir = Path(out_dir)
     rank, world, device = _init_distributed(device)
-    per_rank, n_micro = _split_batch(settings, world, micro_batch_tokens)
+    split_batch(settings, world, micro_batch_tokens)  # a bad split fails before any work
     corpus = load_corpus(settings.data, **({"max_chars": settings.max_chars} if settings.max_chars else {}))
     run_record = {"settings": settings.to_dict(), "corpus": corpus.metadata()}
     check_run_dir(out_dir, run_record)
@@ -96,12 +96,7 @@ def train(
     model = from_config(settings.model_config(tokenizer.vocab_size))
     model.tokenizer = tokenizer
     model.to(device)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=settings.lr, betas=(0.9, settings.beta2), fused=device.type == "cuda",
-    )
+    optimizer = make_optimizer(model, settings, device)
     if rank == 0:
         recover_saves(out_dir)
     if world > 1:
@@ -116,19 +111,7 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(out_dir / "settings.json", json.dumps(run_record, indent=2).encode())
         truncate_metrics(out_dir / "metrics.jsonl", state.step)
-    loss_module: torch.nn.Module = SlotLoss(model)
-    if world > 1:
-        loss_module = torch.nn.parallel.DistributedDataParallel(
-            loss_module, device_ids=[device] if device.type == "cuda" else None)
-    # CUDA graphs on one process with one pass per step; under DDP the default mode, since its
-    # gradient hooks run between the graph's kernels (the 2-GPU issue measures that case), and
-    # with gradient accumulation too: a second replay overwrites the graph's outputs that the
-    # first pass's gradients still live in ("accessing tensor output of CUDAGraphs that has been
-    # overwritten", seen on an H100 on 2026-12-07).
-    graphs = world == 1 and n_micro == 1 and device.type == "cuda"
-    step_fn = CompiledOrEager(loss_module, device.type == "cuda" if compile is None else compile,
-                              COMPILE_MODE if graphs else None)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    train_step = TrainStep(model, optimizer, settings, device, rank, world, compile, micro_batch_tokens)
     batches = BatchSource(settings, split.train, tokenizer.vocab_size, device)
     saver = Saver(out_dir, settings, data_meta, n_params, split.val, tokenizer)
     snapshot_steps = _snapshot_steps(settings)
@@ -143,31 +126,18 @@ def train(
     with _graceful_interrupt(world == 1) as stop_requested:
         for step in range(state.step, state.step if state.stopped else settings.steps):
             tokens, order = batches(step)
-            mine = slice(rank * per_rank, (rank + 1) * per_rank)
-            micro_tokens, micro_order = tokens[mine].chunk(n_micro), order[mine].chunk(n_micro)
             lr = learning_rate(settings, step * settings.tokens_per_step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for i, (t, o) in enumerate(zip(micro_tokens, micro_order)):
-                sync = nullcontext() if world == 1 or i == n_micro - 1 else loss_module.no_sync()
-                with sync:
-                    with autocast:
-                        loss = step_fn.run(lambda l: (l / n_micro).backward(), t, o)
-                loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss, grad_norm = train_step(tokens, order, lr)
             tokens_since += settings.tokens_per_step
             bar.update(1)
             done = step + 1
             last = done == settings.steps
             if rank == 0 and (done % LOG_EVERY == 0 or last):
-                loss_bits = (loss_sum / n_micro).item() / math.log(2)  # this rank's share of the batch
+                loss_bits = loss.item() / math.log(2)  # this rank's share of the batch
                 elapsed = time.perf_counter() - clock
                 line = {"step": done, "tokens": done * settings.tokens_per_step, "loss_bits": loss_bits,
                         "lr": lr, "grad_norm": grad_norm.item(), "tokens_per_s": tokens_since / elapsed,
-                        "compiled": step_fn.compiled}
+                        "compiled": train_step.compiled}
                 append_jsonl(out_dir / "metrics.jsonl", line)
                 bar.set_postfix_str(f"{line['tokens_per_s'] / 1e6:.2f} Mtok/s, train {loss_bits:.3f} bits"
                                     + (f", val {metrics['val_any_order_bits']:.3f}" if metrics else ""))
@@ -261,22 +231,6 @@ def _every(tokens: int, settings: TrainSettings) -> int:
 def _snapshot_steps(settings: TrainSettings) -> set[int]:
     """`snapshots` steps, log-spaced (halving back from the last step), for emergence studies."""
     return {max(round(settings.steps / 2 ** k), 1) for k in range(settings.snapshots)} if settings.snapshots else set()
-
-
-def _split_batch(settings: TrainSettings, world: int, micro_batch_tokens: int | None) -> tuple[int, int]:
-    """(sequences per process, accumulation passes per step), or a clear error."""
-    if settings.batch_size % world:
-        raise ValueError(f"tokens_per_step={settings.tokens_per_step} is {settings.batch_size} sequences of "
-                         f"{settings.seq_len}, which {world} processes cannot share evenly; choose a "
-                         f"tokens_per_step that is a multiple of {world * settings.seq_len}")
-    per_rank = settings.batch_size // world
-    if micro_batch_tokens is None:
-        return per_rank, 1
-    micro = micro_batch_tokens // settings.seq_len
-    if micro < 1 or per_rank % micro:
-        raise ValueError(f"micro_batch_tokens={micro_batch_tokens} must be a whole number of sequences "
-                         f"(seq_len={settings.seq_len}) that divides each process's {per_rank} sequences")
-    return per_rank, per_rank // micro
 
 
 def _agree(stop: bool, world: int, device: torch.device) -> bool:
