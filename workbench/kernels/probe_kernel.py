@@ -793,6 +793,7 @@ def probe_stats(
     num_warps: int | None = None,
     num_stages: int | None = None,
     per_sequence: bool = False,
+    joint: bool = True,
 ) -> ProbeStats:
     """Probe statistics of softmax(q k^T * scale) under the top-left causal mask, fused.
 
@@ -809,7 +810,20 @@ def probe_stats(
     per_sequence=True returns the statistics of each sequence side by side (every tensor with a
     leading [batch] dimension, see `ProbeStats`), on the device, from the same three launches: the
     batch sum is simply left out of the final reduction. Nothing waits for the device.
+    joint=False runs the v3 kernels instead (`workbench.kernels.probe_v3`: each histogram in the
+    frame where its distance is a band): every field the same except `joint_mass` and
+    `joint_chance`, which are None (v3 cannot compute the joint histogram cheaply; docs/kernel.md).
+    The launch overrides (block_m, ...) are v2's and are refused with joint=False.
     """
+    if not joint:
+        if any(x is not None for x in (block_m, block_n, num_warps, num_stages)):
+            raise ValueError("block_m / block_n / num_warps / num_stages configure the v2 kernel (joint=True); "
+                             "for joint=False use workbench.kernels.probe_v3.probe_stats_v3(slot_block=, band_block=)")
+        from workbench.kernels.probe_v3 import probe_stats_v3
+
+        return probe_stats_v3(q, k, key_pos, row_ref, row_own=row_own, sees_null=sees_null,
+                              recency_offset=recency_offset, r=r, w=w, scale=scale, max_distance=max_distance,
+                              per_sequence=per_sequence)
     overrides = dict(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages)
     pp = _prepare(q, k, key_pos, row_ref, row_own, sees_null, recency_offset, r, w, scale, max_distance, overrides)
     rows_m, hist_m, joint_m = _launch(pp, chance=False, per_sequence=per_sequence)
@@ -840,8 +854,9 @@ def _assemble(rows_m, hist_m, joint_m, rows_c, hist_c, joint_c, step_rows, n_own
     """ProbeStats from the reduced partials: rows [..., H, 6, R] (chance: [..., 1, 6, R]), hists
     [..., H, 3, N_BINS], joint [..., H, NBP, JS], step_rows [..., R], n_own [...]; "..." is [batch]
     for per-sequence stats."""
-    joint_m = _joint_bins(joint_m, hist_m[..., 0, 0], n_sem)
-    joint_c = _joint_bins(joint_c, hist_c[..., 0, 0], n_sem).expand_as(joint_m)
+    if joint_m is not None:  # None: the v3 kernels (probe_stats(..., joint=False)) leave it out
+        joint_m = _joint_bins(joint_m, hist_m[..., 0, 0], n_sem).contiguous()
+        joint_c = _joint_bins(joint_c, hist_c[..., 0, 0], n_sem).expand_as(joint_m).contiguous()
     rows_c, hist_c = rows_c.expand_as(rows_m), hist_c.expand_as(hist_m)
     step_pc = rows_c[..., :4, :].transpose(-1, -2).contiguous()
     # A part whose chance is 0 on a row is empty there (chance counts keys exactly), so its mass is
@@ -856,7 +871,7 @@ def _assemble(rows_m, hist_m, joint_m, rows_c, hist_c, joint_c, step_rows, n_own
         rec_mass=hist_m[..., 1, :].contiguous(), rec_chance=hist_c[..., 1, :].contiguous(),
         own_mass=hist_m[..., 2, :].contiguous() if own else None,
         own_chance=hist_c[..., 2, :].contiguous() if own else None,
-        joint_mass=joint_m.contiguous(), joint_chance=joint_c.contiguous(),
+        joint_mass=joint_m, joint_chance=joint_c,
         parts_mass=step_pm.sum(-2), parts_chance=step_pc.sum(-2), entropy=rows_m[..., 4, :].sum(-1),
         step_parts_mass=step_pm, step_parts_chance=step_pc, step_entropy=rows_m[..., 4, :].contiguous(),
         step_rows=step_rows, step_null_chance=rows_c[..., 5, :].contiguous(),

@@ -1,0 +1,487 @@
+"""Probe kernel v3: each histogram in the frame where its distance is a band (issue 21).
+
+`probe_stats_v3(...)` (reached as `probe_stats(..., joint=False)`) returns the same `ProbeStats`
+as the v2 kernel (`workbench.kernels.probe_kernel`) and the reference, **except the joint semantic
+x recency histogram**, which it does not compute: `joint_mass` and `joint_chance` are None. Every
+other field is the same, to float32 rounding. docs/kernel.md ("v3") has the design and the
+instruction counts; why the joint is left to v2 is at the end of this docstring.
+
+Two frames, four launches (two with softmax per head, two with p = 1 once per batch for chance):
+
+1. **Slot pass** (`_slot_kernel`; slot = generation order, rows and keys as given, causal half):
+   a flash forward with online softmax (running max m, sum l, entropy relative to m), plus the
+   statistics whose distance is a band in slot order: recency i - j + offset (banded as in v2:
+   whole tiles of one recency bin add row sums to a run, flushed into the [rows, bins]
+   accumulator when the bin changes; tiles straddling bin edges bin per element), R_w (whole tiles
+   inside, per element on the tile straddling w) and S_r & R_w ("both": only tiles with recency
+   <= w, i.e. next to the diagonal, test |d| <= r per element), the null-key mass and the row
+   total. Running sums are rescaled by 2^(m_old - m_new) per tile; the [rows, bins] recency
+   accumulator only at a flush (it carries the max it was last scaled to). Writes LSE, entropy,
+   the per-row parts without S (S only = -both, neither = 1 - R + both) and the recency histogram.
+2. **Semantic pass** (`_band_kernel`, full square): rows sorted by reference position, keys by
+   position (host: one argsort per sequence; the kernel gathers q and k rows through the sorted
+   slot indices, so nothing is copied). A tile's distance range follows from four scalars (first
+   and last position of its rows and of its keys), so a tile inside one log2 bin adds its row sums
+   to a run, a tile across bin edges bins per element only the edges it straddles, and S_r is a
+   whole-tile add, nothing, or one compare per element. Visibility is one integer compare per
+   element (key slot <= row slot; null keys and padding carry a slot no row reaches). p = 2^(s -
+   LSE) with the slot pass's LSE. Writes the semantic histogram and adds S_r to the per-row parts
+   (a gather and scatter at each row's slot).
+3. **Own pass**: the same kernel with rows sorted by own position (single stream), histogram only.
+
+Chance: the same kernels with CHANCE=True (p = 1 on visible keys), once per batch.
+
+Null keys have bin 0 in every histogram and are in "neither"; their mass comes from the slot pass
+(semantic and own bin 0 from its per-row null mass).
+
+**The joint histogram is not computed here** (docs/kernel.md, "v3: the joint histogram"): a
+pair's joint cell needs its semantic *and* its recency bin, and no frame has both constant over a
+tile (in slot order the semantic distance is random, in position order the recency is), so every
+visible pair needs per-element binning in one of the frames: ~2 instructions per bin edge and
+pair, which is what v2 pays for its semantic edges and then gets the joint from almost free.
+`probe_stats(..., joint=True)` (the default, and what `probe --fast` uses because the probe
+tables hold the joint) therefore runs v2.
+
+Caveats: as v2 (see workbench/kernels/probe_kernel.py): TRITON_INTERPRET=1 on machines without
+CUDA, one device sync per call without `max_distance`, bf16 wrong in the interpreter. Extra: the
+host sorts positions once per call (two or three argsorts of [batch, T]); the semantic pass covers
+the full square of every sequence, not the causal half. Launch parameters are not tuned on a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from workbench.kernels.contract import N_BINS, ProbeStats
+from workbench.kernels.probe_kernel import (
+    N_ROW_FIELDS,
+    N_ROW_FIELDS_C,
+    NBP,
+    _assemble,
+    _bin_of,
+    _edge_mass,
+    _hide_null,
+    _le,
+    _max_rec_edges,
+    _prepare,
+    _rowsum,
+)
+
+_FAR = 1 << 30  # slot of a null / padding key in the sorted frame: above every row's slot
+
+
+# ----------------------------------------------------------------------------------------------
+# Pass 1: slot frame, online softmax
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _slot_tile(
+    j0, q, k_base, kpos_ptr, null_ptr, stride_kn, n_keys, qk_scale, offs_m, offs_d, ref_f, rowf, i0, rec_off, r, w,
+    sees, m_i, l_i, ent, nul, r_mass, both, run, run_bin, rec_acc, m_acc,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    MAX_REC_EDGES: tl.constexpr, NBP: tl.constexpr, MASKED: tl.constexpr, CHANCE: tl.constexpr,
+    NULL_ROWS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    offs_n = j0 + tl.arange(0, BLOCK_N)
+    if MASKED:
+        kpos = tl.load(kpos_ptr + offs_n, mask=offs_n < n_keys, other=0)
+    else:
+        kpos = tl.load(kpos_ptr + offs_n)
+    null_block = tl.load(null_ptr + j0 // BLOCK_N) != 0
+
+    # -- p relative to the running max (chance: 1 on visible keys, max 0) ------------------------
+    if CHANCE:
+        p = tl.full([BLOCK_M, BLOCK_N], 1.0, tl.float32)
+        if MASKED:
+            p = tl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
+        if NULL_ROWS:
+            if null_block:
+                p = tl.where((kpos[None, :] >= 0) | (sees[:, None] != 0), p, 0.0)
+        m_new = m_i
+        alpha = tl.full([BLOCK_M], 1.0, tl.float32)
+    else:
+        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
+        if MASKED:
+            k = tl.load(k_ptrs, mask=(offs_n < n_keys)[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+        elif HEAD_DIM == D_PAD:
+            k = tl.load(k_ptrs)
+        else:
+            k = tl.load(k_ptrs, mask=(offs_d < HEAD_DIM)[None, :], other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        if NULL_ROWS:
+            qk = _hide_null(qk, j0, offs_n, kpos_ptr, null_ptr, sees, n_keys, qk_scale, BLOCK_N)
+        qk = qk * qk_scale
+        if MASKED:
+            qk = qk + tl.where(offs_m[:, None] >= offs_n[None, :], 0.0, -1.0e6)
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        x = qk - m_new[:, None]
+        p = tl.math.exp2(x)
+        alpha = tl.math.exp2(m_i - m_new)
+        # entropy: sum p * (s - m), kept relative to the running max (as v2's LSE pass)
+        ent = alpha * (ent + (m_i - m_new) * l_i) + tl.sum(p * x, 1)
+    a4 = alpha[:, None]
+    rs = _rowsum(p, BLOCK_M, BLOCK_N)
+    l_i = l_i * alpha + tl.sum(rs, 1)
+    nul = nul * a4
+    if null_block:  # null keys: no distance, no recency; only the row total and the null mass
+        p = tl.where(kpos[None, :] >= 0, p, 0.0)
+        rs_nn = _rowsum(p, BLOCK_M, BLOCK_N)
+        nul += rs - rs_nn
+    else:
+        rs_nn = rs
+    run = run * a4
+    r_mass = r_mass * a4
+    both = both * a4
+
+    # -- recency: as v2, plus the scale of the [rows, bins] accumulator ---------------------------
+    rlo = i0 + rec_off - (j0 + BLOCK_N - 1)
+    if MASKED:
+        rlo = tl.maximum(rlo, rec_off)
+    rhi = i0 + BLOCK_M - 1 + rec_off - j0
+    blo = _bin_of(rlo)
+    bhi = _bin_of(rhi)
+    if (blo != bhi) | (blo != run_bin):
+        cols = tl.arange(0, NBP)[None, :]
+        rec_acc = rec_acc * tl.math.exp2(m_acc - m_new)[:, None] + tl.where(cols == run_bin, tl.sum(run, 1)[:, None], 0.0)
+        m_acc = m_new
+        if blo == bhi:
+            run = rs_nn
+        else:
+            recf = rowf[:, None] - offs_n[None, :].to(tl.float32)
+            cm = _edge_mass(p, recf, (1 << (blo - 1)) >> 1, BLOCK_M, BLOCK_N)  # mass in bin blo
+            run = cm
+            for s in tl.static_range(1, MAX_REC_EDGES):
+                if blo + s < bhi:
+                    cm_s = _edge_mass(p, recf, (1 << (blo + s - 1)) >> 1, BLOCK_M, BLOCK_N)
+                    rec_acc += tl.where(cols == blo + s, tl.sum(cm_s - cm, 1)[:, None], 0.0)
+                    cm = cm_s
+            rec_acc += tl.where(cols == bhi, tl.sum(rs_nn - cm, 1)[:, None], 0.0)
+        run_bin = blo
+    else:
+        run += rs_nn
+
+    # -- R_w, and S_r & R_w: per element only on the tiles with recency <= w (next to the diagonal)
+    if rlo <= w:
+        ad = tl.abs(kpos.to(tl.float32)[None, :] - ref_f[:, None])
+        if rhi > w:
+            p = p * _le(rowf[:, None] - offs_n[None, :].to(tl.float32), w)
+            r_mass += _rowsum(p, BLOCK_M, BLOCK_N)
+        else:
+            r_mass += rs_nn
+        both += _edge_mass(p, ad, r, BLOCK_M, BLOCK_N)
+    return m_new, l_i, ent, nul, r_mass, both, run, run_bin, rec_acc, m_acc
+
+
+@triton.jit
+def _slot_kernel(
+    Q, K, KPOS, NULL_BLK, REF, SEES, LSE, ROWS_OUT, HIST_OUT,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_pos_b, stride_null_b, stride_ref_b,
+    n_heads, n_rows, n_keys, n_row_blocks, qk_scale, rec_off, r, w,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    MAX_REC_EDGES: tl.constexpr, NBP: tl.constexpr, CHANCE: tl.constexpr, NULL_ROWS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Pass 1, slot frame. Writes LSE [B*H, R] (log2 units; +inf for rows not probed), ROWS_OUT
+    [B*H, 6, R] (fields: -both, R - both, both, 1 - R + both, entropy (chance: log2 |V|), null mass;
+    fractions of the row total; the semantic pass adds S to fields 0 and 3) and HIST_OUT
+    [B*H, blocks, NBP] (recency histogram of the block's probed rows, bin 0 the null keys)."""
+    pid = tl.program_id(0)
+    pid_m = pid % n_row_blocks
+    pid_bh = pid // n_row_blocks
+    b = (pid_bh // n_heads).to(tl.int64)
+    h = (pid_bh % n_heads).to(tl.int64)
+    i0 = pid_m * BLOCK_M
+    offs_m = i0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    row_ok = offs_m < n_rows
+    ref = tl.load(REF + b * stride_ref_b + offs_m, mask=row_ok, other=-1)
+    probed = ref >= 0
+    ref_f = ref.to(tl.float32)
+    rowf = (offs_m + rec_off).to(tl.float32)  # recency of key j is rowf - j
+    sees = tl.load(SEES + b * stride_ref_b + offs_m, mask=row_ok, other=1) if NULL_ROWS else offs_m
+    if CHANCE:
+        q = 0.0
+        m_i = tl.zeros([BLOCK_M], tl.float32)
+    else:
+        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+                    mask=row_ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+        m_i = tl.zeros([BLOCK_M], tl.float32) - 1.0e30  # finite: (m_old - m_new) * l stays 0 * finite
+    k_base = K + b * stride_kb + h * stride_kh
+    kpos_ptr = KPOS + b * stride_pos_b
+    null_ptr = NULL_BLK + b * stride_null_b
+
+    hi = tl.where(tl.max(probed.to(tl.int32), 0) > 0, tl.minimum(i0 + BLOCK_M, n_keys), 0)
+    lo = tl.minimum((i0 + 1) // BLOCK_N * BLOCK_N, hi)
+    zero = tl.zeros([BLOCK_M, 4], tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    ent = tl.zeros([BLOCK_M], tl.float32)
+    nul, r_mass, both, run = zero, zero, zero, zero
+    run_bin = i0 * 0 - 1
+    rec_acc = tl.zeros([BLOCK_M, NBP], tl.float32)
+    m_acc = m_i
+    for j0 in range(0, lo, BLOCK_N):
+        m_i, l_i, ent, nul, r_mass, both, run, run_bin, rec_acc, m_acc = _slot_tile(
+            j0, q, k_base, kpos_ptr, null_ptr, stride_kn, n_keys, qk_scale, offs_m, offs_d, ref_f, rowf, i0, rec_off,
+            r, w, sees, m_i, l_i, ent, nul, r_mass, both, run, run_bin, rec_acc, m_acc,
+            HEAD_DIM, D_PAD, BLOCK_M, BLOCK_N, MAX_REC_EDGES, NBP, False, CHANCE, NULL_ROWS, DOT_PRECISION)
+    for j0 in range(lo, hi, BLOCK_N):
+        m_i, l_i, ent, nul, r_mass, both, run, run_bin, rec_acc, m_acc = _slot_tile(
+            j0, q, k_base, kpos_ptr, null_ptr, stride_kn, n_keys, qk_scale, offs_m, offs_d, ref_f, rowf, i0, rec_off,
+            r, w, sees, m_i, l_i, ent, nul, r_mass, both, run, run_bin, rec_acc, m_acc,
+            HEAD_DIM, D_PAD, BLOCK_M, BLOCK_N, MAX_REC_EDGES, NBP, True, CHANCE, NULL_ROWS, DOT_PRECISION)
+
+    cols = tl.arange(0, NBP)[None, :]
+    nul_r = tl.sum(nul, 1)
+    rec_acc = rec_acc * tl.math.exp2(m_acc - m_i)[:, None] + tl.where(cols == run_bin, tl.sum(run, 1)[:, None], 0.0)
+    l_safe = tl.maximum(l_i, 1e-30)  # rows never visited: not probed, masked below
+    inv = 1.0 / l_safe  # 1 / |V| for chance
+    hr = rec_acc + tl.where(cols == 0, nul_r[:, None], 0.0)
+    tl.store(HIST_OUT + (pid_bh * n_row_blocks + pid_m) * NBP + tl.arange(0, NBP),
+             tl.sum(tl.where(probed[:, None], hr * inv[:, None], 0.0), 0))
+    row_base = ROWS_OUT + pid_bh.to(tl.int64) * N_ROW_FIELDS_C * n_rows + offs_m
+    r_frac = tl.sum(r_mass, 1) * inv
+    b_frac = tl.sum(both, 1) * inv
+    tl.store(row_base, tl.where(probed, -b_frac, 0.0), mask=row_ok)
+    tl.store(row_base + n_rows, tl.where(probed, r_frac - b_frac, 0.0), mask=row_ok)
+    tl.store(row_base + 2 * n_rows, tl.where(probed, b_frac, 0.0), mask=row_ok)
+    tl.store(row_base + 3 * n_rows, tl.where(probed, 1.0 - r_frac + b_frac, 0.0), mask=row_ok)
+    tl.store(row_base + 5 * n_rows, tl.where(probed, nul_r * inv, 0.0), mask=row_ok)
+    if CHANCE:  # the entropy of uniform attention over V
+        tl.store(row_base + 4 * n_rows, tl.where(probed, tl.math.log2(tl.maximum(l_i, 1.0)), 0.0), mask=row_ok)
+    else:
+        tl.store(LSE + pid_bh.to(tl.int64) * n_rows + offs_m,
+                 tl.where(probed, m_i + tl.math.log2(l_safe), float("inf")), mask=row_ok)
+        tl.store(row_base + 4 * n_rows, tl.where(probed, tl.math.log2(l_safe) - ent / l_safe, 0.0), mask=row_ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# Passes 2 and 3: position frame (rows sorted by reference / own position, keys by position)
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _band_kernel(
+    Q, K, KPOS_S, KIDX_S, KSLOT_S, RPOS_S, RSLOT_S, WROW, LSE, ROWS_OUT, HIST_OUT,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_ks_b, stride_rs_b, stride_w_b,
+    n_heads, n_rows, n_keys_pad, n_row_blocks, qk_scale, r,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    N_SEM: tl.constexpr, NBP: tl.constexpr, PARTS: tl.constexpr, CHANCE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Passes 2 and 3: the distance histogram |key position - row position| in the position frame.
+
+    Sorted arrays (host, per sequence, padded to whole blocks): KPOS_S / KIDX_S / KSLOT_S [B, Kp]
+    key positions ascending (null and padding keys repeat the last real position), their slot
+    (for the gather of k) and their visibility slot (_FAR for null and padding keys); RPOS_S /
+    RSLOT_S [B, Rp] row positions ascending and each row's slot (-1: not in this histogram, padding
+    too). WROW [B, R] (slot order): each row's weight in the histogram (1 probed / 0; chance
+    1 / |V|). Writes HIST_OUT [B*H, blocks, NBP] (bin 0 is left to the host) and, with PARTS, adds
+    S_r (as a fraction of the row) to ROWS_OUT fields 0 and 3 at each row's slot.
+    """
+    pid = tl.program_id(0)
+    pid_m = pid % n_row_blocks
+    pid_bh = pid // n_row_blocks
+    b = (pid_bh // n_heads).to(tl.int64)
+    h = (pid_bh % n_heads).to(tl.int64)
+    i0 = pid_m * BLOCK_M
+    offs_i = i0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    rpos_ptr = RPOS_S + b * stride_rs_b
+    slot = tl.load(RSLOT_S + b * stride_rs_b + offs_i)  # [BLOCK_M], -1 for rows left out
+    ok = slot >= 0
+    slot_c = tl.maximum(slot, 0)
+    pos_f = tl.load(rpos_ptr + offs_i).to(tl.float32)
+    r_lo = tl.load(rpos_ptr + i0)  # the block's positions, ascending: first and last
+    r_hi = tl.load(rpos_ptr + i0 + BLOCK_M - 1)
+    wrow = tl.load(WROW + b * stride_w_b + slot_c, mask=ok, other=0.0)
+    if CHANCE:
+        q = 0.0
+        lse = pos_f
+    else:
+        q = tl.load(Q + b * stride_qb + h * stride_qh + slot_c[:, None] * stride_qm + offs_d[None, :],
+                    mask=ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+        lse = tl.load(LSE + pid_bh.to(tl.int64) * n_rows + slot_c, mask=ok, other=float("inf"))
+    k_base = K + b * stride_kb + h * stride_kh
+    kpos_ptr = KPOS_S + b * stride_ks_b
+
+    zero = tl.zeros([BLOCK_M, 4], tl.float32)
+    s_in, run = zero, zero
+    run_bin = i0 * 0 - 1
+    acc = tl.zeros([BLOCK_M, NBP], tl.float32)
+    cols = tl.arange(0, NBP)[None, :]
+    hi = tl.where(tl.max(ok.to(tl.int32), 0) > 0, n_keys_pad, 0)
+    for j0 in range(0, hi, BLOCK_N):
+        offs_n = j0 + tl.arange(0, BLOCK_N)
+        kslot = tl.load(KSLOT_S + b * stride_ks_b + offs_n)
+        kpos = tl.load(kpos_ptr + offs_n).to(tl.float32)
+        vis = kslot[None, :] <= slot[:, None]  # causal and not null: one compare
+        if CHANCE:
+            p = tl.where(vis, 1.0, 0.0)
+        else:
+            kidx = tl.load(KIDX_S + b * stride_ks_b + offs_n)
+            k = tl.load(k_base + kidx[:, None] * stride_kn + offs_d[None, :], mask=(offs_d < HEAD_DIM)[None, :],
+                        other=0.0)
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+            p = tl.where(vis, tl.math.exp2(qk * qk_scale - lse[:, None]), 0.0)
+        rs = _rowsum(p, BLOCK_M, BLOCK_N)
+        # distance range of the tile from its corner positions (both axes ascending)
+        k_lo = tl.load(kpos_ptr + j0)
+        k_hi = tl.load(kpos_ptr + j0 + BLOCK_N - 1)
+        d_lo = tl.maximum(tl.maximum(k_lo - r_hi, r_lo - k_hi), 0)
+        d_hi = tl.maximum(k_hi - r_lo, r_hi - k_lo)
+        blo = tl.minimum(_bin_of(d_lo), N_SEM + 1)  # bins above N_SEM + 1 are empty (max_distance)
+        bhi = tl.minimum(_bin_of(d_hi), N_SEM + 1)
+        ad = tl.abs(kpos[None, :] - pos_f[:, None])
+        if (blo != bhi) | (blo != run_bin):
+            acc += tl.where(cols == run_bin, tl.sum(run, 1)[:, None], 0.0)
+            if blo == bhi:
+                run = rs
+            else:  # per element, only the edges the tile straddles
+                cm = _edge_mass(p, ad, (1 << (blo - 1)) >> 1, BLOCK_M, BLOCK_N)  # mass in bin blo
+                run = cm
+                for e in range(blo + 1, bhi):
+                    cm_e = _edge_mass(p, ad, (1 << (e - 1)) >> 1, BLOCK_M, BLOCK_N)
+                    acc += tl.where(cols == e, tl.sum(cm_e - cm, 1)[:, None], 0.0)
+                    cm = cm_e
+                acc += tl.where(cols == bhi, tl.sum(rs - cm, 1)[:, None], 0.0)
+            run_bin = blo
+        else:
+            run += rs
+        if PARTS:  # S_r: the whole tile, nothing, or one compare per element
+            if d_hi <= r:
+                s_in += rs
+            elif d_lo <= r:
+                s_in += _edge_mass(p, ad, r, BLOCK_M, BLOCK_N)
+    acc += tl.where(cols == run_bin, tl.sum(run, 1)[:, None], 0.0)
+    tl.store(HIST_OUT + (pid_bh * n_row_blocks + pid_m) * NBP + tl.arange(0, NBP),
+             tl.sum(acc * wrow[:, None], 0))
+    if PARTS:
+        s_frac = tl.sum(s_in, 1) * wrow
+        row_base = ROWS_OUT + pid_bh.to(tl.int64) * N_ROW_FIELDS_C * n_rows + slot_c
+        tl.store(row_base, tl.load(row_base, mask=ok, other=0.0) + s_frac, mask=ok)
+        tl.store(row_base + 3 * n_rows, tl.load(row_base + 3 * n_rows, mask=ok, other=0.0) - s_frac, mask=ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host side
+# ----------------------------------------------------------------------------------------------
+
+
+def _sorted_frame(pos: Tensor, valid: Tensor, block: int, none: int) -> tuple[Tensor, Tensor]:
+    """Positions of the valid entries in ascending order, and their indices (`none` for padding),
+    per sequence, padded to a whole number of blocks: ([B, Np] int32 positions, [B, Np] int32 index).
+    Invalid entries sort last and repeat the last valid position, so a block's first and last
+    positions bound all of its entries' positions."""
+    B, n = pos.shape
+    n_pad = triton.cdiv(n, block) * block
+    big = torch.iinfo(torch.int32).max
+    keyed = torch.where(valid, pos.to(torch.int32), big)
+    keyed = torch.nn.functional.pad(keyed, (0, n_pad - n), value=big)
+    sorted_pos, order = keyed.sort(dim=1)
+    is_valid = sorted_pos != big
+    sorted_pos = torch.where(is_valid, sorted_pos, -1).cummax(dim=1).values.clamp(min=0)
+    index = torch.where(is_valid, order.to(torch.int32), none)
+    return sorted_pos.contiguous(), index.contiguous()
+
+
+def default_config_v3(device: torch.device) -> dict[str, int]:
+    """Launch parameters: slot_* for the slot pass, band_* for the position-frame passes. Not tuned
+    on a GPU yet (docs/kernel.md, v3): one warpgroup per program, as v2's statistics pass."""
+    if device.type != "cuda":  # interpreter: fewer, larger numpy ops
+        return dict(slot_m=64, slot_n=64, slot_warps=4, band_m=64, band_n=64, band_warps=4, num_stages=1)
+    return dict(slot_m=64, slot_n=32, slot_warps=4, band_m=64, band_n=64, band_warps=4, num_stages=2)
+
+
+def probe_stats_v3(q, k, key_pos, row_ref, *, row_own=None, sees_null=None, recency_offset, r, w, scale=None,
+                   max_distance=None, per_sequence=False, slot_block=None, band_block=None) -> ProbeStats:
+    """`probe_stats` without the joint histogram, through the v3 kernels (module docstring).
+
+    Same arguments and result as `workbench.kernels.probe_kernel.probe_stats`, but `joint_mass`
+    and `joint_chance` are None. slot_block / band_block: (block_m, block_n) overrides of the two
+    frames (results do not depend on them beyond float32 rounding)."""
+    cfg = default_config_v3(q.device)
+    if slot_block is not None:
+        cfg["slot_m"], cfg["slot_n"] = slot_block
+    if band_block is not None:
+        cfg["band_m"], cfg["band_n"] = band_block
+    for bm, bn in ((cfg["slot_m"], cfg["slot_n"]), (cfg["band_m"], cfg["band_n"])):
+        if bm < 16 or bn < 16 or bm & (bm - 1) or bn & (bn - 1):
+            raise ValueError(f"block sizes must be powers of two >= 16, got {bm} x {bn}")
+    # validation, dtypes and the null-key blocks of the slot pass: shared with v2
+    pp = _prepare(q, k, key_pos, row_ref, row_own, sees_null, recency_offset, r, w, scale, max_distance,
+                  dict(block_m=cfg["slot_m"], block_n=cfg["slot_n"]))
+    q, k, key_pos, row_ref = pp.q, pp.k, pp.key_pos, pp.row_ref
+    B, H, R, K = pp.shape
+    dev = q.device
+    c = pp.constexprs
+    qk_scale, rec_off = pp.args[2], int(recency_offset)
+    common = dict(HEAD_DIM=c["HEAD_DIM"], D_PAD=c["D_PAD"], DOT_PRECISION=c["DOT_PRECISION"],
+                  num_stages=cfg["num_stages"])
+
+    # position frames: keys by position (null keys out), rows by reference / own position
+    kpos_s, kidx = _sorted_frame(key_pos, key_pos >= 0, cfg["band_n"], -1)
+    kslot_s = torch.where(kidx >= 0, kidx, _FAR).contiguous()
+    kidx_s = kidx.clamp(min=0).contiguous()
+    probed = row_ref >= 0
+    frames = [_sorted_frame(row_ref, probed, cfg["band_m"], -1)]
+    if pp.has_own:
+        frames.append(_sorted_frame(pp.row_own, probed & (pp.row_own >= 0), cfg["band_m"], -1))
+    n_sem = c["N_SEM"]
+
+    def launch(chance: bool):
+        nh = 1 if chance else H
+        rows = torch.empty(B * nh, N_ROW_FIELDS, R, dtype=torch.float32, device=dev)
+        n_rb = triton.cdiv(R, cfg["slot_m"])
+        rec = torch.empty(B * nh, n_rb, NBP, dtype=torch.float32, device=dev)
+        lse = rows if chance else torch.empty(B * H, R, dtype=torch.float32, device=dev)
+        _slot_kernel[(n_rb * B * nh,)](
+            q, k, key_pos, pp.null_blk, row_ref, pp.sees, lse, rows, rec,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), key_pos.stride(0),
+            pp.null_blk.stride(0), row_ref.stride(0), nh, R, K, n_rb, qk_scale, rec_off, int(r), int(w),
+            BLOCK_M=cfg["slot_m"], BLOCK_N=cfg["slot_n"], MAX_REC_EDGES=_max_rec_edges(cfg["slot_m"], cfg["slot_n"]),
+            NBP=NBP, CHANCE=chance, NULL_ROWS=c["NULL_ROWS"], num_warps=cfg["slot_warps"], **common)
+        weights = pp.joint_weights[int(chance)]  # [B, R]: 1 per probed row; chance: 1 / |V|
+        hists = []
+        for parts, (rpos_s, rslot_s) in zip((True, False), frames):
+            n_bb = rpos_s.shape[1] // cfg["band_m"]
+            out = torch.empty(B * nh, n_bb, NBP, dtype=torch.float32, device=dev)
+            _band_kernel[(n_bb * B * nh,)](
+                q, k, kpos_s, kidx_s, kslot_s, rpos_s, rslot_s, weights, lse, rows, out,
+                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), kpos_s.stride(0),
+                rpos_s.stride(0), weights.stride(0), nh, R, kpos_s.shape[1], n_bb, qk_scale, int(r),
+                BLOCK_M=cfg["band_m"], BLOCK_N=cfg["band_n"], N_SEM=n_sem, NBP=NBP, PARTS=parts, CHANCE=chance,
+                num_warps=cfg["band_warps"], **common)
+            hists.append(out)
+        rows = rows.view(B, nh, N_ROW_FIELDS, R)
+        block_sum = lambda x: x.view(B, nh, -1, NBP).sum(2, dtype=torch.float64)  # noqa: E731
+        rec_h = block_sum(rec)
+        null = rec_h[..., 0]  # bin 0 of every histogram: the null keys' mass of the rows it counts
+        sem_h = block_sum(hists[0])
+        sem_h[..., 0] = null
+        stack = [sem_h, rec_h]
+        if pp.has_own:
+            own_h = block_sum(hists[1])
+            own_rows = (probed & (pp.row_own >= 0)).to(torch.float64)  # [B, R]
+            own_h[..., 0] = (rows[:, :, 5].double() * own_rows[:, None]).sum(-1)
+            stack.append(own_h)
+        else:
+            stack.append(torch.zeros_like(rec_h))
+        hist = torch.stack(stack, dim=2)[..., :N_BINS]
+        if per_sequence:
+            return rows.double(), hist
+        return rows.sum(0, dtype=torch.float64), hist.sum(0)
+
+    rows_m, hist_m = launch(False)
+    rows_c, hist_c = launch(True)
+    probed_d = probed.double()
+    own_rows = probed_d * (pp.row_own >= 0) if pp.has_own else None
+    if per_sequence:
+        step_rows, n_own = probed_d, (own_rows.sum(-1) if pp.has_own else probed_d.new_zeros(B))
+    else:
+        step_rows, n_own = probed_d.sum(0), (own_rows.sum() if pp.has_own else probed_d.new_zeros(()))
+    return _assemble(rows_m, hist_m, None, rows_c, hist_c, None, step_rows, n_own, n_sem=n_sem, r=int(r), w=int(w),
+                     recency_offset=rec_off, has_own=pp.has_own)
