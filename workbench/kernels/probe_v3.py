@@ -335,12 +335,12 @@ def _band_kernel(
         d_hi = tl.maximum(k_hi - r_lo, r_hi - k_lo)
         blo = tl.minimum(_bin_of(d_lo), N_SEM + 1)  # bins above N_SEM + 1 are empty (max_distance)
         bhi = tl.minimum(_bin_of(d_hi), N_SEM + 1)
-        ad = tl.abs(kpos[None, :] - pos_f[:, None])
         if (blo != bhi) | (blo != run_bin):
             acc += tl.where(cols == run_bin, tl.sum(run, 1)[:, None], 0.0)
             if blo == bhi:
                 run = rs
             else:  # per element, only the edges the tile straddles
+                ad = tl.abs(kpos[None, :] - pos_f[:, None])
                 cm = _edge_mass(p, ad, (1 << (blo - 1)) >> 1, BLOCK_M, BLOCK_N)  # mass in bin blo
                 run = cm
                 for e in range(blo + 1, bhi):
@@ -355,7 +355,7 @@ def _band_kernel(
             if d_hi <= r:
                 s_in += rs
             elif d_lo <= r:
-                s_in += _edge_mass(p, ad, r, BLOCK_M, BLOCK_N)
+                s_in += _edge_mass(p, tl.abs(kpos[None, :] - pos_f[:, None]), r, BLOCK_M, BLOCK_N)
     acc += tl.where(cols == run_bin, tl.sum(run, 1)[:, None], 0.0)
     tl.store(HIST_OUT + (pid_bh * n_row_blocks + pid_m) * NBP + tl.arange(0, NBP),
              tl.sum(acc * wrow[:, None], 0))
