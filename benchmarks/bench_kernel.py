@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from workbench.kernels.contract import pattern_stats  # noqa: E402
 from workbench.kernels.probe_kernel import _launch, _prepare, probe_stats  # noqa: E402
+from workbench.kernels.probe_v3 import probe_stats_v3  # noqa: E402
 
 TOKENS = 1 << 20
 HEADS, D_HEAD = 8, 64
@@ -145,7 +146,8 @@ def write_results(out: Path, meta: dict, rows: list[dict], r: int, w: int) -> li
                   f"{row['v3_own_peak_mb']:.0f} / {row['sdpa_peak_mb']:.0f} / {ctr_peak} |")
     for row in rows:
         if "configs" in row:
-            md += ["", "Launch configs at T=1024 (block_m x block_n x warps x stages): "
+            md += ["", "Launch configs at T=1024 (v2: block_m x block_n x warps x stages; v3: slot tile / position-frame "
+                   "tile): "
                    + ", ".join(f"{k}: {v:.2f} ms" for k, v in row["configs"].items())]
         if "max_rel_diff" in row:
             md += [f"T={row['T']}: max |kernel - reference| / rows on 2 sequences: v2 {row['max_rel_diff']:.2e}, "
@@ -163,6 +165,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--configs", default="", help="extra launch configs to time at T=1024, e.g. '64x64x4x2;128x32x8x2' "
                     "(block_m x block_n x num_warps x num_stages)")
+    ap.add_argument("--v3-configs", default="", help="v3 tiles to time at T=1024, e.g. '64x32/64x64;64x64/64x32' "
+                    "(slot block_m x block_n / position-frame block_m x block_n)")
     ap.add_argument("--r", type=int, default=4)
     ap.add_argument("--w", type=int, default=16)
     args = ap.parse_args()
@@ -218,6 +222,14 @@ def main() -> None:
                     fn = lambda: probe_stats(q, k, key_pos, row_ref, row_own=own, block_m=bm, block_n=bn,  # noqa: E731
                                              num_warps=nw, num_stages=ns, **kw)
                     row["configs"][c + own_name] = bench(fn)
+        if T == 1024 and args.v3_configs:
+            row.setdefault("configs", {})
+            for c in args.v3_configs.split(";"):
+                slot, band = (tuple(int(x) for x in part.split("x")) for part in c.split("/"))
+                for own_name, own in (("", None), ("+own", row_own)):
+                    fn = lambda: probe_stats_v3(q, k, key_pos, row_ref, row_own=own, slot_block=slot,  # noqa: E731
+                                                band_block=band, **kw)
+                    row["configs"]["v3 " + c + own_name] = bench(fn)
         # accuracy at this size on two sequences against the chunked reference
         if T <= 4096:
             from workbench.kernels.reference import reference_probe_stats

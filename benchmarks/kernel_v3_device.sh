@@ -34,5 +34,12 @@ if [ "$left" -gt 20 ]; then
 else
   echo "benchmark: skipped, only ${left} s left" | tee -a "$OUT/kernel-v3-device.txt"
 fi
+# 3. if time is left: v3 tiles at T = 1024 (its own folder: the result files are named by date)
+left=$((235 - (SECONDS - start)))
+if [ "$left" -gt 40 ]; then
+  timeout "$left" python3 benchmarks/bench_kernel.py --sizes 1024 --ctr-sizes "" --out "$OUT/tiles" \
+    --v3-configs "64x32/64x32;64x64/64x64;128x64/128x64;64x32/128x64" > "$OUT/kernel-v3-tiles.log" 2>&1
+  echo "tile sweep: exit $? after $((SECONDS - start)) s" | tee -a "$OUT/kernel-v3-device.txt"
+fi
 tail -n 12 "$OUT/kernel-v3-bench.log" 2>/dev/null
 ls -l "$OUT"
