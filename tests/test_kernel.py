@@ -437,6 +437,26 @@ def test_v3_with_rows_that_do_not_see_the_null_key(T, dtype, stream):
     assert float(got.step_null_mass[:, 1:].abs().max()) == 0.0 and float(got.step_null_chance[:, 1:].abs().max()) == 0.0
 
 
+def test_v3_with_sparse_repeated_and_far_positions():
+    """The position frame sorts positions, so it must not assume a permutation of 0..T-1: gaps,
+    repeated positions, distances beyond 2^14 (the last bin) and an explicit max_distance."""
+    q, k, key_pos, row_ref, own, off = make_case(2, 2, 60, 16, torch.float32, "main", seed=18, pad=True)
+    g = torch.Generator().manual_seed(19)
+    scale = torch.randint(1, 700, key_pos.shape, generator=g).to(key_pos.device)
+    key_pos = torch.where(key_pos >= 0, key_pos * scale, key_pos)  # gaps, some positions far apart
+    key_pos[:, 5:9] = torch.where(key_pos[:, 5:9] >= 0, 40, key_pos[:, 5:9])  # repeated positions
+    row_ref = torch.where(row_ref >= 0, (row_ref * 397) % 20011, row_ref)
+    own = torch.where(own >= 0, own * 3, own)
+    args = dict(row_own=own, recency_offset=off, r=300, w=7)
+    want = reference_probe_stats(q, k, key_pos, row_ref, **args)
+    assert want.sem_mass[:, -1].sum() > 0  # some mass beyond 2^14
+    got = probe_stats(q, k, key_pos, row_ref, joint=False, **args)
+    compare(got, want, k.shape[2], label="v3, sparse / repeated / far positions", skip=JOINT)
+    top = int(torch.stack([key_pos.max(), row_ref.max(), own.max()]).max())
+    again = probe_stats(q, k, key_pos, row_ref, joint=False, max_distance=top, **args)
+    compare(again, got, k.shape[2], tol=0, label="v3 with max_distance", skip=JOINT)
+
+
 def test_v3_results_do_not_depend_on_block_sizes():
     from workbench.kernels.probe_v3 import probe_stats_v3
 
