@@ -488,6 +488,12 @@ def test_v3_per_sequence_and_no_mixing_with_the_joint():
         whole + probe_stats(q, k, key_pos, row_ref, recency_offset=off, r=2, w=5)
     assert (whole + whole).joint_mass is None
     assert ProbeStats.from_dict(whole.to_dict()).joint_mass is None
+    # the probe tables need the joint: a loud refusal (the engine imports the models, which the
+    # device machine's bench_kernel.py --check may lack: then this last check is skipped)
+    engine = pytest.importorskip("workbench.probing.engine")
+    acc = engine.Accumulator(seqs.n_steps, seqs.n_heads, 1, device=DEVICE)
+    with pytest.raises(ValueError, match="joint=True"):
+        acc.add_batch(seqs, torch.zeros(3, dtype=torch.int64, device=DEVICE))
 
 
 # ----------------------------------------------------------------------------------------------

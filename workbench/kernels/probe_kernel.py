@@ -10,7 +10,10 @@ visible key blocks, and no pattern ever leaves registers. Three launches:
 3. `_probe_stats_kernel` with CHANCE=True: the same binning with p := 1 on visible keys, once per
    batch rather than per head (chance needs no softmax), divided by |V| = i + 1.
 
-Design notes, the cost model, profiles and measured numbers: docs/kernel.md. How the binning stays
+Design notes, the cost model, profiles and measured numbers: docs/kernel.md. This is v2, the
+kernel for every statistic including the joint semantic x recency histogram; `probe_stats(...,
+joint=False)` runs v3 instead (workbench/kernels/probe_v3.py: each histogram in the frame where its
+distance is a band), which does not compute the joint histogram (it returns None there). How the binning stays
 cheap (the binning, not the matmul, is the cost):
 
 - semantic / own distance (random positions, so per element): cumulative masses
