@@ -399,11 +399,13 @@ V3_CASES = [  # (T, B, H, D, dtype, stream, r, w, extra): sizes that are no mult
     (1, 2, 1, 16, torch.float16, "main", 0, 0, {}),
     (97, 2, 2, 64, torch.float16, "query", 4, 16, {}),
     (97, 2, 2, 8, torch.float32, "content", 3, 5, {"pad": True, "v2": True}),
-    (97, 3, 1, 48, torch.float16, "main", 16, 1, {"pad": True, "v2": True}),
-    (97, 2, 2, 32, torch.float32, "query", 2, 16, {"orders": "left_to_right"}),
-    (130, 2, 1, 32, torch.float32, "main", 5, 40, {"pad": True}),  # r not on a bin edge
-    (257, 1, 1, 48, torch.float16, "content", -1, 300, {"qk_std": 4.0}),  # S empty, R everything
+    (97, 3, 1, 48, torch.float16, "main", 16, 1, {"pad": True, "v2": True, "near_edges": 4}),  # r beyond 4
+    (97, 2, 2, 32, torch.float32, "query", 2, 16, {"orders": "left_to_right", "near_edges": 3}),
+    (130, 2, 1, 32, torch.float32, "main", 5, 40, {"pad": True, "near_edges": 5}),  # r not on a bin edge
+    (257, 1, 1, 48, torch.float16, "content", -1, 300, {"qk_std": 4.0, "near_edges": 1}),  # S empty, R all
 ]
+# near_edges: how many distance edges the position frame bins (the default, 8, covers every
+# distance below T = 130; fewer send the edges above to the slot pass, the split that larger T use)
 
 
 @pytest.mark.parametrize("T,B,H,D,dtype,stream,r,w,extra", V3_CASES,
@@ -411,13 +413,24 @@ V3_CASES = [  # (T, B, H, D, dtype, stream, r, w, extra): sizes that are no mult
                               + ("-" + "-".join(f"{k}" for k in c[8]) if c[8] else "") for c in V3_CASES])
 def test_v3_matches_reference_and_v2(T, B, H, D, dtype, stream, r, w, extra):
     """v3 against the reference, and (cases marked v2) against v2 on the same inputs."""
+    from workbench.kernels.probe_v3 import probe_stats_v3
+
     extra = dict(extra)
     v2_too = extra.pop("v2", False)
+    near = extra.pop("near_edges", None)
     case = make_case(B, H, T, D, dtype, stream, seed=T + B + D + 1, **extra)
-    got, want = run_both(case, r, w, joint=False)
+    if near is None:
+        got, want = run_both(case, r, w, joint=False)
+    else:
+        q, k, key_pos, row_ref, own, off = case
+        got = probe_stats_v3(q, k, key_pos, row_ref, row_own=own, recency_offset=off, r=r, w=w, near_edges=near)
+        want = reference_probe_stats(q, k, key_pos, row_ref, row_own=own, recency_offset=off, r=r, w=w)
     assert got.joint_mass is None and got.joint_chance is None
     n_keys = case[2].shape[1]
-    compare(got, want, n_keys, label=f"v3 vs reference T={T} {stream} {dtype}", skip=JOINT)
+    compare(got, want, n_keys, label=f"v3 vs reference T={T} {stream} {dtype} near_edges={near}", skip=JOINT)
+    for name in ("sem_chance", "own_chance", "rec_chance", "parts_chance"):  # empty bins exactly empty
+        if getattr(want, name) is not None:
+            assert torch.equal(getattr(got, name).cpu() == 0, getattr(want, name).cpu() == 0), name
     if v2_too:  # v2 is ~3x slower than v3 in the interpreter: a few cases only
         q, k, key_pos, row_ref, own, off = case
         v2 = probe_stats(q, k, key_pos, row_ref, row_own=own, recency_offset=off, r=r, w=w)
@@ -452,6 +465,10 @@ def test_v3_with_sparse_repeated_and_far_positions():
     assert want.sem_mass[:, -1].sum() > 0  # some mass beyond 2^14
     got = probe_stats(q, k, key_pos, row_ref, joint=False, **args)
     compare(got, want, k.shape[2], label="v3, sparse / repeated / far positions", skip=JOINT)
+    from workbench.kernels.probe_v3 import probe_stats_v3
+
+    split = probe_stats_v3(q, k, key_pos, row_ref, near_edges=4, **args)  # r = 300 beyond the near edges
+    compare(split, want, k.shape[2], label="v3, split edges, sparse / repeated / far positions", skip=JOINT)
     top = int(torch.stack([key_pos.max(), row_ref.max(), own.max()]).max())
     again = probe_stats(q, k, key_pos, row_ref, joint=False, max_distance=top, **args)
     compare(again, got, k.shape[2], tol=0, label="v3 with max_distance", skip=JOINT)
@@ -463,11 +480,14 @@ def test_v3_results_do_not_depend_on_block_sizes():
     q, k, key_pos, row_ref, own, off = make_case(2, 1, 75, 32, torch.float32, "main", seed=16, pad=True)
     args = dict(row_own=own, recency_offset=off, r=3, w=8)
     base = probe_stats_v3(q, k, key_pos, row_ref, slot_block=(64, 16), band_block=(64, 16), **args)
-    for slot, band in [((16, 16), (32, 64)), ((128, 32), (16, 16))]:
-        s = probe_stats_v3(q, k, key_pos, row_ref, slot_block=slot, band_block=band, **args)
-        compare(s, base, key_pos.shape[1], tol=2e-6, label=f"v3 blocks slot {slot} band {band}", skip=JOINT)
+    for slot, band, near in [((16, 16), (32, 64), 8), ((128, 32), (16, 16), 2), ((64, 32), (32, 16), 5)]:
+        s = probe_stats_v3(q, k, key_pos, row_ref, slot_block=slot, band_block=band, near_edges=near, **args)
+        compare(s, base, key_pos.shape[1], tol=2e-6, label=f"v3 blocks slot {slot} band {band} near {near}",
+                skip=JOINT)
     with pytest.raises(ValueError, match="powers of two"):
         probe_stats_v3(q, k, key_pos, row_ref, band_block=(48, 16), **args)
+    with pytest.raises(ValueError, match="near_edges"):
+        probe_stats_v3(q, k, key_pos, row_ref, near_edges=0, **args)
     with pytest.raises(ValueError, match="joint=True"):
         probe_stats(q, k, key_pos, row_ref, block_m=16, joint=False, **args)
 

@@ -55,7 +55,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from workbench.kernels.contract import N_BINS, ProbeStats
+from workbench.kernels.contract import EDGES, N_BINS, ProbeStats
 from workbench.kernels.probe_kernel import (
     N_ROW_FIELDS,
     N_ROW_FIELDS_C,
@@ -80,10 +80,11 @@ _FAR = 1 << 30  # slot of a null / padding key in the sorted frame: above every 
 
 @triton.jit
 def _slot_tile(
-    j0, q, k_base, kpos_ptr, null_ptr, stride_kn, n_keys, qk_scale, offs_m, offs_d, ref_f, rowf, i0, rec_off, r, w,
-    sees, m_i, l_i, ent, nul, r_mass, both, run, run_bin, rec_acc, m_acc,
+    j0, q, k_base, kpos_ptr, null_ptr, stride_kn, n_keys, qk_scale, offs_m, offs_d, ref_f, own_f, rowf, i0, rec_off,
+    r, w, sees, m_i, l_i, ent, nul, r_mass, both, run, run_bin, rec_acc, m_acc, far, far_own, s_in,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    MAX_REC_EDGES: tl.constexpr, NBP: tl.constexpr, MASKED: tl.constexpr, CHANCE: tl.constexpr,
+    MAX_REC_EDGES: tl.constexpr, NBP: tl.constexpr, N_NEAR: tl.constexpr, N_FAR: tl.constexpr,
+    HAS_OWN: tl.constexpr, S_IN_SLOT: tl.constexpr, MASKED: tl.constexpr, CHANCE: tl.constexpr,
     NULL_ROWS: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     offs_n = j0 + tl.arange(0, BLOCK_N)
@@ -137,6 +138,24 @@ def _slot_tile(
     r_mass = r_mass * a4
     both = both * a4
 
+    # -- split edges: the far semantic (and own) edges per element here, so that the position frame
+    #    visits only the tiles within EDGES[N_NEAR - 1] of its rows; S_r too when r is beyond that --
+    if N_FAR > 0 or S_IN_SLOT:
+        kf = kpos.to(tl.float32)[None, :]
+        ad = tl.abs(kf - ref_f[:, None])
+        new_far = ()
+        for e in tl.static_range(N_FAR):
+            new_far = new_far + (far[e] * a4 + _edge_mass(p, ad, (1 << (N_NEAR + e)) >> 1, BLOCK_M, BLOCK_N),)
+        far = new_far
+        if HAS_OWN:
+            ado = tl.abs(kf - own_f[:, None])
+            new_own = ()
+            for e in tl.static_range(N_FAR):
+                new_own = new_own + (far_own[e] * a4 + _edge_mass(p, ado, (1 << (N_NEAR + e)) >> 1, BLOCK_M, BLOCK_N),)
+            far_own = new_own
+        if S_IN_SLOT:
+            s_in = s_in * a4 + _edge_mass(p, ad, r, BLOCK_M, BLOCK_N)
+
     # -- recency: as v2, plus the scale of the [rows, bins] accumulator ---------------------------
     rlo = i0 + rec_off - (j0 + BLOCK_N - 1)
     if MASKED:
@@ -173,22 +192,29 @@ def _slot_tile(
         else:
             r_mass += rs_nn
         both += _edge_mass(p, ad, r, BLOCK_M, BLOCK_N)
-    return m_new, l_i, ent, nul, r_mass, both, run, run_bin, rec_acc, m_acc
+    return m_new, l_i, ent, nul, r_mass, both, run, run_bin, rec_acc, m_acc, far, far_own, s_in
 
 
 @triton.jit
 def _slot_kernel(
-    Q, K, KPOS, NULL_BLK, REF, SEES, LSE, ROWS_OUT, HIST_OUT,
+    Q, K, KPOS, NULL_BLK, REF, OWN, SEES, WROW, LSE, ROWS_OUT, HIST_OUT, FAR_OUT,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_pos_b, stride_null_b, stride_ref_b,
     n_heads, n_rows, n_keys, n_row_blocks, qk_scale, rec_off, r, w,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    MAX_REC_EDGES: tl.constexpr, NBP: tl.constexpr, CHANCE: tl.constexpr, NULL_ROWS: tl.constexpr,
+    MAX_REC_EDGES: tl.constexpr, NBP: tl.constexpr, N_NEAR: tl.constexpr, N_FAR: tl.constexpr,
+    HAS_OWN: tl.constexpr, S_IN_SLOT: tl.constexpr, CHANCE: tl.constexpr, NULL_ROWS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     """Pass 1, slot frame. Writes LSE [B*H, R] (log2 units; +inf for rows not probed), ROWS_OUT
-    [B*H, 6, R] (fields: -both, R - both, both, 1 - R + both, entropy (chance: log2 |V|), null mass;
-    fractions of the row total; the semantic pass adds S to fields 0 and 3) and HIST_OUT
-    [B*H, blocks, NBP] (recency histogram of the block's probed rows, bin 0 the null keys)."""
+    [B*H, 6, R] (fields: S only, R only, both, neither, entropy (chance: log2 |V|), null mass;
+    fractions of the row total; without S_IN_SLOT, S is left out (S only = -both, neither =
+    1 - R + both) and the semantic pass adds it to fields 0 and 3), HIST_OUT [B*H, blocks, NBP]
+    (recency histogram of the block's probed rows, bin 0 the null keys) and, with N_FAR far edges,
+    FAR_OUT [B*H, (N_FAR + 1) x (1, or 2 with own), R]: per row the fraction at distance <= each
+    far edge, then the fraction beyond the last (semantic, then own). OWN, REF, SEES and WROW share
+    strides; WROW [B, R] is the chance pass's row weight 1 / |V| (read with CHANCE, so that the
+    position pass, which weighs its rows with the same array, gets the same float32 fractions and
+    an empty bin stays exactly 0)."""
     pid = tl.program_id(0)
     pid_m = pid % n_row_blocks
     pid_bh = pid // n_row_blocks
@@ -203,6 +229,13 @@ def _slot_kernel(
     ref_f = ref.to(tl.float32)
     rowf = (offs_m + rec_off).to(tl.float32)  # recency of key j is rowf - j
     sees = tl.load(SEES + b * stride_ref_b + offs_m, mask=row_ok, other=1) if NULL_ROWS else offs_m
+    if HAS_OWN:
+        own = tl.load(OWN + b * stride_ref_b + offs_m, mask=row_ok, other=-1)
+        own_rows = probed & (own >= 0)
+        own_f = own.to(tl.float32)
+    else:
+        own_rows = probed
+        own_f = ref_f
     if CHANCE:
         q = 0.0
         m_i = tl.zeros([BLOCK_M], tl.float32)
@@ -221,34 +254,57 @@ def _slot_kernel(
     ent = tl.zeros([BLOCK_M], tl.float32)
     nul, r_mass, both, run = zero, zero, zero, zero
     run_bin = i0 * 0 - 1
-    rec_acc = tl.zeros([BLOCK_M, NBP], tl.float32)
+    rec_acc = tl.zeros([BLOCK_M, NBP], tl.float32)  # relative to the max m_acc
     m_acc = m_i
+    far = (zero,) * N_FAR  # cumulative semantic masses at the far edges
+    far_own = (zero,) * N_FAR if HAS_OWN else ()
+    s_in = zero
     for j0 in range(0, lo, BLOCK_N):
-        m_i, l_i, ent, nul, r_mass, both, run, run_bin, rec_acc, m_acc = _slot_tile(
-            j0, q, k_base, kpos_ptr, null_ptr, stride_kn, n_keys, qk_scale, offs_m, offs_d, ref_f, rowf, i0, rec_off,
-            r, w, sees, m_i, l_i, ent, nul, r_mass, both, run, run_bin, rec_acc, m_acc,
-            HEAD_DIM, D_PAD, BLOCK_M, BLOCK_N, MAX_REC_EDGES, NBP, False, CHANCE, NULL_ROWS, DOT_PRECISION)
+        m_i, l_i, ent, nul, r_mass, both, run, run_bin, rec_acc, m_acc, far, far_own, s_in = _slot_tile(
+            j0, q, k_base, kpos_ptr, null_ptr, stride_kn, n_keys, qk_scale, offs_m, offs_d, ref_f, own_f, rowf, i0,
+            rec_off, r, w, sees, m_i, l_i, ent, nul, r_mass, both, run, run_bin, rec_acc, m_acc, far, far_own, s_in,
+            HEAD_DIM, D_PAD, BLOCK_M, BLOCK_N, MAX_REC_EDGES, NBP, N_NEAR, N_FAR, HAS_OWN, S_IN_SLOT, False, CHANCE,
+            NULL_ROWS, DOT_PRECISION)
     for j0 in range(lo, hi, BLOCK_N):
-        m_i, l_i, ent, nul, r_mass, both, run, run_bin, rec_acc, m_acc = _slot_tile(
-            j0, q, k_base, kpos_ptr, null_ptr, stride_kn, n_keys, qk_scale, offs_m, offs_d, ref_f, rowf, i0, rec_off,
-            r, w, sees, m_i, l_i, ent, nul, r_mass, both, run, run_bin, rec_acc, m_acc,
-            HEAD_DIM, D_PAD, BLOCK_M, BLOCK_N, MAX_REC_EDGES, NBP, True, CHANCE, NULL_ROWS, DOT_PRECISION)
+        m_i, l_i, ent, nul, r_mass, both, run, run_bin, rec_acc, m_acc, far, far_own, s_in = _slot_tile(
+            j0, q, k_base, kpos_ptr, null_ptr, stride_kn, n_keys, qk_scale, offs_m, offs_d, ref_f, own_f, rowf, i0,
+            rec_off, r, w, sees, m_i, l_i, ent, nul, r_mass, both, run, run_bin, rec_acc, m_acc, far, far_own, s_in,
+            HEAD_DIM, D_PAD, BLOCK_M, BLOCK_N, MAX_REC_EDGES, NBP, N_NEAR, N_FAR, HAS_OWN, S_IN_SLOT, True, CHANCE,
+            NULL_ROWS, DOT_PRECISION)
 
     cols = tl.arange(0, NBP)[None, :]
     nul_r = tl.sum(nul, 1)
     rec_acc = rec_acc * tl.math.exp2(m_acc - m_i)[:, None] + tl.where(cols == run_bin, tl.sum(run, 1)[:, None], 0.0)
     l_safe = tl.maximum(l_i, 1e-30)  # rows never visited: not probed, masked below
-    inv = 1.0 / l_safe  # 1 / |V| for chance
+    if CHANCE:  # 1 / |V|: the host's float32 value (see the docstring)
+        inv = tl.load(WROW + b * stride_ref_b + offs_m, mask=row_ok, other=0.0)
+    else:
+        inv = 1.0 / l_safe
     hr = rec_acc + tl.where(cols == 0, nul_r[:, None], 0.0)
     tl.store(HIST_OUT + (pid_bh * n_row_blocks + pid_m) * NBP + tl.arange(0, NBP),
              tl.sum(tl.where(probed[:, None], hr * inv[:, None], 0.0), 0))
     row_base = ROWS_OUT + pid_bh.to(tl.int64) * N_ROW_FIELDS_C * n_rows + offs_m
     r_frac = tl.sum(r_mass, 1) * inv
     b_frac = tl.sum(both, 1) * inv
-    tl.store(row_base, tl.where(probed, -b_frac, 0.0), mask=row_ok)
+    s_frac = tl.sum(s_in, 1) * inv  # 0 unless S_IN_SLOT
+    tl.store(row_base, tl.where(probed, s_frac - b_frac, 0.0), mask=row_ok)
     tl.store(row_base + n_rows, tl.where(probed, r_frac - b_frac, 0.0), mask=row_ok)
     tl.store(row_base + 2 * n_rows, tl.where(probed, b_frac, 0.0), mask=row_ok)
-    tl.store(row_base + 3 * n_rows, tl.where(probed, 1.0 - r_frac + b_frac, 0.0), mask=row_ok)
+    tl.store(row_base + 3 * n_rows, tl.where(probed, 1.0 - s_frac - r_frac + b_frac, 0.0), mask=row_ok)
+    if N_FAR > 0:  # per row: the fraction at distance <= each far edge, then beyond the last (from
+        # counts in the chance pass, so that an empty bin stays exactly 0 in the position pass)
+        l_nn = l_i - nul_r
+        far_base = FAR_OUT + pid_bh.to(tl.int64) * (N_FAR + 1) * (2 if HAS_OWN else 1) * n_rows + offs_m
+        for e in tl.static_range(N_FAR):
+            tl.store(far_base + e * n_rows, tl.where(probed, tl.sum(far[e], 1) * inv, 0.0), mask=row_ok)
+        tl.store(far_base + N_FAR * n_rows, tl.where(probed, (l_nn - tl.sum(far[N_FAR - 1], 1)) * inv, 0.0),
+                 mask=row_ok)
+        if HAS_OWN:
+            own_base = far_base + (N_FAR + 1) * n_rows
+            for e in tl.static_range(N_FAR):
+                tl.store(own_base + e * n_rows, tl.where(own_rows, tl.sum(far_own[e], 1) * inv, 0.0), mask=row_ok)
+            tl.store(own_base + N_FAR * n_rows,
+                     tl.where(own_rows, (l_nn - tl.sum(far_own[N_FAR - 1], 1)) * inv, 0.0), mask=row_ok)
     tl.store(row_base + 5 * n_rows, tl.where(probed, nul_r * inv, 0.0), mask=row_ok)
     if CHANCE:  # the entropy of uniform attention over V
         tl.store(row_base + 4 * n_rows, tl.where(probed, tl.math.log2(tl.maximum(l_i, 1.0)), 0.0), mask=row_ok)
@@ -265,12 +321,12 @@ def _slot_kernel(
 
 @triton.jit
 def _band_kernel(
-    Q, K, KPOS_S, KIDX_S, KSLOT_S, RPOS_S, RSLOT_S, WROW, LSE, ROWS_OUT, HIST_OUT,
+    Q, K, KPOS_S, KIDX_S, KSLOT_S, RPOS_S, RSLOT_S, KRANGE, WROW, LSE, ROWS_OUT, FAR, HIST_OUT,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_ks_b, stride_rs_b, stride_w_b,
-    n_heads, n_rows, n_keys_pad, n_row_blocks, qk_scale, r,
+    n_heads, n_rows, n_row_blocks, qk_scale, r, far_field,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    N_SEM: tl.constexpr, NBP: tl.constexpr, PARTS: tl.constexpr, CHANCE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    N_NEAR: tl.constexpr, N_FAR: tl.constexpr, FAR_FIELDS: tl.constexpr, NBP: tl.constexpr,
+    PARTS: tl.constexpr, CHANCE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Passes 2 and 3: the distance histogram |key position - row position| in the position frame.
 
@@ -281,6 +337,13 @@ def _band_kernel(
     too). WROW [B, R] (slot order): each row's weight in the histogram (1 probed / 0; chance
     1 / |V|). Writes HIST_OUT [B*H, blocks, NBP] (bin 0 is left to the host) and, with PARTS, adds
     S_r (as a fraction of the row) to ROWS_OUT fields 0 and 3 at each row's slot.
+
+    Split edges: bins 1..N_NEAR (distance <= EDGES[N_NEAR - 1]) are binned here, over the key
+    blocks KRANGE [B, row blocks, 2] (first, end) that hold such distances; with N_FAR > 0 the bins
+    above come from the slot pass's per-row fractions FAR [B*H, FAR_FIELDS, R] (fields far_field ..
+    far_field + N_FAR: at distance <= each far edge, then beyond the last), read at each row's slot:
+    the first far bin is its first field less this pass's near mass of the row. (N_FAR = 0: every
+    key block, every bin here.)
     """
     pid = tl.program_id(0)
     pid_m = pid % n_row_blocks
@@ -313,8 +376,9 @@ def _band_kernel(
     run_bin = i0 * 0 - 1
     acc = tl.zeros([BLOCK_M, NBP], tl.float32)
     cols = tl.arange(0, NBP)[None, :]
-    hi = tl.where(tl.max(ok.to(tl.int32), 0) > 0, n_keys_pad, 0)
-    for j0 in range(0, hi, BLOCK_N):
+    j_first = tl.load(KRANGE + (b * n_row_blocks + pid_m) * 2)
+    j_end = tl.where(tl.max(ok.to(tl.int32), 0) > 0, tl.load(KRANGE + (b * n_row_blocks + pid_m) * 2 + 1), j_first)
+    for j0 in range(j_first, j_end, BLOCK_N):
         offs_n = j0 + tl.arange(0, BLOCK_N)
         kslot = tl.load(KSLOT_S + b * stride_ks_b + offs_n)
         kpos = tl.load(kpos_ptr + offs_n).to(tl.float32)
@@ -333,8 +397,10 @@ def _band_kernel(
         k_hi = tl.load(kpos_ptr + j0 + BLOCK_N - 1)
         d_lo = tl.maximum(tl.maximum(k_lo - r_hi, r_lo - k_hi), 0)
         d_hi = tl.maximum(k_hi - r_lo, r_hi - k_lo)
-        blo = tl.minimum(_bin_of(d_lo), N_SEM + 1)  # bins above N_SEM + 1 are empty (max_distance)
-        bhi = tl.minimum(_bin_of(d_hi), N_SEM + 1)
+        # bins above N_NEAR + 1 are empty (max_distance) or, with far edges, the slot pass's: bin
+        # N_NEAR + 1 then collects what lies beyond EDGES[N_NEAR - 1], dropped below
+        blo = tl.minimum(_bin_of(d_lo), N_NEAR + 1)
+        bhi = tl.minimum(_bin_of(d_hi), N_NEAR + 1)
         if (blo != bhi) | (blo != run_bin):
             acc += tl.where(cols == run_bin, tl.sum(run, 1)[:, None], 0.0)
             if blo == bhi:
@@ -357,8 +423,20 @@ def _band_kernel(
             elif d_lo <= r:
                 s_in += _edge_mass(p, tl.abs(kpos[None, :] - pos_f[:, None]), r, BLOCK_M, BLOCK_N)
     acc += tl.where(cols == run_bin, tl.sum(run, 1)[:, None], 0.0)
-    tl.store(HIST_OUT + (pid_bh * n_row_blocks + pid_m) * NBP + tl.arange(0, NBP),
-             tl.sum(acc * wrow[:, None], 0))
+    hist = acc * wrow[:, None]
+    if N_FAR > 0:  # the far bins: differences of the slot pass's per-row fractions
+        near = tl.sum(tl.where((cols >= 1) & (cols <= N_NEAR), acc, 0.0), 1) * wrow  # counts x weight, as there
+        hist = tl.where(cols == N_NEAR + 1, 0.0, hist)
+        far_base = FAR + (pid_bh.to(tl.int64) * FAR_FIELDS + far_field) * n_rows + slot_c
+        prev = near
+        for e in tl.static_range(N_FAR + 1):
+            f = tl.load(far_base + e * n_rows, mask=ok, other=0.0)
+            if e < N_FAR:
+                hist = tl.where(cols == N_NEAR + 1 + e, (f - prev)[:, None], hist)
+            else:  # the field beyond the last far edge: the last bin
+                hist = tl.where(cols == N_NEAR + 1 + e, f[:, None], hist)
+            prev = f
+    tl.store(HIST_OUT + (pid_bh * n_row_blocks + pid_m) * NBP + tl.arange(0, NBP), tl.sum(hist, 0))
     if PARTS:
         s_frac = tl.sum(s_in, 1) * wrow
         row_base = ROWS_OUT + pid_bh.to(tl.int64) * N_ROW_FIELDS_C * n_rows + slot_c
@@ -388,6 +466,27 @@ def _sorted_frame(pos: Tensor, valid: Tensor, block: int, none: int) -> tuple[Te
     return sorted_pos.contiguous(), index.contiguous()
 
 
+def _key_ranges(rpos_s: Tensor, kpos_s: Tensor, block_m: int, block_n: int, theta: int | None) -> Tensor:
+    """[B, row blocks, 2] int32: the key blocks [first, end) of the position frame that hold a key
+    within theta of a row of each row block (all of them for theta None)."""
+    B, n_keys = kpos_s.shape
+    n_rb = rpos_s.shape[1] // block_m
+    if theta is None:
+        first = torch.zeros(B, n_rb, dtype=torch.int64, device=kpos_s.device)
+        end = torch.full_like(first, n_keys)
+    else:
+        r_lo, r_hi = rpos_s[:, ::block_m], rpos_s[:, block_m - 1 :: block_m]  # both axes ascending
+        first = torch.searchsorted(kpos_s, (r_lo - theta).contiguous()) // block_n * block_n
+        end = torch.searchsorted(kpos_s, (r_hi + theta).contiguous(), right=True)
+        end = ((end + block_n - 1) // block_n * block_n).clamp(max=n_keys)
+    return torch.stack([first, end], dim=-1).to(torch.int32).contiguous()
+
+
+NEAR_EDGES = 8
+"""Split edges: the position frame bins distances up to EDGES[NEAR_EDGES - 1] = 64 (the tiles near
+its diagonal), the slot pass the edges above per element (docs/kernel.md, v3b)."""
+
+
 def default_config_v3(device: torch.device) -> dict[str, int]:
     """Launch parameters: slot_* for the slot pass, band_* for the position-frame passes. Not tuned
     on a GPU yet (docs/kernel.md, v3): one warpgroup per program, as v2's statistics pass."""
@@ -397,12 +496,16 @@ def default_config_v3(device: torch.device) -> dict[str, int]:
 
 
 def probe_stats_v3(q, k, key_pos, row_ref, *, row_own=None, sees_null=None, recency_offset, r, w, scale=None,
-                   max_distance=None, per_sequence=False, slot_block=None, band_block=None) -> ProbeStats:
+                   max_distance=None, per_sequence=False, slot_block=None, band_block=None,
+                   near_edges: int = NEAR_EDGES) -> ProbeStats:
     """`probe_stats` without the joint histogram, through the v3 kernels (module docstring).
 
     Same arguments and result as `workbench.kernels.probe_kernel.probe_stats`, but `joint_mass`
     and `joint_chance` are None. slot_block / band_block: (block_m, block_n) overrides of the two
-    frames (results do not depend on them beyond float32 rounding)."""
+    frames; near_edges: how many distance edges the position frame bins (the rest go per element
+    to the slot pass). Results do not depend on any of them beyond float32 rounding."""
+    if near_edges < 1:
+        raise ValueError(f"near_edges must be >= 1, got {near_edges}")
     cfg = default_config_v3(q.device)
     if slot_block is not None:
         cfg["slot_m"], cfg["slot_n"] = slot_block
@@ -431,6 +534,14 @@ def probe_stats_v3(q, k, key_pos, row_ref, *, row_own=None, sees_null=None, rece
     if pp.has_own:
         frames.append(_sorted_frame(pp.row_own, probed & (pp.row_own >= 0), cfg["band_m"], -1))
     n_sem = c["N_SEM"]
+    n_near = min(n_sem, near_edges)
+    n_far = n_sem - n_near
+    theta = EDGES[n_near - 1] if n_far else None  # None: the position frame bins every distance
+    s_in_slot = theta is not None and int(r) > theta  # then S_r is not near the position diagonal
+    far_fields = (n_far + 1) * (2 if pp.has_own else 1)
+    ranges = [_key_ranges(rpos_s, kpos_s, cfg["band_m"], cfg["band_n"], theta) for rpos_s, _ in frames]
+    band = dict(BLOCK_M=cfg["band_m"], BLOCK_N=cfg["band_n"], N_NEAR=n_near, N_FAR=n_far, FAR_FIELDS=far_fields,
+                NBP=NBP, num_warps=cfg["band_warps"], **common)
 
     def launch(chance: bool):
         nh = 1 if chance else H
@@ -438,23 +549,24 @@ def probe_stats_v3(q, k, key_pos, row_ref, *, row_own=None, sees_null=None, rece
         n_rb = triton.cdiv(R, cfg["slot_m"])
         rec = torch.empty(B * nh, n_rb, NBP, dtype=torch.float32, device=dev)
         lse = rows if chance else torch.empty(B * H, R, dtype=torch.float32, device=dev)
+        weights = pp.joint_weights[int(chance)]  # [B, R]: 1 per probed row; chance: 1 / |V|
+        far = torch.empty(B * nh, far_fields, R, dtype=torch.float32, device=dev) if n_far else rows  # rows: not read
         _slot_kernel[(n_rb * B * nh,)](
-            q, k, key_pos, pp.null_blk, row_ref, pp.sees, lse, rows, rec,
+            q, k, key_pos, pp.null_blk, row_ref, pp.row_own, pp.sees, pp.joint_weights[1], lse, rows, rec, far,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), key_pos.stride(0),
             pp.null_blk.stride(0), row_ref.stride(0), nh, R, K, n_rb, qk_scale, rec_off, int(r), int(w),
             BLOCK_M=cfg["slot_m"], BLOCK_N=cfg["slot_n"], MAX_REC_EDGES=_max_rec_edges(cfg["slot_m"], cfg["slot_n"]),
-            NBP=NBP, CHANCE=chance, NULL_ROWS=c["NULL_ROWS"], num_warps=cfg["slot_warps"], **common)
-        weights = pp.joint_weights[int(chance)]  # [B, R]: 1 per probed row; chance: 1 / |V|
+            NBP=NBP, N_NEAR=n_near, N_FAR=n_far, HAS_OWN=pp.has_own and n_far > 0, S_IN_SLOT=s_in_slot,
+            CHANCE=chance, NULL_ROWS=c["NULL_ROWS"], num_warps=cfg["slot_warps"], **common)
         hists = []
-        for parts, (rpos_s, rslot_s) in zip((True, False), frames):
+        for i, ((rpos_s, rslot_s), krange) in enumerate(zip(frames, ranges)):
             n_bb = rpos_s.shape[1] // cfg["band_m"]
             out = torch.empty(B * nh, n_bb, NBP, dtype=torch.float32, device=dev)
             _band_kernel[(n_bb * B * nh,)](
-                q, k, kpos_s, kidx_s, kslot_s, rpos_s, rslot_s, weights, lse, rows, out,
+                q, k, kpos_s, kidx_s, kslot_s, rpos_s, rslot_s, krange, weights, lse, rows, far, out,
                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), kpos_s.stride(0),
-                rpos_s.stride(0), weights.stride(0), nh, R, kpos_s.shape[1], n_bb, qk_scale, int(r),
-                BLOCK_M=cfg["band_m"], BLOCK_N=cfg["band_n"], N_SEM=n_sem, NBP=NBP, PARTS=parts, CHANCE=chance,
-                num_warps=cfg["band_warps"], **common)
+                rpos_s.stride(0), weights.stride(0), nh, R, n_bb, qk_scale, int(r), i * (n_far + 1),
+                PARTS=i == 0 and not s_in_slot, CHANCE=chance, **band)
             hists.append(out)
         rows = rows.view(B, nh, N_ROW_FIELDS, R)
         block_sum = lambda x: x.view(B, nh, -1, NBP).sum(2, dtype=torch.float64)  # noqa: E731
