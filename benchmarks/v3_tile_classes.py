@@ -20,12 +20,14 @@ import numpy as np
 # SASS instructions per element a thread holds, per class (see the module docstring)
 SLOT = {  # 64 x 32 tile: 16 elements per thread
     "common": 236 / 16,  # dot, online softmax + entropy, rescaling, row sums, run add, R_w test, loop
+    "far": (120 + 8) / 2 / 16,  # each far semantic edge (split edges), per element of every tile
     "flush": 80 / 16,  # the run ends: rescale the [rows, bins] accumulator, add the run
     "edge": 83 / 16,  # each recency edge a tile straddles (the first: 72)
     "near_w": 150 / 16,  # recency <= w: R_w per element (straddle) and S_r & R_w
 }
+FAR_EDGES = 2  # workbench.kernels.probe_v3.FAR_EDGES (--far: other splits)
 BAND = {  # 64 x 64 tile: 32 elements per thread
-    "common": 312 / 32,  # gathered k, dot, exp2 against the LSE, visibility compare, row sums, loop
+    "common": 302 / 32,  # gathered k, dot, exp2 against the LSE, visibility compare, row sums, loop
     "flush": 33 / 32,
     "edge": 114 / 32,  # each distance edge a tile straddles (runtime loop)
     "s_r": 113 / 32,  # a tile across r: one compare per element
@@ -37,9 +39,18 @@ def bin_of(x):
     return np.where(x <= 0, 1, np.minimum(2 + np.ceil(np.log2(np.maximum(x, 1))).astype(int), 17))
 
 
+def n_edges(T):
+    return 1 + math.ceil(math.log2(T - 1))  # semantic edges the kernels evaluate (max distance T - 1)
+
+
+def near_edges(T):
+    return max(1, n_edges(T) - FAR_EDGES)  # workbench.kernels.probe_v3.near_edges_for
+
+
 def slot_counts(T, bm, bn, w, rec_off=0):
     """Element counts per class in the slot frame (causal half, diagonal blocks included)."""
-    c = dict(common=0, flush=0, edge=0, near_w=0)
+    c = dict(common=0, far=0, flush=0, edge=0, near_w=0)
+    n_far = n_edges(T) - near_edges(T)
     for i0 in range(0, T, bm):
         run_bin = -1
         hi = min(i0 + bm, T)
@@ -52,6 +63,7 @@ def slot_counts(T, bm, bn, w, rec_off=0):
             blo, bhi = int(bin_of(rlo)), int(bin_of(rhi))
             n = bm * bn
             c["common"] += n
+            c["far"] += n * n_far
             if blo != bhi or blo != run_bin:
                 c["flush"] += n
                 c["edge"] += n * (bhi - blo)
@@ -62,8 +74,9 @@ def slot_counts(T, bm, bn, w, rec_off=0):
 
 
 def band_counts(T, bm, bn, r, seed=0):
-    """Element counts per class in the position frame (full square): positions of rows and keys
-    sorted (single stream: keys hold positions 0..T-2 and the null key, rows 0..T-1)."""
+    """Element counts per class in the position frame (full square, but with split edges only the
+    key blocks within EDGES[near edges - 1] of each row block): positions of rows and keys sorted
+    (single stream: keys hold positions 0..T-2 and the null key, rows 0..T-1)."""
     g = np.random.default_rng(seed)
     order = g.permutation(T)
     key_pos = np.sort(np.concatenate([order[:-1]]))  # the null key is left out of this frame
@@ -71,15 +84,21 @@ def band_counts(T, bm, bn, r, seed=0):
     rp = np.sort(order)
     rp = np.concatenate([rp, np.full((-len(rp)) % bm, rp[-1])])
     c = dict(common=0, flush=0, edge=0, s_r=0)
-    n_bins = 1 + math.ceil(math.log2(T - 1)) + 1
+    n_near = near_edges(T)
+    split = n_edges(T) > n_near
+    theta = (1 << (n_near - 1)) >> 1  # EDGES[n_near - 1]
     for i0 in range(0, len(rp), bm):
         r_lo, r_hi = rp[i0], rp[i0 + bm - 1]
         run_bin = -1
-        for j0 in range(0, len(kp), bn):
+        first, end = 0, len(kp)
+        if split:  # workbench.kernels.probe_v3._key_ranges
+            first = int(np.searchsorted(kp, r_lo - theta)) // bn * bn
+            end = min(-(-int(np.searchsorted(kp, r_hi + theta, side="right")) // bn) * bn, len(kp))
+        for j0 in range(first, end, bn):
             k_lo, k_hi = kp[j0], kp[j0 + bn - 1]
             d_lo = max(k_lo - r_hi, r_lo - k_hi, 0)
             d_hi = max(k_hi - r_lo, r_hi - k_lo)
-            blo, bhi = min(int(bin_of(d_lo)), n_bins), min(int(bin_of(d_hi)), n_bins)
+            blo, bhi = min(int(bin_of(d_lo)), n_near + 1), min(int(bin_of(d_hi)), n_near + 1)
             n = bm * bn
             c["common"] += n
             if blo != bhi or blo != run_bin:
@@ -92,19 +111,23 @@ def band_counts(T, bm, bn, r, seed=0):
 
 
 def main() -> None:
+    global FAR_EDGES
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1024,4096,16384")
     ap.add_argument("--slot", default="64x32")
     ap.add_argument("--band", default="64x64")
     ap.add_argument("--r", type=int, default=4)
     ap.add_argument("--w", type=int, default=16)
+    ap.add_argument("--far", type=int, default=FAR_EDGES, help="distance edges binned in the slot pass (split)")
     args = ap.parse_args()
+    FAR_EDGES = args.far
     sm, sn = (int(x) for x in args.slot.split("x"))
     bm, bn = (int(x) for x in args.band.split("x"))
-    print(f"slot tile {args.slot}, position-frame tile {args.band}, r={args.r}, w={args.w}; instructions per visible "
+    print(f"slot tile {args.slot}, position-frame tile {args.band}, r={args.r}, w={args.w}, {FAR_EDGES} far edges; "
+          "instructions per visible "
           "pair (softmax passes, per head; the chance passes run once per batch: divide by the heads)")
-    print("| T | slot: common / flush / edges / near w | position: common / flush / edges / S_r | slot | position "
-          "| both |")
+    print("| T | slot: common / far edges / flush / edges / near w | position: common / flush / edges / S_r | slot "
+          "| position | both |")
     print("|---|---|---|---|---|---|")
     for T in (int(t) for t in args.sizes.split(",")):
         visible = T * (T + 1) / 2

@@ -339,7 +339,7 @@ def _band_kernel(
     S_r (as a fraction of the row) to ROWS_OUT fields 0 and 3 at each row's slot.
 
     Split edges: bins 1..N_NEAR (distance <= EDGES[N_NEAR - 1]) are binned here, over the key
-    blocks KRANGE [B, row blocks, 2] (first, end) that hold such distances; with N_FAR > 0 the bins
+    blocks KRANGE [B, row blocks, 2] (first, end key block) that hold such distances; with N_FAR > 0 the bins
     above come from the slot pass's per-row fractions FAR [B*H, FAR_FIELDS, R] (fields far_field ..
     far_field + N_FAR: at distance <= each far edge, then beyond the last), read at each row's slot:
     the first far bin is its first field less this pass's near mass of the row. (N_FAR = 0: every
@@ -376,9 +376,11 @@ def _band_kernel(
     run_bin = i0 * 0 - 1
     acc = tl.zeros([BLOCK_M, NBP], tl.float32)
     cols = tl.arange(0, NBP)[None, :]
-    j_first = tl.load(KRANGE + (b * n_row_blocks + pid_m) * 2)
-    j_end = tl.where(tl.max(ok.to(tl.int32), 0) > 0, tl.load(KRANGE + (b * n_row_blocks + pid_m) * 2 + 1), j_first)
-    for j0 in range(j_first, j_end, BLOCK_N):
+    kb_first = tl.load(KRANGE + (b * n_row_blocks + pid_m) * 2)  # key blocks, not keys: j0 below is then
+    kb_end = tl.load(KRANGE + (b * n_row_blocks + pid_m) * 2 + 1)  # a known multiple of BLOCK_N (vector loads)
+    kb_end = tl.where(tl.max(ok.to(tl.int32), 0) > 0, kb_end, kb_first)
+    for kb in range(kb_first, kb_end):
+        j0 = kb * BLOCK_N
         offs_n = j0 + tl.arange(0, BLOCK_N)
         kslot = tl.load(KSLOT_S + b * stride_ks_b + offs_n)
         kpos = tl.load(kpos_ptr + offs_n).to(tl.float32)
@@ -467,24 +469,31 @@ def _sorted_frame(pos: Tensor, valid: Tensor, block: int, none: int) -> tuple[Te
 
 
 def _key_ranges(rpos_s: Tensor, kpos_s: Tensor, block_m: int, block_n: int, theta: int | None) -> Tensor:
-    """[B, row blocks, 2] int32: the key blocks [first, end) of the position frame that hold a key
-    within theta of a row of each row block (all of them for theta None)."""
+    """[B, row blocks, 2] int32: the key blocks [first, end) (block indices) of the position frame
+    that hold a key within theta of a row of each row block (all of them for theta None)."""
     B, n_keys = kpos_s.shape
     n_rb = rpos_s.shape[1] // block_m
     if theta is None:
         first = torch.zeros(B, n_rb, dtype=torch.int64, device=kpos_s.device)
-        end = torch.full_like(first, n_keys)
+        end = torch.full_like(first, n_keys // block_n)
     else:
         r_lo, r_hi = rpos_s[:, ::block_m], rpos_s[:, block_m - 1 :: block_m]  # both axes ascending
-        first = torch.searchsorted(kpos_s, (r_lo - theta).contiguous()) // block_n * block_n
+        first = torch.searchsorted(kpos_s, (r_lo - theta).contiguous()) // block_n
         end = torch.searchsorted(kpos_s, (r_hi + theta).contiguous(), right=True)
-        end = ((end + block_n - 1) // block_n * block_n).clamp(max=n_keys)
+        end = ((end + block_n - 1) // block_n).clamp(max=n_keys // block_n)
     return torch.stack([first, end], dim=-1).to(torch.int32).contiguous()
 
 
-NEAR_EDGES = 8
-"""Split edges: the position frame bins distances up to EDGES[NEAR_EDGES - 1] = 64 (the tiles near
-its diagonal), the slot pass the edges above per element (docs/kernel.md, v3b)."""
+FAR_EDGES = 2
+"""Split edges: the slot pass bins the FAR_EDGES largest distance edges per element; the position
+frame the rest, over only the key blocks within the largest of those of its rows (about a quarter
+of the square). Two is the minimum of the instruction count over the split at T = 1024, 4096 and
+16384 (benchmarks/v3_tile_classes.py; docs/kernel.md, v3)."""
+
+
+def near_edges_for(n_sem: int) -> int:
+    """How many of the n_sem distance edges the position frame bins by default."""
+    return max(1, n_sem - FAR_EDGES)
 
 
 def default_config_v3(device: torch.device) -> dict[str, int]:
@@ -497,14 +506,15 @@ def default_config_v3(device: torch.device) -> dict[str, int]:
 
 def probe_stats_v3(q, k, key_pos, row_ref, *, row_own=None, sees_null=None, recency_offset, r, w, scale=None,
                    max_distance=None, per_sequence=False, slot_block=None, band_block=None,
-                   near_edges: int = NEAR_EDGES) -> ProbeStats:
+                   near_edges: int | None = None) -> ProbeStats:
     """`probe_stats` without the joint histogram, through the v3 kernels (module docstring).
 
     Same arguments and result as `workbench.kernels.probe_kernel.probe_stats`, but `joint_mass`
     and `joint_chance` are None. slot_block / band_block: (block_m, block_n) overrides of the two
     frames; near_edges: how many distance edges the position frame bins (the rest go per element
-    to the slot pass). Results do not depend on any of them beyond float32 rounding."""
-    if near_edges < 1:
+    to the slot pass; default `near_edges_for`). Results do not depend on any of them beyond
+    float32 rounding."""
+    if near_edges is not None and near_edges < 1:
         raise ValueError(f"near_edges must be >= 1, got {near_edges}")
     cfg = default_config_v3(q.device)
     if slot_block is not None:
@@ -534,7 +544,7 @@ def probe_stats_v3(q, k, key_pos, row_ref, *, row_own=None, sees_null=None, rece
     if pp.has_own:
         frames.append(_sorted_frame(pp.row_own, probed & (pp.row_own >= 0), cfg["band_m"], -1))
     n_sem = c["N_SEM"]
-    n_near = min(n_sem, near_edges)
+    n_near = min(n_sem, near_edges_for(n_sem) if near_edges is None else near_edges)
     n_far = n_sem - n_near
     theta = EDGES[n_near - 1] if n_far else None  # None: the position frame bins every distance
     s_in_slot = theta is not None and int(r) > theta  # then S_r is not near the position diagonal
