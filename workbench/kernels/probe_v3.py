@@ -15,10 +15,11 @@ Two frames, four launches (two with softmax per head, two with p = 1 once per ba
    accumulator when the bin changes; tiles straddling bin edges bin per element), R_w (whole tiles
    inside, per element on the tile straddling w) and S_r & R_w ("both": only tiles with recency
    <= w, i.e. next to the diagonal, test |d| <= r per element), the null-key mass and the row
-   total. Running sums are rescaled by 2^(m_old - m_new) per tile; the [rows, bins] recency
-   accumulator only at a flush (it carries the max it was last scaled to). Writes LSE, entropy,
-   the per-row parts without S (S only = -both, neither = 1 - R + both) and the recency histogram.
-2. **Semantic pass** (`_band_kernel`, full square): rows sorted by reference position, keys by
+   total; and, per element, the FAR_EDGES largest distance edges (split edges, below). Running
+   sums are rescaled by 2^(m_old - m_new) per tile; the [rows, bins] recency accumulator only at a
+   flush (it carries the max it was last scaled to). Writes LSE, entropy, the per-row parts (without
+   S when the semantic pass adds it), the recency histogram and the per-row far-edge fractions.
+2. **Semantic pass** (`_band_kernel`): rows sorted by reference position, keys by
    position (host: one argsort per sequence; the kernel gathers q and k rows through the sorted
    slot indices, so nothing is copied). A tile's distance range follows from four scalars (first
    and last position of its rows and of its keys), so a tile inside one log2 bin adds its row sums
@@ -27,6 +28,9 @@ Two frames, four launches (two with softmax per head, two with p = 1 once per ba
    element (key slot <= row slot; null keys and padding carry a slot no row reaches). p = 2^(s -
    LSE) with the slot pass's LSE. Writes the semantic histogram and adds S_r to the per-row parts
    (a gather and scatter at each row's slot).
+   **Split edges**: it bins only the distances up to EDGES[n - 1 - FAR_EDGES] and visits only the
+   key blocks that hold them for its rows (about a quarter of the square instead of all of it);
+   the bins above are differences of the slot pass's per-row fractions, read at each row's slot.
 3. **Own pass**: the same kernel with rows sorted by own position (single stream), histogram only.
 
 Chance: the same kernels with CHANCE=True (p = 1 on visible keys), once per batch.
@@ -44,8 +48,11 @@ tables hold the joint) therefore runs v2.
 
 Caveats: as v2 (see workbench/kernels/probe_kernel.py): TRITON_INTERPRET=1 on machines without
 CUDA, one device sync per call without `max_distance`, bf16 wrong in the interpreter. Extra: the
-host sorts positions once per call (two or three argsorts of [batch, T]); the semantic pass covers
-the full square of every sequence, not the causal half. Launch parameters are not tuned on a GPU.
+host sorts positions once per call (two or three argsorts and searchsorteds of [batch, T]); the
+position passes visit their key blocks whether or not a row sees them (visibility is per
+element), so they cover part of the full square, not of the causal half; per-row scratch of
+28 bytes (+12 per far edge and distance kind) per row and head. Launch parameters are not tuned
+on a GPU.
 """
 
 from __future__ import annotations
