@@ -146,6 +146,55 @@ def _edge_mass(p, a, t, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _program(n_heads, n_row_blocks, BLOCK_M: tl.constexpr):
+    """This program's (row block, batch x head, batch, head, first row) in the 1-D grid over
+    (batch x head) x row blocks, row blocks fastest (consecutive programs share K in L2)."""
+    pid = tl.program_id(0)
+    pid_m = pid % n_row_blocks
+    pid_bh = pid // n_row_blocks
+    return pid_m, pid_bh, (pid_bh // n_heads).to(tl.int64), (pid_bh % n_heads).to(tl.int64), pid_m * BLOCK_M
+
+
+@triton.jit
+def _slot_rows(REF, OWN, SEES, b, stride_ref_b, offs_m, row_ok, rec_off, HAS_OWN: tl.constexpr,
+               NULL_ROWS: tl.constexpr):
+    """The rows of a slot-order block: (probed, reference position, rows with an own position,
+    own position (the reference without own), recency base rowf (key j: rowf - j), sees_null)."""
+    ref = tl.load(REF + b * stride_ref_b + offs_m, mask=row_ok, other=-1)
+    probed = ref >= 0
+    ref_f = ref.to(tl.float32)
+    if HAS_OWN:
+        own_pos = tl.load(OWN + b * stride_ref_b + offs_m, mask=row_ok, other=-1)
+        own_rows = probed & (own_pos >= 0)
+        own_f = own_pos.to(tl.float32)
+    else:
+        own_rows = probed
+        own_f = ref_f
+    rowf = (offs_m + rec_off).to(tl.float32)
+    sees = tl.load(SEES + b * stride_ref_b + offs_m, mask=row_ok, other=1) if NULL_ROWS else offs_m
+    return probed, ref_f, own_rows, own_f, rowf, sees
+
+
+@triton.jit
+def _straddle(acc, p, dist, rs, blo, bhi, MAX_EDGES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              NBP: tl.constexpr):
+    """A tile whose integer-valued distances `dist` span bins blo < bhi (at most MAX_EDGES edges):
+    per element only the edges between them. Adds the masses of bins blo + 1 .. bhi to the
+    [BLOCK_M, NBP] accumulator; returns (acc, [BLOCK_M, 4] mass in bin blo), the latter to start
+    the run of bin blo. (rs: the tile's row sums, as from _rowsum.)"""
+    cols = tl.arange(0, NBP)[None, :]
+    cm = _edge_mass(p, dist, (1 << (blo - 1)) >> 1, BLOCK_M, BLOCK_N)  # mass in bin blo
+    first = cm
+    for s in tl.static_range(1, MAX_EDGES):
+        if blo + s < bhi:
+            cm_s = _edge_mass(p, dist, (1 << (blo + s - 1)) >> 1, BLOCK_M, BLOCK_N)
+            acc += tl.where(cols == blo + s, tl.sum(cm_s - cm, 1)[:, None], 0.0)
+            cm = cm_s
+    acc += tl.where(cols == bhi, tl.sum(rs - cm, 1)[:, None], 0.0)
+    return acc, first
+
+
+@triton.jit
 def _hide_null(qk, j0, offs_n, kpos_ptr, null_ptr, sees, n_keys, qk_scale, BLOCK_N: tl.constexpr):
     """Unscaled scores with the null keys of a key block set to -1e6 (after scaling) for the rows
     that do not see them (sees == 0); a block without a null key is returned as it is."""
@@ -198,12 +247,7 @@ def _lse_kernel(
     """Pass 1 (a flash-attention forward without V): per row LSE = m + log2(l), in log2 units,
     and the entropy in bits. Writes LSE [B*H, R] and ROWS_OUT[:, 4, :] (entropy of probed rows, else 0).
     With NULL_ROWS, SEES [B, R] (int, same strides as REF) says which rows see the null keys."""
-    pid = tl.program_id(0)
-    pid_m = pid % n_row_blocks  # row blocks fastest: consecutive programs share K in L2
-    pid_bh = pid // n_row_blocks
-    b = (pid_bh // n_heads).to(tl.int64)
-    h = (pid_bh % n_heads).to(tl.int64)
-    i0 = pid_m * BLOCK_M
+    pid_m, pid_bh, b, h, i0 = _program(n_heads, n_row_blocks, BLOCK_M)
     offs_m = i0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
     row_ok = offs_m < n_rows
@@ -422,14 +466,7 @@ def _probe_tile(
             run = rs_nn
         else:
             recf = rowf[:, None] - offs_n[None, :].to(tl.float32)
-            cm = _edge_mass(p_nn, recf, (1 << (blo - 1)) >> 1, BLOCK_M, BLOCK_N)  # mass in bin blo
-            run = cm
-            for s in tl.static_range(1, MAX_REC_EDGES):
-                if blo + s < bhi:
-                    cm_s = _edge_mass(p_nn, recf, (1 << (blo + s - 1)) >> 1, BLOCK_M, BLOCK_N)
-                    rec_acc += tl.where(cols == blo + s, tl.sum(cm_s - cm, 1)[:, None], 0.0)
-                    cm = cm_s
-            rec_acc += tl.where(cols == bhi, tl.sum(rs_nn - cm, 1)[:, None], 0.0)
+            rec_acc, run = _straddle(rec_acc, p_nn, recf, rs_nn, blo, bhi, MAX_REC_EDGES, BLOCK_M, BLOCK_N, NBP)
             # Joint histogram: the new run counts this whole tile in bin blo; `_joint_tile` moves
             # its parts in bins blo+1..bhi after the loop, so the hot loop holds no more state.
         run_bin = blo
@@ -468,7 +505,7 @@ def _hist_from_cumulative(cum, nul, l_nn, BLOCK_M: tl.constexpr, N_SEM: tl.const
 def _probe_stats_kernel(
     Q, K, KPOS, NULL_BLK, REF, OWN, SEES, JW, LSE, ROWS_OUT, HIST_OUT, JOINT_OUT,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
-    stride_pos_b, stride_null_b, stride_ref_b, stride_own_b,
+    stride_pos_b, stride_null_b, stride_ref_b,
     n_heads, n_rows, n_keys, n_row_blocks, qk_scale, rec_off, r, w,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     N_SEM: tl.constexpr, HAS_OWN: tl.constexpr, S_MODE: tl.constexpr, R_IDX: tl.constexpr,
@@ -483,30 +520,15 @@ def _probe_stats_kernel(
     HIST_OUT [B*H, blocks, 3, NBP] (semantic / recency / own histograms of the block) and JOINT_OUT
     [B*H, blocks, NBP, JS] (per recency bin, the block's cumulative semantic masses, weighted per
     row by JW: 1 for probed rows, 1 / |V| for the chance pass, 0 for rows not probed). SEES [B, R]
-    (int, REF's strides; read with NULL_ROWS): whether each row sees the null keys.
+    (int, REF's strides, as OWN; read with NULL_ROWS): whether each row sees the null keys.
     """
-    pid = tl.program_id(0)
-    pid_m = pid % n_row_blocks
-    pid_bh = pid // n_row_blocks
-    b = (pid_bh // n_heads).to(tl.int64)
-    h = (pid_bh % n_heads).to(tl.int64)
-    i0 = pid_m * BLOCK_M
+    pid_m, pid_bh, b, h, i0 = _program(n_heads, n_row_blocks, BLOCK_M)
     offs_m = i0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
     row_ok = offs_m < n_rows
-
-    ref = tl.load(REF + b * stride_ref_b + offs_m, mask=row_ok, other=-1)
-    probed = ref >= 0
-    ref_f = ref.to(tl.float32)
-    if HAS_OWN:
-        own_pos = tl.load(OWN + b * stride_own_b + offs_m, mask=row_ok, other=-1)
-        own_rows = probed & (own_pos >= 0)
-        own_f = own_pos.to(tl.float32)
-    else:
-        own_rows = probed
-        own_f = ref_f
-    rowf = (offs_m + rec_off).to(tl.float32)  # recency of key j is rowf - j
-    sees = tl.load(SEES + b * stride_ref_b + offs_m, mask=row_ok, other=1) if NULL_ROWS else offs_m
+    # OWN has REF's strides (both [B, R] contiguous); recency of key j for row i is rowf - j
+    probed, ref_f, own_rows, own_f, rowf, sees = _slot_rows(REF, OWN, SEES, b, stride_ref_b, offs_m, row_ok, rec_off,
+                                                            HAS_OWN, NULL_ROWS)
 
     if CHANCE:
         q = 0.0
@@ -766,7 +788,7 @@ def _launch(pp: _Prepared, chance: bool, per_sequence: bool = False) -> tuple[Te
         q, k, pp.key_pos, pp.null_blk, pp.row_ref, pp.row_own, pp.sees, pp.joint_weights[int(chance)], lse,
         rows_out, hist_out, joint_out,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        pp.key_pos.stride(0), pp.null_blk.stride(0), pp.row_ref.stride(0), pp.row_own.stride(0),
+        pp.key_pos.stride(0), pp.null_blk.stride(0), pp.row_ref.stride(0),
         n_heads, R, *pp.args, CHANCE=chance, **pp.constexprs,
     )
     # deterministic reduction over batch and row blocks, in float64

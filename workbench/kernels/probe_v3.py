@@ -51,7 +51,7 @@ CUDA, one device sync per call without `max_distance`, bf16 wrong in the interpr
 host sorts positions once per call (two or three argsorts and searchsorteds of [batch, T]); the
 position passes visit their key blocks whether or not a row sees them (visibility is per
 element), so they cover part of the full square, not of the causal half; per-row scratch of
-28 bytes (+12 per far edge and distance kind) per row and head. Launch parameters are not tuned
+28 bytes per row and head, plus 12 per distance kind (the far-edge fractions). Launch parameters are not tuned
 on a GPU.
 """
 
@@ -74,7 +74,10 @@ from workbench.kernels.probe_kernel import (
     _le,
     _max_rec_edges,
     _prepare,
+    _program,
     _rowsum,
+    _slot_rows,
+    _straddle,
 )
 
 _FAR = 1 << 30  # slot of a null / padding key in the sorted frame: above every row's slot
@@ -178,14 +181,7 @@ def _slot_tile(
             run = rs_nn
         else:
             recf = rowf[:, None] - offs_n[None, :].to(tl.float32)
-            cm = _edge_mass(p, recf, (1 << (blo - 1)) >> 1, BLOCK_M, BLOCK_N)  # mass in bin blo
-            run = cm
-            for s in tl.static_range(1, MAX_REC_EDGES):
-                if blo + s < bhi:
-                    cm_s = _edge_mass(p, recf, (1 << (blo + s - 1)) >> 1, BLOCK_M, BLOCK_N)
-                    rec_acc += tl.where(cols == blo + s, tl.sum(cm_s - cm, 1)[:, None], 0.0)
-                    cm = cm_s
-            rec_acc += tl.where(cols == bhi, tl.sum(rs_nn - cm, 1)[:, None], 0.0)
+            rec_acc, run = _straddle(rec_acc, p, recf, rs_nn, blo, bhi, MAX_REC_EDGES, BLOCK_M, BLOCK_N, NBP)
         run_bin = blo
     else:
         run += rs_nn
@@ -222,27 +218,12 @@ def _slot_kernel(
     strides; WROW [B, R] is the chance pass's row weight 1 / |V| (read with CHANCE, so that the
     position pass, which weighs its rows with the same array, gets the same float32 fractions and
     an empty bin stays exactly 0)."""
-    pid = tl.program_id(0)
-    pid_m = pid % n_row_blocks
-    pid_bh = pid // n_row_blocks
-    b = (pid_bh // n_heads).to(tl.int64)
-    h = (pid_bh % n_heads).to(tl.int64)
-    i0 = pid_m * BLOCK_M
+    pid_m, pid_bh, b, h, i0 = _program(n_heads, n_row_blocks, BLOCK_M)
     offs_m = i0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
     row_ok = offs_m < n_rows
-    ref = tl.load(REF + b * stride_ref_b + offs_m, mask=row_ok, other=-1)
-    probed = ref >= 0
-    ref_f = ref.to(tl.float32)
-    rowf = (offs_m + rec_off).to(tl.float32)  # recency of key j is rowf - j
-    sees = tl.load(SEES + b * stride_ref_b + offs_m, mask=row_ok, other=1) if NULL_ROWS else offs_m
-    if HAS_OWN:
-        own = tl.load(OWN + b * stride_ref_b + offs_m, mask=row_ok, other=-1)
-        own_rows = probed & (own >= 0)
-        own_f = own.to(tl.float32)
-    else:
-        own_rows = probed
-        own_f = ref_f
+    probed, ref_f, own_rows, own_f, rowf, sees = _slot_rows(REF, OWN, SEES, b, stride_ref_b, offs_m, row_ok, rec_off,
+                                                            HAS_OWN, NULL_ROWS)  # recency of key j: rowf - j
     if CHANCE:
         q = 0.0
         m_i = tl.zeros([BLOCK_M], tl.float32)
@@ -352,12 +333,7 @@ def _band_kernel(
     the first far bin is its first field less this pass's near mass of the row. (N_FAR = 0: every
     key block, every bin here.)
     """
-    pid = tl.program_id(0)
-    pid_m = pid % n_row_blocks
-    pid_bh = pid // n_row_blocks
-    b = (pid_bh // n_heads).to(tl.int64)
-    h = (pid_bh % n_heads).to(tl.int64)
-    i0 = pid_m * BLOCK_M
+    pid_m, pid_bh, b, h, i0 = _program(n_heads, n_row_blocks, BLOCK_M)
     offs_i = i0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
     rpos_ptr = RPOS_S + b * stride_rs_b
@@ -415,14 +391,8 @@ def _band_kernel(
             if blo == bhi:
                 run = rs
             else:  # per element, only the edges the tile straddles
-                ad = tl.abs(kpos[None, :] - pos_f[:, None])
-                cm = _edge_mass(p, ad, (1 << (blo - 1)) >> 1, BLOCK_M, BLOCK_N)  # mass in bin blo
-                run = cm
-                for e in range(blo + 1, bhi):
-                    cm_e = _edge_mass(p, ad, (1 << (e - 1)) >> 1, BLOCK_M, BLOCK_N)
-                    acc += tl.where(cols == e, tl.sum(cm_e - cm, 1)[:, None], 0.0)
-                    cm = cm_e
-                acc += tl.where(cols == bhi, tl.sum(rs - cm, 1)[:, None], 0.0)
+                acc, run = _straddle(acc, p, tl.abs(kpos[None, :] - pos_f[:, None]), rs, blo, bhi, N_NEAR,
+                                     BLOCK_M, BLOCK_N, NBP)
             run_bin = blo
         else:
             run += rs
