@@ -463,9 +463,9 @@ def _key_ranges(rpos_s: Tensor, kpos_s: Tensor, block_m: int, block_n: int, thet
 
 FAR_EDGES = 2
 """Split edges: the slot pass bins the FAR_EDGES largest distance edges per element; the position
-frame the rest, over only the key blocks within the largest of those of its rows (about a quarter
-of the square). Two is the minimum of the instruction count over the split at T = 1024, 4096 and
-16384 (benchmarks/v3_tile_classes.py; docs/kernel.md, v3)."""
+frame the others, over only the key blocks within the largest of them (EDGES[n - 1 - FAR_EDGES])
+of its rows: about a quarter of the square. Two is the minimum of the instruction count over the
+split at T = 1024, 4096 and 16384 (benchmarks/v3_tile_classes.py; docs/kernel.md, v3)."""
 
 
 def near_edges_for(n_sem: int) -> int:
