@@ -135,7 +135,8 @@ def write_results(out: Path, meta: dict, rows: list[dict], r: int, w: int) -> li
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         c = row["cache_then_reduce"]
-        ctr_ms = "-" if c is None else "OOM" if c.get("ms") is None else f"{c['ms']:.0f} (from {c['timed_sequences']} seq)"
+        ctr_ms = ("-" if c is None else "OOM" if c.get("ms") is None
+                  else f"{c['ms']:.0f} (from {c['timed_sequences']} seq)")
         speed = "-" if c is None or c.get("ms") is None else \
             f"{c['ms'] / row['kernel_ms']:.0f}x / {c['ms'] / row['v3_ms']:.0f}x"
         ctr_peak = "-" if c is None else "OOM" if c.get("ms") is None else f"{c['peak_mb']:.0f} (1 seq)"

@@ -133,8 +133,8 @@ def main() -> None:
         Path(args.sass).write_text(sass)
     regs = re.search(r"REG:\d+", usage).group(0)
     own = " + own" if args.own else ""
-    print(f"{args.kernel}: triton {triton.__version__}, sm_90a, tile {args.tile}, {args.dtype} d_head {args.d_head}, r {args.r}, "
-          f"{args.edges} edges{own}: {regs}")
+    print(f"{args.kernel}: triton {triton.__version__}, sm_90a, tile {args.tile}, {args.dtype} d_head {args.d_head}, "
+          f"r {args.r}, {args.edges} edges{own}: {regs}")
     total, blocks = first_loop_blocks(sass)
     print(f"{total} instructions in the kernel; first loop: {sum(n for n, _ in blocks)} in {len(blocks)} blocks")
     for n, ops in blocks:

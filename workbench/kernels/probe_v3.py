@@ -175,7 +175,8 @@ def _slot_tile(
     bhi = _bin_of(rhi)
     if (blo != bhi) | (blo != run_bin):
         cols = tl.arange(0, NBP)[None, :]
-        rec_acc = rec_acc * tl.math.exp2(m_acc - m_new)[:, None] + tl.where(cols == run_bin, tl.sum(run, 1)[:, None], 0.0)
+        rec_acc = (rec_acc * tl.math.exp2(m_acc - m_new)[:, None]
+                   + tl.where(cols == run_bin, tl.sum(run, 1)[:, None], 0.0))
         m_acc = m_new
         if blo == bhi:
             run = rs_nn
