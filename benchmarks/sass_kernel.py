@@ -48,6 +48,35 @@ def compile_stats(block_m, block_n, d_head, dtype, n_sem, r, has_own, num_warps,
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
+V3_POINTERS = dict(Q="*{dt}", K="*{dt}", KPOS="*i32", NULL_BLK="*i32", REF="*i32", OWN="*i32", SEES="*i32",
+                   KPOS_S="*i32", KIDX_S="*i32", KSLOT_S="*i32", RPOS_S="*i32", RSLOT_S="*i32", KRANGE="*i32",
+                   WROW="*fp32", LSE="*fp32", ROWS_OUT="*fp32", HIST_OUT="*fp32", FAR_OUT="*fp32", FAR="*fp32")
+
+
+def compile_v3(which, block_m, block_n, d_head, dtype, n_sem, num_warps, num_stages, chance=False, has_own=False):
+    """The v3 slot-frame kernel (which="slot") or position-frame kernel ("band", with S_r) for sm_90a,
+    with v3's default split of the n_sem distance edges between the two frames."""
+    import workbench.kernels.probe_v3 as v3
+
+    fn = v3._slot_kernel if which == "slot" else v3._band_kernel
+    names = fn.arg_names
+    consts = dict(HEAD_DIM=d_head, D_PAD=d_head, BLOCK_M=block_m, BLOCK_N=block_n, NBP=pk.NBP, CHANCE=chance,
+                  DOT_PRECISION="tf32x3" if dtype == "fp32" else "tf32")
+    n_near = v3.near_edges_for(n_sem)
+    if which == "slot":
+        consts.update(MAX_REC_EDGES=pk._max_rec_edges(block_m, block_n), NULL_ROWS=False, N_NEAR=n_near,
+                      N_FAR=n_sem - n_near, HAS_OWN=has_own and n_sem > n_near, S_IN_SLOT=False)
+    else:
+        consts.update(N_NEAR=n_near, N_FAR=n_sem - n_near, FAR_FIELDS=(n_sem - n_near + 1) * (1 + has_own),
+                      PARTS=True)
+    sig = {n: V3_POINTERS[n].format(dt=dtype) if n in V3_POINTERS else "constexpr" if n in consts
+           else "fp32" if n == "qk_scale" else "i32" for n in names}
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n in V3_POINTERS or n.startswith("stride")}
+    src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()}, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps,
+                                                                               num_stages=num_stages))
+
+
 def disassemble(kernel) -> tuple[str, str]:
     """(resource usage, SASS) of a compiled kernel, through triton's bundled cuobjdump / nvdisasm."""
     tools = Path(nvidia_backend.__file__).parent / "bin"
@@ -91,16 +120,21 @@ def main() -> None:
     ap.add_argument("--own", action="store_true", help="with own distances (single stream)")
     ap.add_argument("--maxnreg", type=int, default=None)
     ap.add_argument("--sass", default=None, help="also write the SASS here")
+    ap.add_argument("--kernel", default="v2", choices=("v2", "v3-slot", "v3-band"),
+                    help="v2's statistics pass, or one of the two v3 kernels (--maxnreg does not apply)")
     args = ap.parse_args()
     bm, bn, nw, ns = (int(x) for x in args.tile.split("x"))
-    kernel = compile_stats(bm, bn, args.d_head, args.dtype, args.edges, args.r, args.own, nw, ns, args.maxnreg)
+    if args.kernel == "v2":
+        kernel = compile_stats(bm, bn, args.d_head, args.dtype, args.edges, args.r, args.own, nw, ns, args.maxnreg)
+    else:
+        kernel = compile_v3(args.kernel[3:], bm, bn, args.d_head, args.dtype, args.edges, nw, ns, has_own=args.own)
     usage, sass = disassemble(kernel)
     if args.sass:
         Path(args.sass).write_text(sass)
     regs = re.search(r"REG:\d+", usage).group(0)
     own = " + own" if args.own else ""
-    print(f"triton {triton.__version__}, sm_90a, tile {args.tile}, {args.dtype} d_head {args.d_head}, r {args.r}, "
-          f"{args.edges} edges{own}: {regs}")
+    print(f"{args.kernel}: triton {triton.__version__}, sm_90a, tile {args.tile}, {args.dtype} d_head {args.d_head}, "
+          f"r {args.r}, {args.edges} edges{own}: {regs}")
     total, blocks = first_loop_blocks(sass)
     print(f"{total} instructions in the kernel; first loop: {sum(n for n, _ in blocks)} in {len(blocks)} blocks")
     for n, ops in blocks:

@@ -106,7 +106,7 @@ class ProbeStats:
     | `sem_mass`, `sem_chance` | [H, N_BINS] | attention / chance mass per semantic-distance bin |
     | `rec_mass`, `rec_chance` | [H, N_BINS] | the same per recency bin |
     | `own_mass`, `own_chance` | [H, N_BINS] or None | the same per own-distance bin |
-    | `joint_mass`, `joint_chance` | [H, N_BINS, N_BINS] | the same per (semantic bin, recency bin) |
+    | `joint_mass`, `joint_chance` | [H, N_BINS, N_BINS] or None | the same per (semantic bin, recency bin); None from `probe_stats(..., joint=False)` (the v3 kernel) |
     | `parts_mass`, `parts_chance` | [H, 4] | (S only, R only, both, neither) at (r, w) |
     | `entropy` | [H] | sum of row entropies, bits |
     | `step_parts_mass`, `step_parts_chance` | [H, R, 4] | the parts per row index |
@@ -137,8 +137,8 @@ class ProbeStats:
     rec_chance: Tensor
     own_mass: Tensor | None
     own_chance: Tensor | None
-    joint_mass: Tensor
-    joint_chance: Tensor
+    joint_mass: Tensor | None
+    joint_chance: Tensor | None
     parts_mass: Tensor
     parts_chance: Tensor
     entropy: Tensor
@@ -186,6 +186,9 @@ class ProbeStats:
             raise ValueError(f"cannot add ProbeStats of {self.n_heads} and {other.n_heads} heads")
         if self.has_own != other.has_own:
             raise ValueError("cannot add ProbeStats with and without own-distance histograms")
+        if (self.joint_mass is None) != (other.joint_mass is None):
+            raise ValueError("cannot add ProbeStats with and without the joint histogram (probe_stats(..., joint=False) "
+                             "leaves it out); compute both with the same joint setting")
 
     def __add__(self, other: ProbeStats) -> ProbeStats:
         if not isinstance(other, ProbeStats):

@@ -10,7 +10,10 @@ visible key blocks, and no pattern ever leaves registers. Three launches:
 3. `_probe_stats_kernel` with CHANCE=True: the same binning with p := 1 on visible keys, once per
    batch rather than per head (chance needs no softmax), divided by |V| = i + 1.
 
-Design notes, the cost model, profiles and measured numbers: docs/kernel.md. How the binning stays
+Design notes, the cost model, profiles and measured numbers: docs/kernel.md. This is v2, the
+kernel for every statistic including the joint semantic x recency histogram; `probe_stats(...,
+joint=False)` runs v3 instead (workbench/kernels/probe_v3.py: each histogram in the frame where its
+distance is a band), which does not compute the joint histogram (it returns None there). How the binning stays
 cheap (the binning, not the matmul, is the cost):
 
 - semantic / own distance (random positions, so per element): cumulative masses
@@ -143,6 +146,55 @@ def _edge_mass(p, a, t, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _program(n_heads, n_row_blocks, BLOCK_M: tl.constexpr):
+    """This program's (row block, batch x head, batch, head, first row) in the 1-D grid over
+    (batch x head) x row blocks, row blocks fastest (consecutive programs share K in L2)."""
+    pid = tl.program_id(0)
+    pid_m = pid % n_row_blocks
+    pid_bh = pid // n_row_blocks
+    return pid_m, pid_bh, (pid_bh // n_heads).to(tl.int64), (pid_bh % n_heads).to(tl.int64), pid_m * BLOCK_M
+
+
+@triton.jit
+def _slot_rows(REF, OWN, SEES, b, stride_ref_b, offs_m, row_ok, rec_off, HAS_OWN: tl.constexpr,
+               NULL_ROWS: tl.constexpr):
+    """The rows of a slot-order block: (probed, reference position, rows with an own position,
+    own position (the reference without own), recency base rowf (key j: rowf - j), sees_null)."""
+    ref = tl.load(REF + b * stride_ref_b + offs_m, mask=row_ok, other=-1)
+    probed = ref >= 0
+    ref_f = ref.to(tl.float32)
+    if HAS_OWN:
+        own_pos = tl.load(OWN + b * stride_ref_b + offs_m, mask=row_ok, other=-1)
+        own_rows = probed & (own_pos >= 0)
+        own_f = own_pos.to(tl.float32)
+    else:
+        own_rows = probed
+        own_f = ref_f
+    rowf = (offs_m + rec_off).to(tl.float32)
+    sees = tl.load(SEES + b * stride_ref_b + offs_m, mask=row_ok, other=1) if NULL_ROWS else offs_m
+    return probed, ref_f, own_rows, own_f, rowf, sees
+
+
+@triton.jit
+def _straddle(acc, p, dist, rs, blo, bhi, MAX_EDGES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              NBP: tl.constexpr):
+    """A tile whose integer-valued distances `dist` span bins blo < bhi (at most MAX_EDGES edges):
+    per element only the edges between them. Adds the masses of bins blo + 1 .. bhi to the
+    [BLOCK_M, NBP] accumulator; returns (acc, [BLOCK_M, 4] mass in bin blo), the latter to start
+    the run of bin blo. (rs: the tile's row sums, as from _rowsum.)"""
+    cols = tl.arange(0, NBP)[None, :]
+    cm = _edge_mass(p, dist, (1 << (blo - 1)) >> 1, BLOCK_M, BLOCK_N)  # mass in bin blo
+    first = cm
+    for s in tl.static_range(1, MAX_EDGES):
+        if blo + s < bhi:
+            cm_s = _edge_mass(p, dist, (1 << (blo + s - 1)) >> 1, BLOCK_M, BLOCK_N)
+            acc += tl.where(cols == blo + s, tl.sum(cm_s - cm, 1)[:, None], 0.0)
+            cm = cm_s
+    acc += tl.where(cols == bhi, tl.sum(rs - cm, 1)[:, None], 0.0)
+    return acc, first
+
+
+@triton.jit
 def _hide_null(qk, j0, offs_n, kpos_ptr, null_ptr, sees, n_keys, qk_scale, BLOCK_N: tl.constexpr):
     """Unscaled scores with the null keys of a key block set to -1e6 (after scaling) for the rows
     that do not see them (sees == 0); a block without a null key is returned as it is."""
@@ -195,12 +247,7 @@ def _lse_kernel(
     """Pass 1 (a flash-attention forward without V): per row LSE = m + log2(l), in log2 units,
     and the entropy in bits. Writes LSE [B*H, R] and ROWS_OUT[:, 4, :] (entropy of probed rows, else 0).
     With NULL_ROWS, SEES [B, R] (int, same strides as REF) says which rows see the null keys."""
-    pid = tl.program_id(0)
-    pid_m = pid % n_row_blocks  # row blocks fastest: consecutive programs share K in L2
-    pid_bh = pid // n_row_blocks
-    b = (pid_bh // n_heads).to(tl.int64)
-    h = (pid_bh % n_heads).to(tl.int64)
-    i0 = pid_m * BLOCK_M
+    pid_m, pid_bh, b, h, i0 = _program(n_heads, n_row_blocks, BLOCK_M)
     offs_m = i0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
     row_ok = offs_m < n_rows
@@ -419,14 +466,7 @@ def _probe_tile(
             run = rs_nn
         else:
             recf = rowf[:, None] - offs_n[None, :].to(tl.float32)
-            cm = _edge_mass(p_nn, recf, (1 << (blo - 1)) >> 1, BLOCK_M, BLOCK_N)  # mass in bin blo
-            run = cm
-            for s in tl.static_range(1, MAX_REC_EDGES):
-                if blo + s < bhi:
-                    cm_s = _edge_mass(p_nn, recf, (1 << (blo + s - 1)) >> 1, BLOCK_M, BLOCK_N)
-                    rec_acc += tl.where(cols == blo + s, tl.sum(cm_s - cm, 1)[:, None], 0.0)
-                    cm = cm_s
-            rec_acc += tl.where(cols == bhi, tl.sum(rs_nn - cm, 1)[:, None], 0.0)
+            rec_acc, run = _straddle(rec_acc, p_nn, recf, rs_nn, blo, bhi, MAX_REC_EDGES, BLOCK_M, BLOCK_N, NBP)
             # Joint histogram: the new run counts this whole tile in bin blo; `_joint_tile` moves
             # its parts in bins blo+1..bhi after the loop, so the hot loop holds no more state.
         run_bin = blo
@@ -465,7 +505,7 @@ def _hist_from_cumulative(cum, nul, l_nn, BLOCK_M: tl.constexpr, N_SEM: tl.const
 def _probe_stats_kernel(
     Q, K, KPOS, NULL_BLK, REF, OWN, SEES, JW, LSE, ROWS_OUT, HIST_OUT, JOINT_OUT,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
-    stride_pos_b, stride_null_b, stride_ref_b, stride_own_b,
+    stride_pos_b, stride_null_b, stride_ref_b,
     n_heads, n_rows, n_keys, n_row_blocks, qk_scale, rec_off, r, w,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     N_SEM: tl.constexpr, HAS_OWN: tl.constexpr, S_MODE: tl.constexpr, R_IDX: tl.constexpr,
@@ -480,30 +520,15 @@ def _probe_stats_kernel(
     HIST_OUT [B*H, blocks, 3, NBP] (semantic / recency / own histograms of the block) and JOINT_OUT
     [B*H, blocks, NBP, JS] (per recency bin, the block's cumulative semantic masses, weighted per
     row by JW: 1 for probed rows, 1 / |V| for the chance pass, 0 for rows not probed). SEES [B, R]
-    (int, REF's strides; read with NULL_ROWS): whether each row sees the null keys.
+    (int, REF's strides, as OWN; read with NULL_ROWS): whether each row sees the null keys.
     """
-    pid = tl.program_id(0)
-    pid_m = pid % n_row_blocks
-    pid_bh = pid // n_row_blocks
-    b = (pid_bh // n_heads).to(tl.int64)
-    h = (pid_bh % n_heads).to(tl.int64)
-    i0 = pid_m * BLOCK_M
+    pid_m, pid_bh, b, h, i0 = _program(n_heads, n_row_blocks, BLOCK_M)
     offs_m = i0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
     row_ok = offs_m < n_rows
-
-    ref = tl.load(REF + b * stride_ref_b + offs_m, mask=row_ok, other=-1)
-    probed = ref >= 0
-    ref_f = ref.to(tl.float32)
-    if HAS_OWN:
-        own_pos = tl.load(OWN + b * stride_own_b + offs_m, mask=row_ok, other=-1)
-        own_rows = probed & (own_pos >= 0)
-        own_f = own_pos.to(tl.float32)
-    else:
-        own_rows = probed
-        own_f = ref_f
-    rowf = (offs_m + rec_off).to(tl.float32)  # recency of key j is rowf - j
-    sees = tl.load(SEES + b * stride_ref_b + offs_m, mask=row_ok, other=1) if NULL_ROWS else offs_m
+    # OWN has REF's strides (both [B, R] contiguous); recency of key j for row i is rowf - j
+    probed, ref_f, own_rows, own_f, rowf, sees = _slot_rows(REF, OWN, SEES, b, stride_ref_b, offs_m, row_ok, rec_off,
+                                                            HAS_OWN, NULL_ROWS)
 
     if CHANCE:
         q = 0.0
@@ -763,7 +788,7 @@ def _launch(pp: _Prepared, chance: bool, per_sequence: bool = False) -> tuple[Te
         q, k, pp.key_pos, pp.null_blk, pp.row_ref, pp.row_own, pp.sees, pp.joint_weights[int(chance)], lse,
         rows_out, hist_out, joint_out,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        pp.key_pos.stride(0), pp.null_blk.stride(0), pp.row_ref.stride(0), pp.row_own.stride(0),
+        pp.key_pos.stride(0), pp.null_blk.stride(0), pp.row_ref.stride(0),
         n_heads, R, *pp.args, CHANCE=chance, **pp.constexprs,
     )
     # deterministic reduction over batch and row blocks, in float64
@@ -793,6 +818,7 @@ def probe_stats(
     num_warps: int | None = None,
     num_stages: int | None = None,
     per_sequence: bool = False,
+    joint: bool = True,
 ) -> ProbeStats:
     """Probe statistics of softmax(q k^T * scale) under the top-left causal mask, fused.
 
@@ -809,7 +835,20 @@ def probe_stats(
     per_sequence=True returns the statistics of each sequence side by side (every tensor with a
     leading [batch] dimension, see `ProbeStats`), on the device, from the same three launches: the
     batch sum is simply left out of the final reduction. Nothing waits for the device.
+    joint=False runs the v3 kernels instead (`workbench.kernels.probe_v3`: each histogram in the
+    frame where its distance is a band): every field the same except `joint_mass` and
+    `joint_chance`, which are None (v3 cannot compute the joint histogram cheaply; docs/kernel.md).
+    The launch overrides (block_m, ...) are v2's and are refused with joint=False.
     """
+    if not joint:
+        if any(x is not None for x in (block_m, block_n, num_warps, num_stages)):
+            raise ValueError("block_m / block_n / num_warps / num_stages configure the v2 kernel (joint=True); "
+                             "for joint=False use workbench.kernels.probe_v3.probe_stats_v3(slot_block=, band_block=)")
+        from workbench.kernels.probe_v3 import probe_stats_v3
+
+        return probe_stats_v3(q, k, key_pos, row_ref, row_own=row_own, sees_null=sees_null,
+                              recency_offset=recency_offset, r=r, w=w, scale=scale, max_distance=max_distance,
+                              per_sequence=per_sequence)
     overrides = dict(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages)
     pp = _prepare(q, k, key_pos, row_ref, row_own, sees_null, recency_offset, r, w, scale, max_distance, overrides)
     rows_m, hist_m, joint_m = _launch(pp, chance=False, per_sequence=per_sequence)
@@ -840,8 +879,9 @@ def _assemble(rows_m, hist_m, joint_m, rows_c, hist_c, joint_c, step_rows, n_own
     """ProbeStats from the reduced partials: rows [..., H, 6, R] (chance: [..., 1, 6, R]), hists
     [..., H, 3, N_BINS], joint [..., H, NBP, JS], step_rows [..., R], n_own [...]; "..." is [batch]
     for per-sequence stats."""
-    joint_m = _joint_bins(joint_m, hist_m[..., 0, 0], n_sem)
-    joint_c = _joint_bins(joint_c, hist_c[..., 0, 0], n_sem).expand_as(joint_m)
+    if joint_m is not None:  # None: the v3 kernels (probe_stats(..., joint=False)) leave it out
+        joint_m = _joint_bins(joint_m, hist_m[..., 0, 0], n_sem).contiguous()
+        joint_c = _joint_bins(joint_c, hist_c[..., 0, 0], n_sem).expand_as(joint_m).contiguous()
     rows_c, hist_c = rows_c.expand_as(rows_m), hist_c.expand_as(hist_m)
     step_pc = rows_c[..., :4, :].transpose(-1, -2).contiguous()
     # A part whose chance is 0 on a row is empty there (chance counts keys exactly), so its mass is
@@ -856,7 +896,7 @@ def _assemble(rows_m, hist_m, joint_m, rows_c, hist_c, joint_c, step_rows, n_own
         rec_mass=hist_m[..., 1, :].contiguous(), rec_chance=hist_c[..., 1, :].contiguous(),
         own_mass=hist_m[..., 2, :].contiguous() if own else None,
         own_chance=hist_c[..., 2, :].contiguous() if own else None,
-        joint_mass=joint_m.contiguous(), joint_chance=joint_c.contiguous(),
+        joint_mass=joint_m, joint_chance=joint_c,
         parts_mass=step_pm.sum(-2), parts_chance=step_pc.sum(-2), entropy=rows_m[..., 4, :].sum(-1),
         step_parts_mass=step_pm, step_parts_chance=step_pc, step_entropy=rows_m[..., 4, :].contiguous(),
         step_rows=step_rows, step_null_chance=rows_c[..., 5, :].contiguous(),

@@ -111,6 +111,9 @@ class Accumulator:
             )
         if blocks.shape != stats.step_rows.shape[:1]:
             raise ValueError(f"blocks must give one block per sequence ({stats.step_rows.shape[0]}), got shape {list(blocks.shape)}")
+        if stats.joint_mass is None:
+            raise ValueError("the probe tables need the joint semantic x recency histogram, which these stats lack "
+                             "(probe_stats(..., joint=False), the v3 kernel); compute them with joint=True")
         u = self._vectors(stats)  # [B, group, head, field]
         zeros = torch.zeros_like(stats.sem_mass)
         hist = torch.stack(
