@@ -116,7 +116,7 @@ def test_paths_inside_the_project_are_shown_relative_to_it(monkeypatch):
     at = open_page(p_source_results=str(REPO / "results"))
     assert [t.placeholder for t in at.text_input] == ["checkpoints", "results"]
     shown = texts(at)
-    assert "Using results" in shown and "results/study.json" in shown and "`results/probes/two_stream-128/probes.parquet`" in shown
+    assert "Using results" in shown and "results/nll.json" in shown and "`results/probes/two_stream-128/probes.parquet`" in shown
     at.switch_page("app_pages/heads.py").run()
     assert "results/probes/two_stream-128" in texts(at)
     assert str(REPO) not in texts(at)
