@@ -46,6 +46,7 @@ if "workbench" not in sys.modules:  # load workbench.kernels alone (see the docs
     sys.modules["workbench"] = _pkg
 sys.path.insert(0, str(ROOT))
 
+import bench_common  # noqa: E402  (torch only: the device needs nothing more)
 from workbench.kernels.contract import pattern_stats  # noqa: E402
 from workbench.kernels.probe_kernel import _launch, _prepare, probe_stats  # noqa: E402
 from workbench.kernels.probe_v3 import probe_stats_v3  # noqa: E402
@@ -123,9 +124,6 @@ def run_check(gpu_only: bool = False) -> int:
 
 def write_results(out: Path, meta: dict, rows: list[dict], r: int, w: int) -> list[str]:
     """kernel_<date>.json and .md under out; returns the markdown lines."""
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.date.today().isoformat()
-    (out / f"kernel_{stamp}.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     md = [f"Probe-stats kernel, {meta['device']}, {meta['date']} (torch {meta['torch']}, triton {meta['triton']}); "
           f"B*T = 1M tokens, {HEADS} heads, d_head {D_HEAD}, bf16, r={r}, w={w}. v2: every statistic "
           "(joint histogram included); v3: probe_stats(joint=False), no joint histogram.", "",
@@ -153,7 +151,8 @@ def write_results(out: Path, meta: dict, rows: list[dict], r: int, w: int) -> li
         if "max_rel_diff" in row:
             md += [f"T={row['T']}: max |kernel - reference| / rows on 2 sequences: v2 {row['max_rel_diff']:.2e}, "
                    f"v3 {row['v3_max_rel_diff']:.2e}"]
-    (out / f"kernel_{stamp}.md").write_text("\n".join(md) + "\n")
+    bench_common.write_results(Path(out) / f"kernel_{dt.date.today().isoformat()}", dict(meta=meta, rows=rows),
+                               "\n".join(md), indent=1)
     return md
 
 

@@ -18,7 +18,11 @@ oshift_c2_s1 (= fixed_s1), oshift_c15, oshift_c3: the new init and its gains. Ot
 tied_l0, tied_all_s4, oracle_full, oh_c3, oh_c3_l2, halves_random, base128_tied4) are variations
 not in the table.
 """
-import argparse, json, math, sys, time
+import argparse
+import json
+import math
+import sys
+import time
 
 import torch
 torch.set_num_threads(1)
