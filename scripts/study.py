@@ -209,7 +209,9 @@ def report(args: argparse.Namespace) -> None:
         raise SystemExit(f"no evaluated runs under {args.runs}: run `study.py evaluate` first")
     out = Path(args.out)
     write_json_atomic(out, {"runs": rows, **compare_runs(values), "eval_seed": EVAL_SEED})
-    save_file({f"{r.name}.{k}": t.contiguous() for r, v in values.items() for k, t in v.tensors().items()},
+    # the committed per-window values in float32 (half the bytes; study.json is computed in float64)
+    save_file({f"{r.name}.{k}": (t.float() if t.is_floating_point() else t).contiguous()
+               for r, v in values.items() for k, t in v.tensors().items()},
               str(out.with_suffix(".windows.safetensors")))
     print(f"wrote {out}: {len(rows)} runs")
 

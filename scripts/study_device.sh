@@ -10,6 +10,11 @@
 # its seed-0 models and probes them, packing each result as soon as it exists. LENGTHS (default
 # "1024 128") and PARALLEL (default 9) pick the lengths and processes at once. DEADLINE (s,
 # default 575) bounds the whole stage.
+#
+#   bash scripts/study_device.sh bundled [NAME ...]
+#
+# Evaluates the tree's checkpoints/ (-> results/nll.json) and probes checkpoints/NAME like the
+# study's seed-0 probes (-> results/probes/NAME), all in $OUT/bundled.tgz; DEADLINE default 300.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/out}"
@@ -67,6 +72,18 @@ case "$stage" in
         || echo "eval of the bundle failed or stopped at the deadline"
       pack
     fi
+    ;;
+  bundled)  # the bundled checkpoints/ of the tree: results/nll.json, then the probes of NAME ... (bundled.tgz)
+    deadline=$((SECONDS + ${DEADLINE:-300})); mkdir -p runs/bundled
+    timeout "$((deadline - SECONDS))" python3 -m workbench.cli eval --checkpoint checkpoints/* --orders 4 --batch-size 128 \
+      --out runs/bundled/nll.json || echo "eval of the bundled checkpoints failed or stopped at the deadline"
+    tar czf "$OUT/bundled.tgz" -C runs/bundled .
+    for name in "$@"; do
+      timeout "$((deadline - SECONDS))" python3 -m workbench.cli probe --checkpoint "checkpoints/$name" \
+        --out "runs/bundled/probes/$name" --fast --max-sequences 0 --r 4 --w 4 --seed 0 --no-progress \
+        --causal-sequences 256 || echo "probes of $name failed or stopped at the deadline"
+      tar czf "$OUT/bundled.tgz" -C runs/bundled .
+    done
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
