@@ -208,7 +208,7 @@ def main() -> None:
         row["v3_own_peak_mb"] = peak_mb(v3_own)
         print(json.dumps(row), flush=True)  # the timings so far, in case the cache-then-reduce baseline is cut
         # the two launches alone (main: per head; chance: once per batch), reductions included
-        pp = _prepare(q, k, key_pos, row_ref, None, 0, args.r, args.w, None, T - 1, {})
+        pp = _prepare(q, k, key_pos, row_ref, None, None, 0, args.r, args.w, None, T - 1, {})
         row["main_only_ms"] = bench(lambda: _launch(pp, chance=False))
         row["chance_only_ms"] = bench(lambda: _launch(pp, chance=True))
         row["cache_then_reduce"] = None
