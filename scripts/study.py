@@ -199,6 +199,8 @@ def report(args: argparse.Namespace) -> None:
 
     from workbench.results_io import write_json_atomic
 
+    if args.seeds is None:  # every seed with an evaluated run (seeds added in later calls included)
+        args.seeds = sorted({int(d.parent.parent.name.rsplit("-s", 1)[1]) for d in Path(args.runs).glob("*-s*/eval/row.json")})
     rows, values = [], {}
     for run in grid(args):
         run_dir = Path(args.runs) / run.name
@@ -336,7 +338,8 @@ def main() -> None:
         p.add_argument("--corpus", default="runs/study-corpus.jsonl")
         p.add_argument("--variants", nargs="+", default=list(VARIANTS))
         p.add_argument("--lengths", type=int, nargs="+", default=[128, 1024])
-        p.add_argument("--seeds", type=int, nargs="+", default=[0] if name in ("probe", "bundle") else [0, 1, 2])
+        p.add_argument("--seeds", type=int, nargs="+", default={"probe": [0], "bundle": [0], "report": None}.get(name, [0, 1, 2]),
+                       help="default: 0 for probe and bundle, every evaluated seed for report, else 0 1 2")
         p.add_argument("--size", choices=sorted(SIZES), default="m4")
         p.add_argument("--train-tokens", type=int, default=32_768_000)
         p.add_argument("--tokens-per-step", type=int, default=16_384)

@@ -8,8 +8,10 @@
 # Trains 3 variants x {128, 1024} x 3 seeds (at most SECONDS), beside them decoupled_rope-128
 # seed 0 at each SWEEP_SIZE (the size sweep, runs/sweep-SIZE), then evaluates the grid, bundles
 # its seed-0 models and probes them, packing each result as soon as it exists. LENGTHS (default
-# "1024 128") and PARALLEL (default 9) pick the lengths and processes at once. DEADLINE (s,
-# default 575) bounds the whole stage.
+# "1024 128") and PARALLEL (default 9) pick the lengths and processes at once, VARIANTS and SEEDS
+# (default "0 1 2") the rest of the grid; seed 0 alone is bundled and probed, so a call for more
+# seeds (SEEDS="3 4 5 6 7 8") trains and evaluates only. DEADLINE (s, default 575) bounds the
+# whole stage.
 #
 #   bash scripts/study_device.sh bundled [NAME ...]
 #
@@ -54,7 +56,10 @@ case "$stage" in
       study train --runs "runs/sweep-$sweep" --size "$sweep" --variants decoupled_rope --lengths 128 --seeds 0 \
         --train-tokens "$tokens" --seconds "$seconds" --parallel 1 > "runs/sweep-$sweep-128.out" 2>&1 &
     done
-    grid=(--runs runs/study --size "$size" --lengths ${LENGTHS:-1024 128} --train-tokens "$tokens")  # the slower length first
+    grid=(--runs runs/study --size "$size" --lengths ${LENGTHS:-1024 128} --train-tokens "$tokens"  # the slower length first
+          --variants ${VARIANTS:-two_stream decoupled_rope sigma_gpt} --seeds ${SEEDS:-0 1 2})
+    seed0=(--runs runs/study --size "$size" --lengths ${LENGTHS:-1024 128} --train-tokens "$tokens" --seeds 0
+           --variants ${VARIANTS:-two_stream decoupled_rope sigma_gpt})  # bundled and probed: seed 0 only
     study train "${grid[@]}" --seconds "$seconds" --parallel "${PARALLEL:-9}" --micro-batch-tokens 16384
     wait
     cat runs/sweep-*.out 2>/dev/null || true
@@ -62,12 +67,14 @@ case "$stage" in
     timeout "$(left)" python3 scripts/study.py evaluate "${grid[@]}" --corpus runs/study-corpus.jsonl --out runs/study.json \
       --unfinished ${STUDY_OPTIONS:-} || echo "evaluation failed or stopped at the deadline"
     pack
-    study bundle "${grid[@]}" --dest runs/bundle || echo "bundle failed"
-    for d in $(ls -d runs/bundle/* 2>/dev/null); do tar cf "$OUT/$(basename "$d").tar" -C runs/bundle "$(basename "$d")"; done
-    timeout "$(left)" python3 scripts/study.py probe "${grid[@]}" --dest runs/bundle ${STUDY_OPTIONS:-} \
-      || echo "probes stopped (deadline or error)"
+    if [[ " ${SEEDS:-0} " == *" 0 "* ]]; then  # more seeds (SEEDS="3 4 5") train and evaluate only
+      study bundle "${seed0[@]}" --dest runs/bundle || echo "bundle failed"
+      for d in $(ls -d runs/bundle/* 2>/dev/null); do tar cf "$OUT/$(basename "$d").tar" -C runs/bundle "$(basename "$d")"; done
+      timeout "$(left)" python3 scripts/study.py probe "${seed0[@]}" --dest runs/bundle ${STUDY_OPTIONS:-} \
+        || echo "probes stopped (deadline or error)"
+    fi
     tar czf "$OUT/probes.tgz" runs/study/*-s0/probes || true
-    if [ "$(left)" -gt 30 ]; then  # the bundle's own evaluation (results/nll.json), if time is left
+    if [ -d runs/bundle ] && [ "$(left)" -gt 30 ]; then  # the bundle's own evaluation (results/nll.json), if time is left
       timeout "$(left)" python3 -m workbench.cli eval --checkpoint runs/bundle/* --orders 4 --batch-size 128 --out runs/nll.json \
         || echo "eval of the bundle failed or stopped at the deadline"
       pack

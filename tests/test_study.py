@@ -49,6 +49,9 @@ def test_tiny_study_end_to_end(tmp_path):
     again = tmp_path / "again.json"  # report rebuilds the same file from the runs' eval/ caches, no model needed
     subprocess.run([*study, "report", *grid, "--out", str(again)], check=True, capture_output=True, cwd=ROOT)
     assert json.loads(again.read_text()) == result
+    no_seeds = [a for a in grid if a not in ("--seeds", "0", "1")]  # report finds every evaluated seed itself
+    subprocess.run([*study, "report", *no_seeds, "--out", str(again)], check=True, capture_output=True, cwd=ROOT)
+    assert json.loads(again.read_text()) == result
     dest = tmp_path / "bundle"
     subprocess.run([*study, "bundle", *grid, "--seeds", "0", "--dest", str(dest)], check=True, capture_output=True, cwd=ROOT)
     from safetensors import safe_open
