@@ -5,7 +5,8 @@
 # The bundled checkpoints (checkpoints/, results/probes/, results/nll.json) are replaced only when
 # the bundle tars of all six (variant, length) pairs are at hand, from FOLDER or the earlier
 # folders named after it (an arm run in an earlier call); until then the seed-0 probe results go
-# to results/study-probes/ and checkpoints/ stays as it is. Then `git add -A checkpoints results`.
+# to results/study-probes/ and checkpoints/ stays as it is (with no bundle at all, a call that
+# trained more seeds, they stay in results/probes/). Then `git add -A checkpoints results`.
 #
 #   bash scripts/study_unpack.sh /work/.device/N [EARLIER_FOLDER ...]
 set -euo pipefail
@@ -31,6 +32,9 @@ if [ "${#missing[@]}" -eq 0 ]; then
     echo "WARNING: runs/nll.json does not cover all six bundled models: results/nll.json is stale until"
     echo "  workbench eval --checkpoint checkpoints/* --orders 4 --batch-size 128 --out results/nll.json  runs (on a GPU)"
   fi
+elif [ "${#bundle[@]}" -eq 0 ]; then  # a call for more seeds: checkpoints/ and their probe results stay
+  echo "no bundles in this call: checkpoints/ unchanged"
+  probes_dir=probes
 else
   echo "bundles missing for ${missing[*]}: checkpoints/ unchanged; seed-0 probe results go to results/study-probes/"
   probes_dir=study-probes
