@@ -39,6 +39,14 @@ if effect is not None:
     if len(effect):
         st.markdown("**Verdict on the length effect** (any-order bits/token):\n" +
                     "\n".join(f"- {app_data.study_verdict(e)}" for e in effect.to_dict("records")))
+        try:
+            stalled = app_data.study_stalled(study_frame("study_curves"))
+        except app_data.AppInputError:
+            stalled = None  # the curves' own message comes with their figure below
+        for variant in effect["variant"] if stalled is not None else ():
+            note = app_data.stalled_note(variant, stalled, study_frame("study_runs"))
+            if note:
+                st.warning(note)
     else:
         st.info(app_data.study_pending(over_seeds))
     fig = viz.gap_figure(seed_gaps, over_seeds)

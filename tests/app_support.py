@@ -230,3 +230,13 @@ def joint_rows(checkpoint: str, seed: int = 0):
                                                               chance=float(chance[sb, rb]), layer=layer, stream=stream, head=head,
                                                               x=int(sb), y=int(rb), n=64)))
     return out, used
+
+
+def bundled_gap_text(results: Path, variant: str = "decoupled_rope", length: int = 128) -> str:
+    """How the Overview states the bundled checkpoints' paired gap of `variant` to two_stream at
+    `length` (from results/nll.json through the data layer), up to its value."""
+    from workbench import app_data
+
+    gaps = app_data.nll_gaps(app_data.nll_table(results / "nll.json"))
+    [gap] = gaps[(gaps["variant"] == variant) & (gaps["length"] == length)]["gap"]
+    return f"{variant} − two_stream at {length}: **{gap:+.3f}"

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from tests.app_support import STUDY_SAMPLE, figure, make_results, texts
+from tests.app_support import STUDY_SAMPLE, bundled_gap_text, figure, make_results, texts
 from tests.test_app import open_page
 from workbench import app_data
 
@@ -158,7 +158,7 @@ def test_overview_without_the_study_says_so_and_keeps_the_bundled_evaluation(stu
     assert "no study results at" in shown and "study.json" in shown and "docs/study.md" in shown
     assert "the claim above is untested here" in shown
     assert not [f for f in at.get("plotly_chart") if "Gap to two_stream" in f.proto.spec]
-    assert "decoupled_rope − two_stream at 128: **+0.137" in shown
+    assert bundled_gap_text(study_env) in shown
 
 
 def test_overview_with_one_length_says_the_verdict_waits(study_env):
@@ -191,3 +191,22 @@ def test_a_results_directory_with_only_the_study_is_accepted(tmp_path):
     for path in STUDY_SAMPLE.glob("study*.json"):
         shutil.copy(path, tmp_path / path.name)
     assert app_data.source_dir("results", str(tmp_path)) == tmp_path
+
+
+def test_runs_that_never_left_their_plateau_are_flagged_beside_the_verdict(study_env):
+    curves = app_data.study_curves(study_env)
+    assert app_data.study_stalled(curves).empty  # the rehearsal runs all learned
+    raw = json.loads((study_env / "study-curves.json").read_text())
+    run = raw["runs"]["decoupled_rope-32-s1"]
+    first = run["evals"][0]["any_order_bits"]
+    for i, e in enumerate(run["evals"]):  # almost flat: a drop of 0.1% of its first value
+        e["any_order_bits"] = first * (1 - 0.001 * i / len(run["evals"]))
+    (study_env / "study-curves.json").write_text(json.dumps(raw))
+    stalled = app_data.study_stalled(app_data.study_curves(study_env))
+    assert stalled[["variant", "length", "seed"]].values.tolist() == [["decoupled_rope", 32, 1]]
+    assert stalled["drop"].iloc[0] < app_data.PLATEAU * stalled["baseline_drop"].iloc[0]
+    note = app_data.stalled_note("decoupled_rope", stalled, app_data.study_runs(study_env))
+    assert note.startswith("decoupled_rope: 1 of 2 at 32 did not leave the initial plateau")
+    assert app_data.stalled_note("two_stream", stalled, app_data.study_runs(study_env)) is None
+    at = open_page()
+    assert any(note == w.value for w in at.warning)

@@ -24,13 +24,18 @@ import pandas as pd
 
 from workbench.app_data.common import AppInputError, results_dir, shown_path
 
-__all__ = ["STUDY_FILES", "RESOLUTION", "study_runs", "study_seed_gaps", "study_gaps", "study_length_effect", "study_curves",
-           "study_emergence", "study_verdict", "study_pending"]
+__all__ = ["STUDY_FILES", "RESOLUTION", "PLATEAU", "study_runs", "study_seed_gaps", "study_gaps", "study_length_effect",
+           "study_curves", "study_emergence", "study_verdict", "study_pending", "study_stalled", "stalled_note"]
 
 STUDY_FILES = ("study.json", "study-curves.json", "study-emergence.json")
 RESOLUTION = 0.03
 """bits/token: the change of the gap with length that the study must tell from zero (issue 16's
 target: a 95% half-width below this)."""
+PLATEAU = 0.25
+"""A run that lowered its validation bits/token from its first evaluation by less than this
+fraction of what the baseline (two_stream, same length and seed) achieved did not leave its
+initial plateau (σ-GPT under the study's recipe, docs/study.md): it has not learned the task, so
+its gaps say more about its optimisation than about length."""
 _HOW = {"study.json": "`python scripts/study.py evaluate --runs runs/study --out results/study.json`",
         "study-curves.json": "`python scripts/study_results.py --runs runs/study`",
         "study-emergence.json": "`python scripts/study_results.py --runs runs/study`"}
@@ -169,6 +174,33 @@ def study_verdict(effect: Mapping) -> str:
     power = (f"it can tell a {RESOLUTION} bits/token change from zero (half-width {half:.3f} < {RESOLUTION})" if half < RESOLUTION else
              f"it is too wide to tell a {RESOLUTION} bits/token change from zero (half-width {half:.3f} ≥ {RESOLUTION}): more seeds would narrow it")
     return f"{what} ± {half:.3f} {where} ({n} seeds, 95% t interval over seeds): {reading}; {power}."
+
+
+def study_stalled(curves: pd.DataFrame, baseline: str = "two_stream") -> pd.DataFrame:
+    """The runs (of `study_curves`, kind "run") that did not leave their initial plateau: their
+    drop in validation any-order bits/token, first evaluation to best, is less than `PLATEAU` x
+    the drop of the `baseline` run of the same length and seed. Columns: variant, length, seed,
+    first, best, drop, baseline_drop (bits/token)."""
+    runs = curves[curves["kind"] == "run"].sort_values("tokens")
+    by_run = runs.groupby(["variant", "length", "seed"])["any_order_bits"]
+    frame = pd.DataFrame({"first": by_run.first(), "best": by_run.min()}).reset_index()
+    frame["drop"] = frame["first"] - frame["best"]
+    base = frame[frame["variant"] == baseline][["length", "seed", "drop"]].rename(columns={"drop": "baseline_drop"})
+    frame = frame[frame["variant"] != baseline].merge(base, on=["length", "seed"])
+    return frame[frame["drop"] < PLATEAU * frame["baseline_drop"]].reset_index(drop=True)
+
+
+def stalled_note(variant: str, stalled: pd.DataFrame, runs: pd.DataFrame) -> str | None:
+    """A warning for the verdict on `variant` when some of its runs did not learn (`stalled`:
+    `study_stalled`; `runs`: `study_runs`, for how many runs each length has), else None."""
+    mine = stalled[stalled["variant"] == variant]
+    if mine.empty:
+        return None
+    per_length = ", ".join(f"{len(g)} of {int(((runs['variant'] == variant) & (runs['length'] == length)).sum())} at {length}"
+                           for length, g in mine.groupby("length"))
+    return (f"{variant}: {per_length} did not leave the initial plateau (its validation loss fell by less than {PLATEAU:.0%} of "
+            "what two_stream's fell with the same seed): its gap measures a failure to learn under this recipe, not a length effect "
+            "(docs/study.md).")
 
 
 def study_pending(gaps: pd.DataFrame) -> str:
