@@ -194,13 +194,15 @@ def browser_timings(repeats: int) -> dict[str, dict] | str:
         plot = page.locator(".js-plotly-plot").first
         plot.scroll_into_view_if_needed()
         times, l0 = [], load()
+        config = json.loads((REPO / "checkpoints" / "two_stream-128" / "checkpoint.json").read_text())["config"]
+        n_layers, n_heads = config["n_layers"], config["n_heads"]
         for i in range(repeats):
-            layer, head = (i + 1) % 4, (2 * i + 1) % 6
+            layer, head = (i + 1) % n_layers, (2 * i + 1) % n_heads
             drag = page.locator(".js-plotly-plot").first.locator(".nsewdrag").nth(1)  # the query-stream map, found afresh
             drag.wait_for(state="visible")
             box = drag.bounding_box()
             t = time.perf_counter()
-            page.mouse.click(box["x"] + box["width"] * (head + 0.5) / 6, box["y"] + box["height"] * (layer + 0.5) / 4)
+            page.mouse.click(box["x"] + box["width"] * (head + 0.5) / n_heads, box["y"] + box["height"] * (layer + 0.5) / n_layers)
             page.get_by_text(f"query stream · layer {layer} · head {head}", exact=False).first.wait_for()
             wait_idle(page, poll=0.02, quiet_polls=1)
             times.append(time.perf_counter() - t)
