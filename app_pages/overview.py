@@ -126,11 +126,14 @@ if table is not None:
     st.dataframe(shown, hide_index=True, key="overview_nll_table",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in shown.columns if "bits" in c or "±" in c})
     export_menu("nll", frame=table)
-    with st.expander("NLL as the text fills in (by fraction already generated)"):
-        try:
-            show_figure(viz.nll_fraction_figure(app_data.nll_by_fraction(results_root() / "nll.json")), key="overview_fraction")
-        except app_data.AppInputError as err:
-            st.info(str(err))
+    # drawn only once opened (a closed expander's figure would still be sent and laid out on the first page)
+    with st.expander("NLL as the text fills in (by fraction already generated)", key="overview_fraction_open",
+                     on_change="rerun") as fraction:
+        if fraction.open:
+            try:
+                show_figure(viz.nll_fraction_figure(app_data.nll_by_fraction(results_root() / "nll.json")), key="overview_fraction")
+            except app_data.AppInputError as err:
+                st.info(str(err))
 takeaways = head_takeaways()
 if takeaways:
     st.markdown("**Heads**, at the committed r and w:\n" + "\n".join(f"- {line}" for line in takeaways))

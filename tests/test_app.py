@@ -69,6 +69,15 @@ def test_overview_lists_checkpoints_results_and_the_nll_table(env, results):
     assert bundled_gap_text(results) in texts(at)
 
 
+def test_overview_draws_nll_by_fraction_only_once_its_expander_is_opened(env):
+    at = open_page()
+    assert not [f for f in at.get("plotly_chart") if "by fraction of the text revealed" in f.proto.spec]
+    at.session_state["overview_fraction_open"] = True  # what opening the expander sets
+    at.run()
+    no_exceptions(at)
+    figure(at, "Any-order NLL by fraction of the text revealed")
+
+
 def test_overview_without_results_and_with_a_broken_checkpoint(monkeypatch, tmp_path):
     monkeypatch.setenv(app_data.RESULTS_ENV, str(tmp_path / "empty"))
     monkeypatch.setenv(app_data.CHECKPOINTS_ENV, str(make_checkpoints(tmp_path / "ckpts")))
