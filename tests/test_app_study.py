@@ -210,3 +210,18 @@ def test_runs_that_never_left_their_plateau_are_flagged_beside_the_verdict(study
     assert app_data.stalled_note("two_stream", stalled, app_data.study_runs(study_env)) is None
     at = open_page()
     assert any(note == w.value for w in at.warning)
+
+
+def test_gap_figure_gives_each_variant_its_own_panel_and_y_range():
+    import pandas as pd
+
+    from workbench import viz
+
+    seeds = pd.DataFrame({"variant": ["a"] * 2 + ["b"] * 2, "baseline": "two_stream", "length": [128, 1024] * 2, "seed": 0,
+                          "gap": [0.1, 0.05, 2.0, 3.0], "ci": 0.01})
+    gaps = pd.DataFrame({"variant": ["a", "a", "b", "b"], "length": [128, 1024] * 2, "gap": [0.1, 0.05, 2.0, 3.0],
+                         "ci_low": [0.0, -0.1, 1.0, 2.0], "ci_high": [0.2, 0.2, 3.0, 4.0], "ci": [0.1, 0.15, 1.0, 1.0], "n_seeds": 3})
+    fig = viz.gap_figure(seeds, gaps).to_dict()
+    axes = {t["name"]: t.get("yaxis", "y") for t in fig["data"]}
+    assert axes == {"a, each seed": "y", "a, mean over seeds": "y", "b, each seed": "y2", "b, mean over seeds": "y2"}
+    assert [a["text"] for a in fig["layout"]["annotations"]][:2] == ["a − two_stream", "b − two_stream"]

@@ -18,40 +18,42 @@ STREAM_DASHES = {"content": "solid", "query": "dot", "main": "solid"}
 
 def gap_figure(seed_gaps: pd.DataFrame, gaps: pd.DataFrame, *, baseline: str = "two_stream",
                title: str = "Gap to two_stream against length (each seed, and the mean with its 95% interval over seeds)") -> go.Figure:
-    """Per variant: each seed's paired gap (small open markers, with its interval over windows) and
-    the mean over seeds with its t interval (a diamond and error bar), joined across lengths. The
-    lengths sit at equal spacing (they are log-spaced: 128, 1024); variants are side by side."""
+    """One panel per variant, each with its own y range (a variant that failed to learn has gaps
+    ten times another's): each seed's paired gap (small open markers, with its interval over
+    windows) and the mean over seeds with its t interval (a diamond and error bar), joined across
+    lengths. The lengths sit at equal spacing (they are log-spaced: 128, 1024)."""
     lengths = sorted(set(gaps["length"]) | set(seed_gaps["length"]))
     at = {length: i for i, length in enumerate(lengths)}
     variants = list(dict.fromkeys(gaps["variant"].tolist() + seed_gaps["variant"].tolist()))
-    fig = go.Figure()
-    for k, variant in enumerate(variants):
-        colour, shift = VARIANT_COLOURS.get(variant), 0.12 * (k - (len(variants) - 1) / 2)
+    fig = make_subplots(rows=1, cols=max(1, len(variants)), subplot_titles=[f"{v} − {baseline}" for v in variants],
+                        horizontal_spacing=0.1)
+    for k, variant in enumerate(variants, start=1):
+        colour = VARIANT_COLOURS.get(variant)
         seeds = seed_gaps[seed_gaps["variant"] == variant]
         fig.add_trace(go.Scatter(
-            x=seeds["length"].map(at) + shift - 0.04, y=seeds["gap"], mode="markers", name=f"{variant}, each seed",
+            x=seeds["length"].map(at) - 0.08, y=seeds["gap"], mode="markers", name=f"{variant}, each seed",
             legendgroup=variant, marker=dict(color=colour, symbol="circle-open", size=8),
             error_y=dict(type="data", array=seeds["ci"], thickness=1, width=2),
             customdata=np.stack([seeds["length"], seeds["seed"], seeds["ci"]], axis=-1),
             hovertemplate=(f"{variant}, length %{{customdata[0]}}, seed %{{customdata[1]}}<br>gap %{{y:+.3f}} ± %{{customdata[2]:.3f}}"
                            " bits/token (paired, over windows)<extra></extra>"),
-        ))
+        ), row=1, col=k)
         mean = gaps[gaps["variant"] == variant].sort_values("length")
         fig.add_trace(go.Scatter(
-            x=mean["length"].map(at) + shift + 0.04, y=mean["gap"], mode="lines+markers", name=f"{variant}, mean over seeds",
+            x=mean["length"].map(at) + 0.08, y=mean["gap"], mode="lines+markers", name=f"{variant}, mean over seeds",
             legendgroup=variant, line=dict(color=colour, width=2), marker=dict(color=colour, symbol="diamond", size=11),
             error_y=dict(type="data", symmetric=False, array=mean["ci_high"] - mean["gap"], arrayminus=mean["gap"] - mean["ci_low"],
                          thickness=2, width=6),
             customdata=np.stack([mean["length"], mean["ci"], mean["n_seeds"]], axis=-1),
             hovertemplate=(f"{variant}, length %{{customdata[0]}}<br>gap %{{y:+.3f}} ± %{{customdata[1]:.3f}} bits/token"
                            "<br>95% t interval over %{customdata[2]} seeds<extra></extra>"),
-        ))
-    fig.add_hline(y=0, line=dict(color="#444", width=1), annotation_text=baseline, annotation_position="bottom right")
-    fig.update_xaxes(title_text="sequence length", tickvals=list(range(len(lengths))), ticktext=[str(t) for t in lengths],
-                     range=[-0.5, len(lengths) - 0.5])
-    fig.update_yaxes(title_text=f"any-order bits/token, variant − {baseline}", zeroline=False)
-    return base_layout(fig, title, height=420, legend=dict(orientation="h", y=-0.2, x=0.5, xanchor="center"),
-                       margin=dict(l=60, r=20, t=60, b=100))
+        ), row=1, col=k)
+        fig.add_hline(y=0, line=dict(color="#444", width=1), row=1, col=k)
+        fig.update_xaxes(title_text="sequence length", tickvals=list(range(len(lengths))), ticktext=[str(t) for t in lengths],
+                         range=[-0.5, len(lengths) - 0.5], row=1, col=k)
+    fig.update_yaxes(title_text=f"any-order bits/token, variant − {baseline}", zeroline=False, row=1, col=1)
+    return base_layout(fig, title, height=420, legend=dict(orientation="h", y=-0.25, x=0.5, xanchor="center"),
+                       margin=dict(l=60, r=20, t=80, b=110))
 
 
 def curves_figure(curves: pd.DataFrame, *, title: str = "Validation curves (any-order bits/token; ★ the run's best model)") -> go.Figure:
