@@ -43,8 +43,9 @@ if effect is not None:
             stalled = app_data.study_stalled(study_frame("study_curves"))
         except app_data.AppInputError:
             stalled = None  # the curves' own message comes with their figure below
+        run_rows = study_frame("study_runs")
         for variant in effect["variant"] if stalled is not None else ():
-            note = app_data.stalled_note(variant, stalled, study_frame("study_runs"))
+            note = app_data.stalled_note(variant, stalled, run_rows)
             if note:
                 st.warning(note)
     else:

@@ -58,8 +58,7 @@ case "$stage" in
     done
     grid=(--runs runs/study --size "$size" --lengths ${LENGTHS:-1024 128} --train-tokens "$tokens"  # the slower length first
           --variants ${VARIANTS:-two_stream decoupled_rope sigma_gpt} --seeds ${SEEDS:-0 1 2})
-    seed0=(--runs runs/study --size "$size" --lengths ${LENGTHS:-1024 128} --train-tokens "$tokens" --seeds 0
-           --variants ${VARIANTS:-two_stream decoupled_rope sigma_gpt})  # bundled and probed: seed 0 only
+    seed0=("${grid[@]}" --seeds 0)  # bundled and probed: seed 0 only (the later --seeds wins)
     study train "${grid[@]}" --seconds "$seconds" --parallel "${PARALLEL:-9}" --micro-batch-tokens 16384
     wait
     cat runs/sweep-*.out 2>/dev/null || true
