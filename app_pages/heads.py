@@ -71,7 +71,7 @@ if compare != "nothing":
             st.info(f"No checkpoint is '{compare}' of {main}.")
 metric_keys = list(app_data.HEAD_METRICS)
 with top[3]:
-    ensure_choice("p_heads_metric", metric_keys, "index")
+    ensure_choice("p_heads_metric", metric_keys, "semantic_excess")
     metric = st.selectbox("Map shows", metric_keys, key="p_heads_metric", format_func=lambda k: app_data.HEAD_METRICS[k][1])
 
 results, base, sources = {}, {}, {}
@@ -142,8 +142,15 @@ for name, f in frames.items():
 metric_label = app_data.over_chance_name(metric)
 st.subheader(f"Layer x head: {metric_label}")
 st.caption("Every map is centred at chance (0, white: what uniform attention over the visible keys gives; "
-           + ("a lift is shown as log2 lift" if metric.endswith("lift") else "the value minus its chance")
+           + ("a lift is shown as log2 lift" if metric.endswith("lift") else
+              "the normalised excess, the labels' measure, is 0 at chance and 1 when every row puts all its non-null mass "
+              "on the set, at any r, w and length, so maps of both lengths compare" if metric.endswith("_excess") else
+              "the value minus its chance")
            + "), on one colour scale for every stream and checkpoint. The hover gives the value, its 95% CI and chance.")
+if metric in app_data.PER_ROW and not at_committed:
+    st.info(f"The {app_data.HEAD_METRICS[metric][1].split(' (')[0]} needs per-row quantities the joint histogram does not "
+            f"hold, so it exists at the committed r = {first[0]}, w = {first[1]} only; the masses, lifts and index are read "
+            "out at any r, w.")
 view = (tuple(frames), tuple(sources[n] for n in frames), r, w)  # what the maps and the scatter depend on
 
 

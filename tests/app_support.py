@@ -31,6 +31,11 @@ def synthetic_index(checkpoint: str, layer: int, stream: str, head: int) -> floa
     return round(math.sin(1 + layer * 7 + head * 3 + s * 11) * 0.9 - shift, 4)
 
 
+def synthetic_excess(index: float, which: str) -> float:
+    """A head's normalised excess on S_r ("S") or R_w ("R"), from its synthetic index: 0 at chance."""
+    return round(0.8 * (1 + index) / 2 if which == "S" else 0.8 * (1 - index) / 2, 4)
+
+
 def synthetic_rows(checkpoint: str):
     """(checkpoint, probe, Row) triples of every metric the app reads, with known values."""
     from workbench.probing.table import Row
@@ -55,6 +60,8 @@ def synthetic_rows(checkpoint: str):
                     (checkpoint, "parts", Row(metric="semantic_set_lift", value=sem / 0.07, chance=1.0, ci=0.1, **where)),
                     (checkpoint, "parts", Row(metric="structural_set_lift", value=struct / 0.06, chance=1.0, ci=0.1, **where)),
                     (checkpoint, "specialisation", Row(metric="index", value=index, chance=0.1, ci=0.05, **where)),
+                    (checkpoint, "specialisation", Row(metric="semantic_excess", value=synthetic_excess(index, "S"), chance=0.0, ci=0.02, **where)),
+                    (checkpoint, "specialisation", Row(metric="structural_excess", value=synthetic_excess(index, "R"), chance=0.0, ci=0.02, **where)),
                     (checkpoint, "specialisation", Row(metric="label", value=index, chance=0.1,
                                                        label="semantic" if index > 0.3 else "structural" if index < -0.3 else "mixed", **where)),
                     (checkpoint, "entropy", Row(metric="entropy", value=2.0 + layer / 10, chance=5.5, ci=0.02, **where)),

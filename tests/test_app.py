@@ -13,7 +13,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from tests.app_support import APP, bundled_gap_text, dnll, figure, make_checkpoints, make_results, no_exceptions, overlap, synthetic_index, texts
+from tests.app_support import APP, bundled_gap_text, dnll, figure, make_checkpoints, make_results, no_exceptions, overlap, synthetic_excess, synthetic_index, texts
 from workbench import app_data, hook_name, viz
 
 TIMEOUT = 180
@@ -120,13 +120,17 @@ def test_a_checkpoint_whose_weights_are_corrupt_gives_a_message(monkeypatch, tmp
 
 def test_heads_maps_scatter_and_one_head(env):
     at = open_page("heads")
-    fig = figure(at, "two_stream-128")
-    content, query = [t for t in fig["data"] if t["type"] == "heatmap"]
+    assert at.selectbox(key="p_heads_metric").value == "semantic_excess"  # the labels' length-fair measure, 0 at chance
+    content, query = [t for t in figure(at, "two_stream-128")["data"] if t["type"] == "heatmap"]
     for trace, stream in ((content, "content"), (query, "query")):
-        z = np.array(trace["z"], dtype=float)
+        expected = [[synthetic_excess(synthetic_index("two_stream-128", layer, stream, h), "S") for h in range(6)] for layer in range(4)]
+        np.testing.assert_allclose(np.array(trace["z"], dtype=float), expected, atol=1e-12)
+    at.selectbox(key="p_heads_metric").set_value("index").run()
+    content, query = [t for t in figure(at, "two_stream-128")["data"] if t["type"] == "heatmap"]
+    for trace, stream in ((content, "content"), (query, "query")):
         # centred at chance: the synthetic index's chance is 0.1 (tests/app_support.py)
         expected = [[synthetic_index("two_stream-128", layer, stream, h) - 0.1 for h in range(6)] for layer in range(4)]
-        np.testing.assert_allclose(z, expected, atol=1e-12)
+        np.testing.assert_allclose(np.array(trace["z"], dtype=float), expected, atol=1e-12)
     assert "S" in content["text"][0][0] or "R" in content["text"][0][0] or "M" in content["text"][0][0]
     scatter = figure(at, "Each point is a head")
     points = [t for t in scatter["data"] if t["name"] in ("content", "query")]

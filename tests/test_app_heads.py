@@ -145,6 +145,12 @@ def test_heads_page_r_and_w_controls_read_the_joint_histogram(env):
     table = at.table[0].value
     np.testing.assert_allclose(table["attention mass"].astype(float), [parts[p] for p in ("S_only", "R_only", "both", "neither")], atol=5e-4)
     assert "two_stream-128 at r = 16, w = 2" in texts(at)
+    # the default map, the normalised excess, needs per-row quantities: blank away from the committed (r, w), and said so
+    assert at.selectbox(key="p_heads_metric").value == "semantic_excess"
+    assert all(np.isnan(np.array(t["z"], dtype=float)).all() for t in figure(at, "two_stream-128")["data"] if t["type"] == "heatmap")
+    assert any("exists at the committed r = 4, w = 4 only" in i.value for i in at.info)
+    at.selectbox(key="p_heads_metric").set_value("semantic_mass").run()
+    assert not any("exists at the committed" in i.value for i in at.info)
 
 
 def test_heads_page_without_a_joint_histogram_says_why_r_and_w_are_fixed(monkeypatch, tmp_path):

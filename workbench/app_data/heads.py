@@ -11,12 +11,14 @@ import pandas as pd
 
 from workbench.app_data.probes import HEAD_KEYS, JointHistogram, chance_of, head_labels, parts_at
 
-__all__ = ["HEAD_METRICS", "SCATTER_PLANES", "over_chance", "over_chance_name", "head_frame", "READ_OUT", "head_frame_at", "SUMMARY_LABELS",
+__all__ = ["HEAD_METRICS", "SCATTER_PLANES", "over_chance", "over_chance_name", "head_frame", "READ_OUT", "PER_ROW", "head_frame_at", "SUMMARY_LABELS",
            "stream_summary", "takeaway", "head_grid", "head_record", "bin_labels", "head_histograms", "head_by_step"]
 
 
 # What the head maps can show: key -> (probe metric, label for axes and menus).
 HEAD_METRICS: dict[str, tuple[str, str]] = {
+    "semantic_excess": ("semantic_excess", "semantic excess e_S (0 chance, 1 all on S_r)"),
+    "structural_excess": ("structural_excess", "structural excess e_R (0 chance, 1 all on R_w)"),
     "semantic_mass": ("semantic_set", "semantic mass (S_r)"),
     "structural_mass": ("structural_set", "structural mass (R_w)"),
     "semantic_lift": ("semantic_set_lift", "semantic lift (S_r mass / chance)"),
@@ -51,6 +53,8 @@ def over_chance(key: str, value, chance):
 def over_chance_name(key: str) -> str:
     """Axis / colour-bar name of `over_chance` for a HEAD_METRICS key."""
     label = HEAD_METRICS[key][1]
+    if key.endswith("_excess"):  # already 0 at chance
+        return label
     return f"log2 {label}" if key.endswith("lift") else f"{label} − chance"
 
 
@@ -79,14 +83,19 @@ def head_frame(table: pd.DataFrame) -> pd.DataFrame:
 READ_OUT = ("semantic_mass", "structural_mass", "semantic_lift", "structural_lift", "index", "S_only", "R_only", "both",
             "neither", "S_only_lift", "R_only_lift")
 """The HEAD_METRICS that depend on (r, w), and so are read out of the joint histogram at another (r, w)."""
+PER_ROW = ("semantic_excess", "structural_excess")
+"""The HEAD_METRICS that depend on (r, w) but need per-row quantities the joint histogram does not
+hold (the normalised excesses pool each row's own chance and ceiling): NaN at another (r, w)."""
 
 
 def head_frame_at(heads: pd.DataFrame, joints: dict[tuple[int, str, int], JointHistogram], r: int, w: int) -> pd.DataFrame:
     """`heads` with every (r, w)-dependent metric read out of the joint histograms at (r, w) instead.
     The read-out pools the histogram, so it has no interval (the `_ci` columns are NaN), and labels
     need per-row excesses the histogram does not hold: the label is "" (a probe run at that (r, w)
-    gives it)."""
+    gives it); so are the PER_ROW excesses (NaN)."""
     out = heads.copy()
+    for key in PER_ROW:
+        out[[key, f"{key}_ci", f"{key}_excess"]] = np.nan
     for i, row in enumerate(out.itertuples(index=False)):
         joint = joints.get((int(row.layer), row.stream, int(row.head)))
         if joint is None:
