@@ -159,21 +159,25 @@ def build_maps():
     return viz.head_maps(grids, title=" vs ".join(frames), value_name=metric_label, colour="excess")
 
 
-fig = cached_figure("maps", (*view, metric), build_maps)
-show_figure(fig, key="heads_maps", selection_mode="points", on_select=partial(on_select, "heads_maps"))
 cells = pd.concat([f.assign(checkpoint=name) for name, f in frames.items()], ignore_index=True)
-export_menu("heads_maps", frame=cells, fig=fig, code=app_data.heads_snippet(list(frames), metric, r=r, w=w, committed=first,
-                                                                            root=results_root()))
-labels_present = sorted({lab for f in frames.values() for lab in f["label"] if lab})
-if labels_present:
-    st.caption(f"Letters after a value: the head's label ({label_legend(labels_present)}); thresholds in "
-               "workbench/probing/specialisation.py.")
 
 
-# ---- the selected head: the scatter and one head ------------------------------------------------------------
-# One fragment: a click on the scatter, or another head picked below, reruns only this part; the
-# summary and the maps above stay as they are (a map click reruns the page, since it is outside).
+# ---- the maps, the scatter and the selected head ------------------------------------------------------------
+# One fragment: a click on a map cell or a scatter point, or another head picked below, reruns only
+# this part; the controls and the summary above stay as they are.
 @st.fragment
+def heads_view() -> None:
+    fig = cached_figure("maps", (*view, metric), build_maps)
+    show_figure(fig, key="heads_maps", selection_mode="points", on_select=partial(on_select, "heads_maps"))
+    export_menu("heads_maps", frame=cells, fig=fig, code=app_data.heads_snippet(list(frames), metric, r=r, w=w, committed=first,
+                                                                                root=results_root()))
+    labels_present = sorted({lab for f in frames.values() for lab in f["label"] if lab})
+    if labels_present:
+        st.caption(f"Letters after a value: the head's label ({label_legend(labels_present)}); thresholds in "
+                   "workbench/probing/specialisation.py.")
+    selected_head_view()
+
+
 def selected_head_view() -> None:
     st.subheader("Heads in the semantic / structural plane")
     plane = st.radio("Plane", list(app_data.SCATTER_PLANES), key="p_heads_plane", horizontal=True)
@@ -271,4 +275,4 @@ def one_head() -> None:
         st.switch_page(PAGES["samples"])
 
 
-selected_head_view()
+heads_view()

@@ -4,7 +4,7 @@
 # (SDPA causal forward, v2 with and without own distances, v3 likewise; T = 1024, 4096, 16384;
 # 1M tokens, 8 heads, d_head 64, bf16, r = 4, w = 16; cache-then-reduce at T = 1024 only).
 #
-#   export PYTHONPATH=/tmp/site:$PWD; bash benchmarks/kernel_v3_device.sh
+#   export PYTHONPATH=/tmp/site:$PWD; [TESTS=0] [V2C=1] bash benchmarks/kernel_v3_device.sh
 #
 # Run from the repository root (Python 3.12 with torch and triton installed). Everything that
 # must come back goes to $OUT (default runs/out): the two logs, kernel_<date>.json / .md (rewritten
@@ -20,10 +20,19 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > 
 git rev-parse HEAD >> "$OUT/kernel-v3-device.txt" 2>/dev/null || true
 
 # 1. tests: the GPU tier of tests/test_kernel.py only (-m gpu), through bench_kernel.py so that
-#    workbench.kernels loads without the model code. At most 110 s.
-timeout 110 python3 benchmarks/bench_kernel.py --check-gpu --sizes "" --out "$OUT" \
-  > "$OUT/kernel-v3-gpu-tests.log" 2>&1
-echo "tests: exit $? after $((SECONDS - start)) s" | tee -a "$OUT/kernel-v3-device.txt"
+#    workbench.kernels loads without the model code. At most 110 s; TESTS=0 skips them.
+if [ "${TESTS:-1}" != 0 ]; then
+  timeout 110 python3 benchmarks/bench_kernel.py --check-gpu --sizes "" --out "$OUT" \
+    > "$OUT/kernel-v3-gpu-tests.log" 2>&1
+  echo "tests: exit $? after $((SECONDS - start)) s" | tee -a "$OUT/kernel-v3-device.txt"
+fi
+# 1b. V2C=1: v2c (commit da85a0a, 15.4 ms at T = 1024 on 2026-11-22) on this machine, its own
+#     benchmark from its own tree, so that v2's slowdown since can be told from the machine's.
+if [ "${V2C:-0}" = 1 ] && git rev-parse -q --verify da85a0a >/dev/null; then
+  rm -rf /tmp/v2c && mkdir -p /tmp/v2c "$OUT/v2c" && git archive da85a0a | tar x -C /tmp/v2c
+  (cd /tmp/v2c && timeout 90 python3 benchmarks/bench_kernel.py --sizes 1024 --out "$OUT/v2c" > "$OUT/v2c/bench.log" 2>&1)
+  echo "v2c: exit $? after $((SECONDS - start)) s" | tee -a "$OUT/kernel-v3-device.txt"
+fi
 
 # 2. benchmark, in what is left of 240 s (5 s kept for the copy-out)
 left=$((235 - (SECONDS - start)))
