@@ -3,6 +3,7 @@ is probed as given, bad arguments get one short line, and the tidy table draws a
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -61,5 +62,8 @@ def test_head_map_from_the_tidy_table(setup):
     figure = head_map(run.table, "index")
     heatmaps = [trace for trace in figure.data if trace.type == "heatmap"]
     assert len(heatmaps) == 2  # one per stream
+    excess = head_map(run.table, "semantic_excess")  # the labels' measure: centred at 0 (chance), on [-1, 1]
+    assert (excess.layout.coloraxis.cmin, excess.layout.coloraxis.cmax) == (-1.0, 1.0)
+    assert np.isfinite(np.array(excess.data[0].z, dtype=float)).all()
     with pytest.raises(ValueError, match="is not a head metric"):
         head_map(run.table, "indx")

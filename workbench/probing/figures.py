@@ -2,7 +2,7 @@
 for notebooks; the app draws the same maps (workbench.viz.heads).
 
     run = run_probes(model, data=tokens, orders=order, probes=["specialisation"])
-    head_map(run.table, "index").show()        # layer x head per stream, value ± CI on hover
+    head_map(run.table, "semantic_excess").show()   # layer x head per stream, value ± CI on hover
 """
 
 from __future__ import annotations
@@ -28,5 +28,6 @@ def head_map(table: pd.DataFrame, metric: str = "index", title: str | None = Non
     checkpoint = str(table["checkpoint"].iloc[0]) if "checkpoint" in table and len(table) else "model"
     grids = {(checkpoint, stream): head_grid(heads, stream, metric) for stream in streams}
     name = HEAD_METRICS[metric][1]
-    return head_maps(grids, title=title or name, value_name=name, colour="value", diverging=metric == "index",
-                     zmin=-1.0 if metric == "index" else None, zmax=1.0 if metric == "index" else None)
+    signed = metric == "index" or metric.endswith("_excess")  # on [-1, 1]; the excesses are 0 at chance
+    return head_maps(grids, title=title or name, value_name=name, colour="value", diverging=signed,
+                     zmin=-1.0 if signed else None, zmax=1.0 if signed else None)
