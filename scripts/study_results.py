@@ -4,8 +4,9 @@ results, on the CPU, with no model:
 - results/study-curves.json: every run's validation curve (any-order and left-to-right bits at
   each evaluation, in tokens) and where its minimum was, and the size sweep's runs beside them;
 - results/study-emergence.json: for each probed run and model (the log-spaced snapshots, then
-  best/), per stream the heads labelled semantic / structural / with a sink and the median index
-  over chance (`workbench.app_data.stream_summary`, the app's per-stream summary);
+  best/), per stream the heads labelled semantic / structural / with a sink, the median index
+  over chance and the median normalised semantic excess e_S (`workbench.app_data.stream_summary`,
+  the app's per-stream summary);
 - results/probes/<variant>-<length>/: the probe results of each bundled model (best/ of seed 0);
   `--probes-dir study-probes` while the study's models are not the bundled ones yet.
 

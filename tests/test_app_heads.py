@@ -63,6 +63,10 @@ def test_stream_summary_counts_labels_and_the_takeaway_follows_the_data():
     line = app_data.takeaway("m-128", summary, 4, 4)
     assert line.startswith("m-128 at r = 4, w = 4: 2 semantic, 3 structural, 1 with a sink of 6 heads")
     assert "query stream: 0 semantic, 2 structural, 0 with a sink of 2 heads (median index -0.50 over chance)" in line
+    heads["semantic_excess"] = [0.9, 0.1, 0.0, 0.7, np.nan, 0.2]  # the length-fair median leads where the frame has it
+    line = app_data.takeaway("m-128", app_data.stream_summary(heads), 4, 4)
+    assert "content stream: 2 semantic, 1 structural, 1 with a sink of 4 heads (median e_S +0.40)" in line
+    assert "query stream: 0 semantic, 2 structural, 0 with a sink of 2 heads (median e_S +0.20)" in line
     heads["label"] = "semantic"
     assert app_data.takeaway("m-128", app_data.stream_summary(heads)).startswith("m-128: 6 semantic, 0 structural, 0 with a sink of 6 heads")
 

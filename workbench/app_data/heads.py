@@ -12,7 +12,7 @@ import pandas as pd
 from workbench.app_data.probes import HEAD_KEYS, JointHistogram, chance_of, head_labels, parts_at
 
 __all__ = ["HEAD_METRICS", "SCATTER_PLANES", "over_chance", "over_chance_name", "head_frame", "READ_OUT", "PER_ROW", "head_frame_at", "SUMMARY_LABELS",
-           "stream_summary", "takeaway", "head_grid", "head_record", "bin_labels", "head_histograms", "head_by_step"]
+           "stream_summary", "MEDIANS", "takeaway", "head_grid", "head_record", "bin_labels", "head_histograms", "head_by_step"]
 
 
 # What the head maps can show: key -> (probe metric, label for axes and menus).
@@ -137,7 +137,9 @@ sink"); results written before the flag existed count the heads labelled "sink".
 
 def stream_summary(heads: pd.DataFrame) -> pd.DataFrame:
     """Per stream: how many heads, how many carry each label (semantic and structural first, then
-    any other label the table uses), how many have a sink, and the median index over chance."""
+    any other label the table uses), how many have a sink, the median index over chance and the
+    median normalised semantic excess e_S (length-fair; NaN where the frame has none: old results,
+    or a read-out at another r, w)."""
     rows = []
     flagged = "sink_flag" in heads and heads["sink_flag"].notna().any()
     for stream, group in heads.groupby("stream", sort=False):
@@ -147,12 +149,18 @@ def stream_summary(heads: pd.DataFrame) -> pd.DataFrame:
         if flagged:
             row["sink"] = int((group["sink_flag"] == 1).sum())
         row.update({lab: int(n) for lab, n in counts.items() if lab not in SUMMARY_LABELS})
-        row["median index − chance"] = float(np.nanmedian(group["index_excess"])) if group["index_excess"].notna().any() else np.nan
+        for name, column in MEDIANS.items():
+            values = group[column] if column in group else pd.Series(dtype=float)
+            row[name] = float(np.nanmedian(values)) if values.notna().any() else np.nan
         rows.append(row)
-    frame = pd.DataFrame(rows).fillna(0)
-    counts = [c for c in frame.columns if c not in ("stream", "heads", "median index − chance")]
-    frame[counts] = frame[counts].astype(int)
-    return frame[["stream", "heads", *counts, "median index − chance"]]
+    frame = pd.DataFrame(rows)
+    counts = [c for c in frame.columns if c not in ("stream", "heads", *MEDIANS)]
+    frame[counts] = frame[counts].fillna(0).astype(int)
+    return frame[["stream", "heads", *counts, *MEDIANS]]
+
+
+MEDIANS = {"median index − chance": "index_excess", "median e_S": "semantic_excess"}
+"""The summary's medians over a stream's heads: column -> head-frame column."""
 
 
 def takeaway(checkpoint: str, summary: pd.DataFrame, r: int | None = None, w: int | None = None) -> str:
@@ -162,7 +170,9 @@ def takeaway(checkpoint: str, summary: pd.DataFrame, r: int | None = None, w: in
     for row in summary.to_dict("records"):
         n = int(row["heads"])
         counts = ", ".join(f"{int(row[lab])} {_named(lab)}" for lab in SUMMARY_LABELS)
-        parts.append(f"{row['stream']} stream: {counts} of {n} heads (median index {row['median index − chance']:+.2f} over chance)")
+        e_s = row.get("median e_S", np.nan)
+        median = (f"median e_S {e_s:+.2f}" if np.isfinite(e_s) else f"median index {row['median index − chance']:+.2f} over chance")
+        parts.append(f"{row['stream']} stream: {counts} of {n} heads ({median})")
     total = {lab: int(summary[lab].sum()) for lab in SUMMARY_LABELS}
     verdict = ", ".join(f"{total[lab]} {_named(lab)}" for lab in SUMMARY_LABELS) + f" of {int(summary['heads'].sum())} heads"
     if len(parts) == 1:

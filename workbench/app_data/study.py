@@ -132,7 +132,7 @@ def study_curves(root: Path | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["kind", "run", "variant", "length", "seed", "tokens", "any_order_bits", "left_to_right_bits", "best"])
 
 
-_SUMMARY_FIELDS = {"model", "tokens", "stream", "heads", "n_sequences", "median index − chance"}
+_SUMMARY_FIELDS = {"model", "tokens", "stream", "heads", "n_sequences", "median index − chance", "median e_S"}
 """The fields of an emergence row that are not a label's count."""
 
 
