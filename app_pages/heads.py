@@ -182,11 +182,10 @@ def selected_head_view() -> None:
     st.subheader("Heads in the semantic / structural plane")
     plane = st.radio("Plane", list(app_data.SCATTER_PLANES), key="p_heads_plane", horizontal=True)
     x_key, y_key = app_data.SCATTER_PLANES[plane]
-    base = cached_figure("scatter", (*view, plane), lambda: viz.head_scatter(
+    fig = cached_figure("scatter", (*view, plane), lambda: viz.head_scatter(
         cells, x=x_key, y=y_key, x_title=app_data.HEAD_METRICS[x_key][1], y_title=app_data.HEAD_METRICS[y_key][1],
-        title="Each point is a head (colour: stream; cross: chance for uniform attention); click one"))
-    selected = tuple(st.session_state.get(k) for k in ("p_head_ckpt", "p_head_layer", "p_head_stream", "p_head_head"))
-    fig = viz.with_selected(base, cells, x_key, y_key, selected if None not in selected else None)
+        title="Each point is a head (colour: stream; cross: chance for uniform attention); click one to open it below"))
+    # The same figure whichever head is selected: a changed figure is drawn anew in the browser.
     show_figure(fig, key="heads_scatter", on_select=partial(on_select, "heads_scatter"), selection_mode=("points", "box"))
     one_head()
 

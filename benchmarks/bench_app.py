@@ -291,10 +291,11 @@ def main() -> None:
     lines += ["Notes: the script times are the server's share (running the page, building every figure). The browser",
               "times are end to end with Chromium on the same machine as the server, so both share its CPUs; the",
               "reference row is the round trip of a bare Streamlit app here, the floor under any interaction.",
-              "Stepping reruns only a fragment (the step view); a scatter click (or a head picked below it) reruns only",
-              "the selected-head fragment (scatter and one head), a map click the whole head page; maps and scatter",
-              "are built once per view (cached). Changing the order runs the model once (no target: it is a forward",
-              "pass that keeps every pattern, cached per (text, order) afterwards).", ""]
+              "Stepping reruns only a fragment (the step view); a map or scatter click (or a head picked below) reruns",
+              "only the head fragment (maps, scatter, one head), where the maps and the scatter are the same figures",
+              "whichever head is selected (built once per view, cached; the browser does not redraw them), so only",
+              "the one head's histograms and by-step curves are drawn anew. Changing the order runs the model once (no",
+              "target: it is a forward pass that keeps every pattern, cached per (text, order) afterwards).", ""]
     stem.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 

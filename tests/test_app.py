@@ -146,8 +146,11 @@ def test_heads_select_a_head_and_compare_lengths(env):
     at = open_page("heads", p_head_ckpt="two_stream-128", p_head_layer=2, p_head_stream="query", p_head_head=5)
     assert metric(at, "specialisation index") == f"{synthetic_index('two_stream-128', 2, 'query', 5):+.3f}"
     assert "two_stream-128 · query stream · layer 2 · head 5" in texts(at)
-    selected = [t for t in figure(at, "Each point is a head")["data"] if t["name"] == "selected head"]
-    assert len(selected) == 1 and len(selected[0]["x"]) == 1
+    # the scatter is the same figure whichever head is selected, so the browser does not draw it anew
+    scatter = figure(at, "Each point is a head")
+    at.selectbox(key="p_head_head").set_value(3).run()
+    assert "two_stream-128 · query stream · layer 2 · head 3" in texts(at)
+    assert figure(at, "Each point is a head") == scatter
     at.selectbox(key="p_heads_metric").set_value("semantic_mass").run()
     at.selectbox(key="p_heads_compare").set_value("the other length").run()
     no_exceptions(at)

@@ -12,7 +12,7 @@ Like CircuitsVis, nothing here sees a model: computing activations is the caller
   training.
 """
 
-from workbench.viz.heads import by_step_figure, head_maps, head_scatter, histogram_figure, with_selected
+from workbench.viz.heads import by_step_figure, head_maps, head_scatter, histogram_figure
 from workbench.viz.results import (
     divergence_figure,
     divergence_strip,
@@ -44,5 +44,4 @@ __all__ = [
     "pattern_heatmap",
     "prediction_bars",
     "text_grid",
-    "with_selected",
 ]
