@@ -134,6 +134,9 @@ SUMMARY_LABELS = ("semantic", "structural", "sink")
 the `sink_flag` of the results, whatever the label of the rest of their mass: "semantic, with a
 sink"); results written before the flag existed count the heads labelled "sink"."""
 
+MEDIANS = {"median index − chance": "index_excess", "median e_S": "semantic_excess"}
+"""The summary's medians over a stream's heads: column -> head-frame column."""
+
 
 def stream_summary(heads: pd.DataFrame) -> pd.DataFrame:
     """Per stream: how many heads, how many carry each label (semantic and structural first, then
@@ -159,10 +162,6 @@ def stream_summary(heads: pd.DataFrame) -> pd.DataFrame:
     return frame[["stream", "heads", *counts, *MEDIANS]]
 
 
-MEDIANS = {"median index − chance": "index_excess", "median e_S": "semantic_excess"}
-"""The summary's medians over a stream's heads: column -> head-frame column."""
-
-
 def takeaway(checkpoint: str, summary: pd.DataFrame, r: int | None = None, w: int | None = None) -> str:
     """One sentence on what the checkpoint's heads do, computed from `stream_summary`."""
     at = f" at r = {r}, w = {w}" if r is not None else ""
@@ -170,7 +169,7 @@ def takeaway(checkpoint: str, summary: pd.DataFrame, r: int | None = None, w: in
     for row in summary.to_dict("records"):
         n = int(row["heads"])
         counts = ", ".join(f"{int(row[lab])} {_named(lab)}" for lab in SUMMARY_LABELS)
-        e_s = row.get("median e_S", np.nan)
+        e_s = row["median e_S"]
         median = (f"median e_S {e_s:+.2f}" if np.isfinite(e_s) else f"median index {row['median index − chance']:+.2f} over chance")
         parts.append(f"{row['stream']} stream: {counts} of {n} heads ({median})")
     total = {lab: int(summary[lab].sum()) for lab in SUMMARY_LABELS}
