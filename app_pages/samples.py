@@ -142,19 +142,18 @@ def step_view(run: app_data.SampleRun, layer: int, stream: str, head: int, r: in
                 first = max(0, (cells["target"] // columns - 2) * columns)
                 window = (first, min(length, first + 4 * columns))
         target_note = "the row's own token (position σ[t])" if stream == "content" else "target: predicted, hidden from the model"
-        fig = viz.text_grid(
+        st.html(viz.text_grid(
             cells["tokens"], cells["weight"], target=cells["target"], semantic=cells["semantic"], structural=cells["structural"],
             positions=cells["positions"], steps=cells["steps"], own=cells["own"], target_note=target_note, columns=columns,
             window=window, title=f"L{layer} {stream} H{head}, step {step}: attention over the text ({coordinates})",
-        )
-        show_figure(fig, key="sample_text")
+        ))
     with side:
         top = app_data.top_predictions(run, step, k=8)
         truth = top[top["true"]].iloc[0]
         st.metric("p(true token)", f"{truth['probability']:.1%}",
                   help=f"rank {int(truth['rank'])} of {len(run.vocab)}; NLL {run.bits_by_step[step]:.2f} bits")
-        show_figure(viz.prediction_bars(top["token"].tolist(), top["probability"].tolist(), top["true"].tolist(),
-                                        title=f"Prediction for position {row.target}"), key="sample_prediction")
+        st.html(viz.prediction_bars(top["token"].tolist(), top["probability"].tolist(), top["true"].tolist(),
+                                    title=f"Prediction for position {row.target}"))
 
     p = st.columns(6)
     for c, name in zip(p, ("S_only", "R_only", "both", "neither")):

@@ -4,9 +4,12 @@ test can check that a figure shows exactly those numbers), and helpers to read A
 from __future__ import annotations
 
 import base64
+import html
 import json
 import math
+import re
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +171,67 @@ def figure(at, title_part: str) -> dict:
         if title_part in title:
             return fig
     raise AssertionError(f"no figure titled *{title_part}*; the page has {titles}")
+
+
+class _GridParser(HTMLParser):
+    """The cells of `viz.text_grid`'s HTML: per cell its attention (`data-w`), position, text and style."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells: list[dict] = []
+        self.title_parts: list[str] = []
+        self._in: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "data-w" in a:
+            self.cells.append({"weight": float(a["data-w"]) if a["data-w"] else math.nan, "pos": int(a["data-pos"]),
+                               "style": a.get("style", ""), "tip": a.get("title", ""), "char": "", "own": False})
+            self._in = "cell"
+        elif tag == "i" and a.get("class") == "own" and self.cells:
+            self.cells[-1]["own"] = True
+        elif tag == "div" and "font-weight:600" in a.get("style", ""):
+            self._in = "title"
+
+    def handle_endtag(self, tag):
+        if tag == "div":
+            self._in = None
+
+    def handle_data(self, data):
+        if self._in == "cell":
+            self.cells[-1]["char"] += data
+        elif self._in == "title":
+            self.title_parts.append(data)
+
+
+def parse_text_grid(html: str) -> dict:
+    """`viz.text_grid`'s HTML read back: title, and per cell weight (NaN: not a key), pos, char, style, tip."""
+    parser = _GridParser()
+    parser.feed(html)
+    cells = parser.cells
+    return {"title": "".join(parser.title_parts), "cells": cells, "weight": np.array([c["weight"] for c in cells]),
+            "pos": [c["pos"] for c in cells], "chars": [c["char"] for c in cells]}
+
+
+def text_grid(at, title_part: str) -> dict:
+    """The text grid (`st.html`) whose title contains `title_part`, parsed (fails listing the titles there are)."""
+    found = [parse_text_grid(e.proto.body) for e in at.get("html")]
+    for grid in found:
+        if title_part in grid["title"]:
+            return grid
+    raise AssertionError(f"no text grid titled *{title_part}*; the page has {[g['title'] for g in found]}")
+
+
+def prediction_bars(at, title_part: str) -> dict:
+    """The prediction bars (`st.html`) whose title contains `title_part`: tokens, probabilities, and
+    which bar is highlighted as the true token."""
+    for e in at.get("html"):
+        body = e.proto.body
+        if 'class="pb"' in body and title_part in body:
+            rows = re.findall(r'data-token="([^"]*)" data-p="([^"]*)">.*?<b style="[^"]*background:([^";]*)', body)
+            return {"tokens": [html.unescape(t) for t, _, _ in rows], "p": [float(p) for _, p, _ in rows],
+                    "true": [colour == "#e7298a" for _, _, colour in rows]}
+    raise AssertionError(f"no prediction bars titled *{title_part}*")
 
 
 def texts(at) -> str:

@@ -13,7 +13,21 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from tests.app_support import APP, bundled_gap_text, dnll, figure, make_checkpoints, make_results, no_exceptions, overlap, synthetic_excess, synthetic_index, texts
+from tests.app_support import (
+    APP,
+    bundled_gap_text,
+    dnll,
+    figure,
+    make_checkpoints,
+    make_results,
+    no_exceptions,
+    overlap,
+    prediction_bars,
+    synthetic_excess,
+    synthetic_index,
+    text_grid,
+    texts,
+)
 from workbench import app_data, hook_name, viz
 
 TIMEOUT = 180
@@ -198,7 +212,7 @@ def test_heads_open_head_in_sample_browser(env):
     at.button(key="head_open_sample").click().run()
     no_exceptions(at)
     assert at.title[0].value == "Sample browser"
-    assert "L1 content H3" in figure(at, "attention over the text")["layout"]["title"]["text"]
+    assert "L1 content H3" in text_grid(at, "attention over the text")["title"]
 
 
 # ---- sample browser ---------------------------------------------------------------------------------------------------
@@ -206,34 +220,39 @@ def test_heads_open_head_in_sample_browser(env):
 
 def test_samples_row_matches_the_model_and_steps(env):
     at = open_page("samples")
-    text_fig = figure(at, "L0 query H0, step 64")
+    grid = text_grid(at, "L0 query H0, step 64")
     model = app_data.load_model("two_stream-128")
     sample = app_data.val_samples(model.checkpoint.path, 128)[0][1]
     ids = model.to_tokens(sample)
     order = torch.as_tensor(app_data.make_order("random", 128, 0))
-    _, cache = model.run_with_cache(ids, order[None])
+    logits, cache = model.run_with_cache(ids, order[None])
     row = cache[hook_name("pattern", 0, "query")][0, 0, 64].numpy()  # query row of step 64
-    z = np.array(text_fig["data"][0]["z"], dtype=float).ravel()
     by_pos = np.full(128, np.nan)
     by_pos[order[:64].numpy()] = row[1:65]
-    np.testing.assert_allclose(z[:128], by_pos, atol=1e-6)
-    shapes = text_fig["layout"]["shapes"]
-    assert any(s["line"]["color"] == "#e7298a" for s in shapes)  # the target is boxed
+    assert grid["pos"] == list(range(128))
+    np.testing.assert_allclose(grid["weight"], by_pos, atol=1e-6)
+    framed = [c["pos"] for c in grid["cells"] if "outline:3px solid #e7298a" in c["style"]]
+    assert framed == [int(order[64])]  # the target is framed
     at.toggle(key="p_sample_bars").set_value(True).run()
     bars = figure(at, "The same row, key by key")
     assert sum(sum(t["y"]) for t in bars["data"]) == pytest.approx(1.0, abs=1e-5)
     assert {t["name"] for t in bars["data"]} <= {"null key", "S only", "R only", "both", "neither"}
-    truth = model.tokenizer.chars[int(ids[0, order[64]])]
-    pred = figure(at, f"Prediction for position {int(order[64])}")
-    assert pred["data"][0]["y"][0] and f"Step 64 generates position {int(order[64])}" in texts(at)
-    assert truth in "".join(pred["data"][0]["y"]) or "p(true token)" in [m.label for m in at.metric]
+    target = int(order[64])
+    probs = torch.softmax(logits[0, target].detach().double(), -1)  # logits are in sequence positions
+    top = torch.argsort(probs, descending=True)[:8]
+    pred = prediction_bars(at, f"Prediction for position {target}")
+    assert pred["tokens"][:8] == [model.tokenizer.chars[int(i)] for i in top]
+    np.testing.assert_allclose(pred["p"][:8], probs[top].numpy(), rtol=1e-4)
+    truth = model.tokenizer.chars[int(ids[0, target])]
+    assert [tok == truth for tok in pred["tokens"]] == pred["true"] and sum(pred["true"]) == 1  # the true token, added if not in the top 8
+    assert f"Step 64 generates position {target}" in texts(at)
     at.button(key="sample_next").click().run()
-    assert "step 65" in figure(at, "attention over the text")["layout"]["title"]["text"]
+    assert "step 65" in text_grid(at, "attention over the text")["title"]
     at.selectbox(key="p_sample_stream").set_value("content").run()
     at.radio(key="p_sample_coords").set_value("generation order").run()
     at.radio(key="p_sample_order").set_value("left-to-right").run()
     no_exceptions(at)
-    title = figure(at, "attention over the text")["layout"]["title"]["text"]
+    title = text_grid(at, "attention over the text")["title"]
     assert "content" in title and "generation order" in title
     assert "Step 65 generates position 65" in texts(at)
     nll = figure(at, "NLL along this order")
@@ -251,7 +270,7 @@ def test_samples_bad_text_and_orders(env):
     at.checkbox(key="p_sample_replace").check().run()
     no_exceptions(at)
     assert "Replaced 3 unknown" in texts(at)
-    assert len(figure(at, "attention over the text")["data"][1]["text"]) == 25
+    assert len(text_grid(at, "attention over the text")["chars"]) == 25
     at.text_area(key="p_sample_text").input("To be, or not to be: that is the question. " * 10).run()
     assert "430 tokens long" in texts(at) and at.slider(key="p_sample_window").value == 0
     at.slider(key="p_sample_window").set_value(160).run()
@@ -267,10 +286,9 @@ def test_samples_bad_text_and_orders(env):
 
 def test_samples_long_sequence_is_windowed_and_downsampled(env):
     at = open_page("samples", p_sample_ckpt="decoupled_rope-1024")
-    text_fig = figure(at, "attention over the text")
-    assert np.array(text_fig["data"][0]["z"], dtype=float).size <= 256
+    assert len(text_grid(at, "attention over the text")["pos"]) == 256
     at.toggle(key="p_sample_whole").set_value(True).run()
-    assert np.array(figure(at, "attention over the text")["data"][0]["z"], dtype=float).size == 1024
+    assert text_grid(at, "attention over the text")["pos"] == list(range(1024))
     assert not [f for f in at.get("plotly_chart") if "every row" in f.proto.spec]  # the whole pattern only on demand
     at.toggle(key="p_sample_pattern").set_value(True).run()
     pattern = figure(at, "every row")

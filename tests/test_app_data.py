@@ -5,12 +5,13 @@ probe contract, and figures carry exactly the numbers they are given."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from tests.app_support import make_checkpoints, make_results, synthetic_index
+from tests.app_support import make_checkpoints, make_results, parse_text_grid, synthetic_index
 from workbench import app_data, hook_name, viz
 from workbench.app_data import AppInputError, LoadedModel
 
@@ -200,9 +201,20 @@ def test_figures_carry_their_data():
     sem[[3, 4]] = True
     rec = np.zeros(11, bool)
     rec[[1, 4]] = True
-    fig = viz.text_grid(tokens, weight, target=5, semantic=sem, structural=rec, columns=4)
-    assert np.allclose(np.array(fig.data[0].z, dtype=float)[0, :2], [0.1, 0.2])
-    assert len(fig.layout.shapes) == 2 + 2 + 1  # two S_r boxes, two R_w boxes, the target
+    grid = parse_text_grid(viz.text_grid(tokens, weight, target=5, semantic=sem, structural=rec, own=3, columns=4, title="a <b>"))
+    assert grid["title"] == "a <b>" and grid["chars"] == list("hello␣world")
+    np.testing.assert_array_equal(grid["weight"], weight)  # NaN: not a key of this row
+    cells = grid["cells"]
+    assert ["#1b9e77" in c["style"] for c in cells] == list(sem)  # S_r ring
+    assert ["#d95f02" in c["style"] for c in cells] == list(rec)  # R_w ring
+    assert ["#e7298a" in c["style"] for c in cells] == [p == 5 for p in range(11)]  # the target's frame
+    assert [c["own"] for c in cells] == [p == 3 for p in range(11)]
+    assert "attention 0.4000" in cells[4]["tip"] and "not generated yet" in cells[6]["tip"] and "sets: S_r, R_w" in cells[4]["tip"]
+    window = parse_text_grid(viz.text_grid(tokens, weight, target=5, semantic=sem, structural=rec, columns=4, window=(4, 8)))
+    assert window["pos"] == [4, 5, 6, 7]
+    bars = viz.prediction_bars(["<", '"', " "], [0.5, 0.3, 0.01], [False, True, False], title="p")
+    assert re.findall(r'data-token="([^"]*)" data-p="([^"]*)"', bars) == [("&lt;", "0.5"), ("&quot;", "0.3"), (" ", "0.01")]
+    assert bars.count("#e7298a") == 1 and "␣" in bars and "30.0%" in bars
     big = np.random.default_rng(0).random((1024, 1025))
     fig = viz.pattern_heatmap(big, np.arange(1024), np.arange(1025) - 1, row_title="r", key_title="k", title="p")
     z = np.array(fig.data[0].z, dtype=float)

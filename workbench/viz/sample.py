@@ -4,11 +4,13 @@ model's prediction and the NLL along the generation. Inputs are arrays and strin
 
 from __future__ import annotations
 
+import html
 import math
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import plotly.colors
 import plotly.graph_objects as go
 
 from workbench.viz.style import OWN_COLOUR, PART_COLOURS, TARGET_COLOUR, base_layout
@@ -19,6 +21,14 @@ MAX_CELLS = 256
 
 def _visible_char(s: str) -> str:
     return s.replace("\n", "⏎").replace("\t", "⇥").replace(" ", "␣") or "∅"
+
+
+def _blues(t: np.ndarray) -> list[str]:
+    """Plotly's "Blues" at t in [0, 1], as CSS colours (the heatmaps' scale)."""
+    stops = np.array([[int(c) for c in s[4:-1].split(",")] for s in plotly.colors.sequential.Blues], dtype=float)
+    x = np.linspace(0, 1, len(stops))
+    rgb = np.stack([np.interp(t, x, stops[:, c]) for c in range(3)], axis=-1).round().astype(int)
+    return [f"rgb({r},{g},{b})" for r, g, b in rgb]
 
 
 def text_grid(
@@ -35,81 +45,69 @@ def text_grid(
     columns: int = 64,
     window: tuple[int, int] | None = None,
     title: str = "",
-) -> go.Figure:
+) -> str:
     """The text laid out in lines of `columns` cells, each coloured by the attention the row puts on
-    that token (grey: not a key of this row, i.e. not generated yet). Cells are positions, or
-    steps in generation order (then `positions` says which position each cell shows); `target`
-    and `own` are cell indices.
+    that token (grey: not a key of this row, i.e. not generated yet), as one self-contained HTML
+    fragment (`st.html`, or `IPython.display.HTML` in a notebook). HTML rather than a Plotly
+    figure: it changes with every step, and a browser lays out a few hundred cells far faster than
+    Plotly draws a new figure. Cells are positions, or steps in generation order (then `positions`
+    says which position each cell shows); `target` and `own` are cell indices. Hovering a cell
+    shows its position, token, step, attention and sets; each cell carries its attention in
+    `data-w` (empty: not a key) and its position in `data-pos`.
 
-    Marked: the target position (magenta box; its token is what the row predicts, hidden from
-    the model), the semantic set S_r (green box), the structural set R_w (orange inner box) and,
+    Marked: the target position (magenta frame; its token is what the row predicts, hidden from
+    the model), the semantic set S_r (green ring), the structural set R_w (orange inner ring) and,
     for single-stream rows, the position of the token the row holds (black dotted box).
     `window` = (start, stop) draws only those positions (long texts)."""
     n = len(tokens)
     start, stop = window if window is not None else (0, n)
     start, stop = max(0, start), min(n, stop)
-    count = stop - start
-    n_rows = max(1, math.ceil(count / columns))
-    z = np.full((n_rows, columns), np.nan)
-    hover = np.full((n_rows, columns), "", dtype=object)
-    xs, ys, chars, colours = [], [], [], []
-    finite = weight[start:stop][np.isfinite(weight[start:stop])]
+    w = np.asarray(weight, dtype=float)[start:stop]
+    finite = w[np.isfinite(w)]
     zmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-    for p in range(start, stop):
-        k = p - start
-        row, col = divmod(k, columns)
-        w = weight[p]
-        z[row, col] = w
+    fill = _blues(np.clip(np.nan_to_num(w, nan=0.0) / zmax, 0, 1))
+    s_colour, r_colour = PART_COLOURS["S only"], PART_COLOURS["R only"]
+    cells = []
+    for k, p in enumerate(range(start, stop)):
+        key = bool(np.isfinite(w[k]))
         char = _visible_char(tokens[p])
-        status = (target_note if p == target else "key of this row (generated)" if np.isfinite(w) else "not generated yet")
+        status = target_note if p == target else "key of this row (generated)" if key else "not generated yet"
         sets = ", ".join(n for n, m in (("S_r", semantic[p]), ("R_w", structural[p])) if m) or "none"
         pos = int(positions[p]) if positions is not None else p
-        hover[row, col] = (f"pos {pos} {char!r}<br>{status}"
-                           + (f"<br>generated at step {int(steps[p])}" if steps is not None else "")
-                           + (f"<br>attention {w:.4f}" if np.isfinite(w) else "") + f"<br>sets: {sets}")
-        xs.append(col)
-        ys.append(row)
-        chars.append(char)
-        dark = np.isfinite(w) and w > 0.55 * zmax
-        colours.append("white" if dark else ("#111" if np.isfinite(w) or p == target else "#9a9a9a"))
-    fig = go.Figure()
-    fig.add_trace(go.Heatmap(
-        z=z, zmin=0, zmax=zmax, colorscale="Blues", xgap=1, ygap=1, hovertext=hover, hoverinfo="text",
-        colorbar=dict(title=dict(text="attention", side="right"), thickness=10, len=0.9), name="attention",
-    ))
-    fig.add_trace(go.Scatter(
-        x=xs, y=ys, mode="text", text=chars, textfont=dict(color=colours, size=14, family="DejaVu Sans Mono, monospace"),
-        hoverinfo="skip", showlegend=False,
-    ))
-
-    shapes = []  # plain dicts, set once: add_shape per cell costs a validation pass each
-
-    def box(p: int, colour: str, width: float, inset: float, dash: str = "solid") -> None:
-        row, col = divmod(p - start, columns)
-        shapes.append(dict(type="rect", x0=col - 0.5 + inset, x1=col + 0.5 - inset, y0=row - 0.5 + inset,
-                           y1=row + 0.5 - inset, line=dict(color=colour, width=width, dash=dash), layer="above"))
-
-    for p in range(start, stop):
-        if semantic[p]:
-            box(p, PART_COLOURS["S only"], 2, 0.04)
+        tip = (f"pos {pos} {char!r}\n{status}" + (f"\ngenerated at step {int(steps[p])}" if steps is not None else "")
+               + (f"\nattention {w[k]:.4f}" if key else "") + f"\nsets: {sets}")
+        rings = [f"inset 0 0 0 2px {s_colour}"] if semantic[p] else []
         if structural[p]:
-            box(p, PART_COLOURS["R only"], 2, 0.17)
-    if own is not None and start <= own < stop:
-        box(own, OWN_COLOUR, 2, 0.24, "dot")
-    if start <= target < stop:
-        box(target, TARGET_COLOUR, 3.5, -0.02)
-    legend = [("target position", TARGET_COLOUR, "square-open"), ("semantic set S_r", PART_COLOURS["S only"], "square-open"),
-              ("structural set R_w", PART_COLOURS["R only"], "square-open")]
+            rings += [f"inset 0 0 0 4px {fill[k] if key else '#f2f2f2'}", f"inset 0 0 0 6px {r_colour}"]
+        style = f"background:{fill[k] if key else '#f2f2f2'};color:{'white' if key and w[k] > 0.55 * zmax else '#111' if key or p == target else '#9a9a9a'}"
+        if rings:
+            style += ";box-shadow:" + ",".join(rings)
+        if p == target:
+            style += f";outline:3px solid {TARGET_COLOUR};outline-offset:-1px;z-index:1"
+        mark = '<i class="own"></i>' if p == own else ""
+        cells.append(f'<div style="{style}" title="{html.escape(tip).replace(chr(10), "&#10;")}" data-pos="{pos}" '
+                     f'data-w="{f"{w[k]:.7g}" if key else ""}">{html.escape(char)}{mark}</div>')
+    legend = [("target position", f"outline:3px solid {TARGET_COLOUR};outline-offset:-3px"),
+              ("semantic set S_r", f"box-shadow:inset 0 0 0 2px {s_colour}"),
+              ("structural set R_w", f"box-shadow:inset 0 0 0 2px {r_colour}")]
     if own is not None:
-        legend.append(("own position (token the row holds)", OWN_COLOUR, "square-open"))
-    for name, colour, symbol in legend:
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name,
-                                 marker=dict(symbol=symbol, size=13, color=colour, line=dict(width=2.5, color=colour))))
-    fig.update_xaxes(visible=False, range=[-0.5, columns - 0.5])
-    fig.update_yaxes(visible=False, range=[n_rows - 0.5, -0.5])
-    height = 110 + 34 * n_rows
-    return base_layout(fig, title, height=height, legend=dict(orientation="h", y=-0.02, yanchor="top", x=0),
-                       margin=dict(l=10, r=10, t=50 if title else 10, b=40), shapes=shapes, plot_bgcolor="#f2f2f2")
+        legend.append(("own position (token the row holds)", f"outline:2px dotted {OWN_COLOUR};outline-offset:-3px"))
+    keys = "".join(f'<span><b style="{s}"></b>{html.escape(name)}</span>' for name, s in legend)
+    scale = ",".join(_blues(np.linspace(0, 1, 9)))
+    return (
+        "<style>.tg{font:13px Inter,Helvetica,Arial,sans-serif}"
+        f".tg .cells{{display:grid;grid-template-columns:repeat({columns},minmax(0,1fr));gap:1px}}"
+        ".tg .cells div{position:relative;height:34px;line-height:34px;text-align:center;cursor:default;"
+        "font:14px 'DejaVu Sans Mono',monospace}"
+        f".tg .own{{position:absolute;inset:22%;outline:2px dotted {OWN_COLOUR}}}"
+        ".tg .keys{display:flex;flex-wrap:wrap;gap:4px 16px;align-items:center;margin-top:6px}"
+        ".tg .keys b{display:inline-block;width:13px;height:13px;margin-right:5px;vertical-align:-2px}"
+        f".tg .bar{{display:inline-block;width:120px;height:10px;vertical-align:middle;margin:0 5px;"
+        f"background:linear-gradient(to right,{scale})}}</style>"
+        f'<div class="tg">' + (f'<div style="font-size:15px;font-weight:600;margin:4px 0 10px">{html.escape(title)}</div>' if title else "")
+        + f'<div class="cells">{"".join(cells)}</div><div class="keys">{keys}'
+        f'<span>attention 0<i class="bar"></i>{zmax:.3g}</span></div></div>'
+    )
 
 
 def attention_bars(
@@ -195,18 +193,26 @@ def pattern_heatmap(
     return base_layout(fig, title + note, height=460, shapes=shapes, plot_bgcolor="#f2f2f2")
 
 
-def prediction_bars(tokens: Sequence[str], probabilities: Sequence[float], true: Sequence[bool], *, title: str = "") -> go.Figure:
-    """The model's top-k tokens at the target position, the true token highlighted."""
-    labels = [f"{_visible_char(t)}" for t in tokens]
-    colours = [TARGET_COLOUR if t else "#3b6ea5" for t in true]
-    fig = go.Figure(go.Bar(
-        x=list(probabilities), y=labels, orientation="h", marker_color=colours,
-        text=[f"{p:.1%}" for p in probabilities], textposition="outside", cliponaxis=False,
-        hovertemplate="%{y}: %{x:.2%}<extra></extra>", name="probability",
-    ))
-    fig.update_yaxes(autorange="reversed", type="category", title_text="token")
-    fig.update_xaxes(title_text="probability", range=[0, min(1.0, max(probabilities, default=0) * 1.25 + 0.02)], tickformat=".0%")
-    return base_layout(fig, title, height=90 + 24 * len(labels), margin=dict(l=50, r=50, t=50, b=40))
+def prediction_bars(tokens: Sequence[str], probabilities: Sequence[float], true: Sequence[bool], *, title: str = "") -> str:
+    """The model's top-k tokens at the target position as bars, the true token highlighted; an HTML
+    fragment like `text_grid` (it changes with every step). Each bar carries its token in
+    `data-token` and its probability in `data-p`."""
+    top = max(probabilities, default=0.0) or 1.0
+    rows = "".join(
+        f'<div class="pb-row" data-token="{html.escape(tok, quote=True)}" data-p="{p:.7g}">'
+        f'<span class="pb-tok">{html.escape(_visible_char(tok))}</span>'
+        f'<span class="pb-bar"><b style="width:{80 * p / top:.2f}%;background:{TARGET_COLOUR if t else "#3b6ea5"}"></b>'
+        f"<i>{p:.1%}</i></span></div>"
+        for tok, p, t in zip(tokens, probabilities, true)
+    )
+    return (
+        "<style>.pb{font:13px Inter,Helvetica,Arial,sans-serif}.pb-row{display:flex;align-items:center;height:22px}"
+        ".pb-tok{width:2.5em;text-align:right;padding-right:8px;font:14px 'DejaVu Sans Mono',monospace}"
+        ".pb-bar{flex:1;display:flex;align-items:center}.pb-bar b{display:inline-block;height:16px;min-width:1px}"
+        ".pb-bar i{font-style:normal;color:#555;padding-left:5px;font-size:12px}</style>"
+        '<div class="pb">' + (f'<div style="font-size:15px;font-weight:600;margin:4px 0 10px">{html.escape(title)}</div>' if title else "")
+        + f"{rows}</div>"
+    )
 
 
 def nll_steps_figure(bits_by_step: np.ndarray, *, step: int | None = None, title: str = "") -> go.Figure:
