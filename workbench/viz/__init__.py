@@ -1,12 +1,13 @@
-"""Plotly figure builders for the app: arrays, frames and strings in, `go.Figure` out.
+"""Figure builders for the app: arrays, frames and strings in, `go.Figure` out (the sample
+browser's text grid and prediction bars: an HTML fragment, since they change with every step).
 
 Like CircuitsVis, nothing here sees a model: computing activations is the caller's job
 (`workbench.app_data`), so every figure can be built and checked from plain data in a test.
 
 - `heads`: layer x head maps per stream, the semantic/structural scatter, a head's histograms
   and its by-step curves;
-- `sample`: one attention row over the text, the row as bars, a head's whole pattern, the
-  model's prediction, NLL along the generation;
+- `sample`: one attention row over the text (HTML), the row as bars, a head's whole pattern, the
+  model's prediction (HTML), NLL along the generation;
 - `results`: the NLL table, causal effects, the divergence of the two orders;
 - `study`: the length-effect study's gap against length, validation curves and head labels along
   training.
