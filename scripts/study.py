@@ -211,12 +211,15 @@ def report(args: argparse.Namespace) -> None:
         raise SystemExit(f"no evaluated runs under {args.runs}: run `study.py evaluate` first")
     out = Path(args.out)
     write_json_atomic(out, {"runs": rows, **compare_runs(values), "eval_seed": EVAL_SEED})
-    # the committed per-window values: any-order and left-to-right NLL per window, in float32 (study.json is
-    # computed in float64); NLL by fraction revealed only per run, in study.json (per window it is 2/3 of the
-    # bytes, and the file travels in the device's 64 MiB tree; the runs' eval/ caches keep it)
-    save_file({f"{r.name}.{k}": (t.float() if t.is_floating_point() else t).contiguous()
-               for r, v in values.items() for k, t in v.tensors().items() if k not in ("by_fraction", "fraction")},
-              str(out.with_suffix(".windows.safetensors")))
+    # the committed per-window values, what the paired gaps are computed from: per run the any-order NLL
+    # per window (mean over its orders) and the left-to-right NLL, in float32 (study.json is computed in
+    # float64), and each length's window starts once (every run of a length has the same windows). Per
+    # order and by fraction revealed they stay in the runs' eval/ caches: the file travels in the
+    # device's 64 MiB tree and grows with every seed.
+    tensors = {f"{r.name}.{k}": t.float().contiguous() for r, v in values.items()
+               for k, t in (("any_order_per_window", v.any_order_per_window), ("left_to_right", v.left_to_right))}
+    tensors.update({f"start-{r.seq_len}": v.start.contiguous() for r, v in values.items()})
+    save_file(tensors, str(out.with_suffix(".windows.safetensors")))
     print(f"wrote {out}: {len(rows)} runs")
 
 

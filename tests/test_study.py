@@ -45,7 +45,17 @@ def test_tiny_study_end_to_end(tmp_path):
     assert effect["variant"] == "decoupled_rope" and (effect["from"], effect["to"]) == (16, 32)
     assert effect["df"] == 1 and set(effect["per_seed"]) == {"0", "1"}
     assert all(row["skipped_windows"] == 8 for row in result["runs"])  # early stopping's windows are not test windows
-    assert (out.with_suffix(".windows.safetensors")).is_file()
+    from safetensors.torch import load_file
+
+    from workbench.stats import paired_difference
+
+    per_window = load_file(str(out.with_suffix(".windows.safetensors")))  # the committed file reproduces the gaps
+    assert set(per_window) == {f"{v}-{n}-s{s}.{k}" for v in ("two_stream", "decoupled_rope") for n in (16, 32) for s in (0, 1)
+                               for k in ("any_order_per_window", "left_to_right")} | {"start-16", "start-32"}
+    for g in result["gaps"]:
+        name = f"-{g['seq_len']}-s{g['seed']}.any_order_per_window"
+        again = paired_difference(per_window[g["variant"] + name].double(), per_window["two_stream" + name].double())
+        assert again.mean == pytest.approx(g["mean"], abs=1e-6) and again.se == pytest.approx(g["se"], rel=1e-4)
     again = tmp_path / "again.json"  # report rebuilds the same file from the runs' eval/ caches, no model needed
     subprocess.run([*study, "report", *grid, "--out", str(again)], check=True, capture_output=True, cwd=ROOT)
     assert json.loads(again.read_text()) == result
