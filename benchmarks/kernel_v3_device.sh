@@ -5,6 +5,12 @@
 # 1M tokens, 8 heads, d_head 64, bf16, r = 4, w = 16; cache-then-reduce at T = 1024 only).
 #
 #   export PYTHONPATH=/tmp/site:$PWD; [TESTS=0] [V2C=1] bash benchmarks/kernel_v3_device.sh
+#   export PYTHONPATH=/tmp/site:$PWD; PROFILE=1 bash benchmarks/kernel_v3_device.sh
+#
+# PROFILE=1 instead runs Nsight Compute (T = 1024, B = 64) on every launch of one probe_stats call:
+# v3 (joint=False), then v2 (LSE, statistics and chance passes), each as a text report of speed of
+# light, scheduler, warp-state, instruction, occupancy and launch sections, in $OUT/ncu-v3.txt
+# and $OUT/ncu-v2.txt; the first call of each compiles and is not profiled.
 #
 # Run from the repository root (Python 3.12 with torch and triton installed). Everything that
 # must come back goes to $OUT (default runs/out): the two logs, kernel_<date>.json / .md (rewritten
@@ -18,6 +24,19 @@ start=$SECONDS
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/kernel-v3-device.txt" 2>&1 \
   || echo "no nvidia-smi" > "$OUT/kernel-v3-device.txt"
 git rev-parse HEAD >> "$OUT/kernel-v3-device.txt" 2>/dev/null || true
+
+if [ "${PROFILE:-0}" = 1 ]; then
+  sections=(--section SpeedOfLight --section SchedulerStats --section WarpStateStats --section InstructionStats
+            --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats)
+  for v in v3 v2; do
+    flag=$([ "$v" = v3 ] && echo --v3 || true)
+    timeout $((235 - (SECONDS - start))) ncu --clock-control none --profile-from-start off "${sections[@]}" \
+      python3 benchmarks/profile_kernel.py 1024 64 $flag > "$OUT/ncu-$v.txt" 2>&1
+    echo "ncu $v: exit $? after $((SECONDS - start)) s" | tee -a "$OUT/kernel-v3-device.txt"
+  done
+  grep -E "^  [_a-z0-9]+ \(|Duration|Registers Per|Issued Ipc Active|Achieved Occupancy" "$OUT"/ncu-v*.txt
+  exit 0
+fi
 
 # 1. tests: the GPU tier of tests/test_kernel.py only (-m gpu), through bench_kernel.py so that
 #    workbench.kernels loads without the model code. At most 110 s; TESTS=0 skips them.

@@ -1,9 +1,15 @@
-"""One probe_stats call at T=1024 for Nsight Compute: `ncu ... python benchmarks/profile_kernel.py`.
+"""One probe_stats call for Nsight Compute, the second of two (the first compiles and warms up):
 
-The first call compiles and warms up; profile the second call's launches (LSE pass, statistics
-pass, chance pass: --launch-skip 3 --launch-count 3). Loads workbench.kernels without the model code.
+    ncu --profile-from-start off [sections] python benchmarks/profile_kernel.py [T] [B] [--v3] [--own]
+
+Only the second call's launches are profiled: it runs between cudaProfilerStart and
+cudaProfilerStop, so `--profile-from-start off` selects them whatever the number of launches per
+call (v2: LSE, statistics and chance passes; v3: its own). --v3 runs probe_stats(joint=False),
+i.e. the v3 kernels; --own adds the own-distance histograms. Loads workbench.kernels without the
+model code. Defaults: T = 1024, B = 64.
 """
 
+import argparse
 import sys
 import types
 from pathlib import Path
@@ -20,9 +26,23 @@ from bench_kernel import make_inputs  # noqa: E402
 
 from workbench.kernels.probe_kernel import probe_stats  # noqa: E402
 
-T = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
-B = int(sys.argv[2]) if len(sys.argv) > 2 else 64
-q, k, v, key_pos, row_ref, row_own = make_inputs(B, T)
-for _ in range(2):
-    probe_stats(q, k, key_pos, row_ref, recency_offset=0, r=4, w=16, max_distance=T - 1)
+parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+parser.add_argument("T", type=int, nargs="?", default=1024)
+parser.add_argument("B", type=int, nargs="?", default=64)
+parser.add_argument("--v3", action="store_true", help="the v3 kernels (probe_stats(joint=False))")
+parser.add_argument("--own", action="store_true", help="with the own-distance histograms")
+args = parser.parse_args()
+q, k, v, key_pos, row_ref, row_own = make_inputs(args.B, args.T)
+
+
+def call():
+    probe_stats(q, k, key_pos, row_ref, row_own=row_own if args.own else None, recency_offset=0, r=4, w=16,
+                max_distance=args.T - 1, joint=not args.v3)
+
+
+call()
 torch.cuda.synchronize()
+torch.cuda.cudart().cudaProfilerStart()
+call()
+torch.cuda.synchronize()
+torch.cuda.cudart().cudaProfilerStop()
