@@ -75,6 +75,7 @@ def test_verdict_when_the_interval_includes_zero():
     sentence = app_data.study_verdict(effect(0.012, 0.020))
     assert sentence.startswith("decoupled_rope − two_stream changes by +0.012 ± 0.020 bits/token from 128 to 1024 (3 seeds")
     assert "the interval includes 0 — no length effect detected at this resolution" in sentence
+    assert "(compatible with changes from -0.008 to +0.032; larger ones either way are ruled out)" in sentence
     assert "it can tell a 0.03 bits/token change from zero (half-width 0.020 < 0.03)" in sentence
     wide = app_data.study_verdict(effect(0.012, 0.085))
     assert "includes 0" in wide and "too wide to tell a 0.03 bits/token change from zero (half-width 0.085 ≥ 0.03)" in wide

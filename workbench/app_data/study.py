@@ -158,8 +158,8 @@ def study_emergence(root: Path | None = None) -> pd.DataFrame:
 
 def study_verdict(effect: Mapping) -> str:
     """One sentence on a variant's length effect (a row of `study_length_effect`): the change of its
-    gap with its 95% interval over seeds, whether the interval excludes 0, and whether it is narrow
-    enough to tell a change of `RESOLUTION` from zero. With fewer than two seeds there is no
+    gap with its 95% interval over seeds, whether the interval excludes 0 (if not, which changes it
+    still allows), and whether it is narrow enough to tell a change of `RESOLUTION` from zero. With fewer than two seeds there is no
     interval, and the sentence says so rather than read the mean as an effect."""
     n, half = int(effect["n_seeds"]), float(effect["ci"])
     what = f"{effect['variant']} − {effect['baseline']} changes by {effect['change']:+.3f}"
@@ -168,7 +168,8 @@ def study_verdict(effect: Mapping) -> str:
         return (f"{what} {where} ({n} seed): with fewer than two seeds there is no interval over seeds, so this cannot tell a "
                 "length effect from run-to-run variation.")
     if effect["ci_low"] <= 0 <= effect["ci_high"]:
-        reading = "the interval includes 0 — no length effect detected at this resolution"
+        reading = (f"the interval includes 0 — no length effect detected at this resolution (compatible with changes from "
+                   f"{effect['ci_low']:+.3f} to {effect['ci_high']:+.3f}; larger ones either way are ruled out)")
     else:
         reading = f"the interval excludes 0 — the gap {'grows' if effect['change'] > 0 else 'shrinks'} with length"
     power = (f"it can tell a {RESOLUTION} bits/token change from zero (half-width {half:.3f} < {RESOLUTION})" if half < RESOLUTION else
