@@ -331,9 +331,11 @@ def show_figure(fig, key: str | None = None, **kwargs):
     return st.plotly_chart(fig, key=key, config=config, **kwargs)
 
 
-def export_menu(key: str, *, frame=None, fig=None, arrays=None, code: str | None = None, label: str = "Export") -> None:
+def export_menu(key: str, *, frame=None, fig=None, arrays=None, page: str | None = None, code: str | None = None,
+                label: str = "Export") -> None:
     """A popover with downloads of what is on screen: the frame (CSV, Parquet), named arrays
-    (safetensors, .npz), the figure (HTML, SVG, PDF) and "copy as Python". The files are made only
+    (safetensors, .npz), the figure (HTML, SVG, PDF), an HTML fragment drawn on the page as a
+    standalone page (`page`: the sample browser's text grid) and "copy as Python". The files are made only
     when a button is clicked (deferred), and clicking does not rerun the page. SVG and PDF buttons
     that cannot work here are disabled and a warning says why and how to fix it."""
     with st.popover(label, icon=":material/download:"):
@@ -359,6 +361,9 @@ def export_menu(key: str, *, frame=None, fig=None, arrays=None, code: str | None
                 n += 1
             if problem:
                 st.warning(f"{problem} Meanwhile the chart's camera icon saves an SVG drawn by your browser.")
+        if page is not None:
+            row[n % 4].download_button("text grid .html", data=partial(app_data.html_page, page, key), file_name=f"{key}_grid.html",
+                                       mime="text/html", key=f"dl_{key}_page", on_click="ignore")
         if code is not None:
             st.caption("Copy as Python: this rebuilds the view through the API (copy icon at the top right).")
             st.code(code, language="python")

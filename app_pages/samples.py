@@ -142,11 +142,12 @@ def step_view(run: app_data.SampleRun, layer: int, stream: str, head: int, r: in
                 first = max(0, (cells["target"] // columns - 2) * columns)
                 window = (first, min(length, first + 4 * columns))
         target_note = "the row's own token (position σ[t])" if stream == "content" else "target: predicted, hidden from the model"
-        st.html(viz.text_grid(
+        grid = viz.text_grid(
             cells["tokens"], cells["weight"], target=cells["target"], semantic=cells["semantic"], structural=cells["structural"],
             positions=cells["positions"], steps=cells["steps"], own=cells["own"], target_note=target_note, columns=columns,
             window=window, title=f"L{layer} {stream} H{head}, step {step}: attention over the text ({coordinates})",
-        ))
+        )
+        st.html(grid)
     with side:
         top = app_data.top_predictions(run, step, k=8)
         truth = top[top["true"]].iloc[0]
@@ -161,6 +162,7 @@ def step_view(run: app_data.SampleRun, layer: int, stream: str, head: int, r: in
     p[4].metric("null-key mass", f"{row.null_mass:.3f}")
     p[5].metric("entropy (bits)", f"{row.entropy:.2f}")
     export_menu(f"sample_L{layer}_{stream}_H{head}_step{step}", frame=app_data.row_frame(run, row), arrays=app_data.row_arrays(run, row),
+                page=grid,
                 code=app_data.sample_snippet(reproduce["checkpoint"], text_source=reproduce["text_source"], n_ctx=reproduce["n_ctx"],
                                              replace_unknown=reproduce["replace_unknown"], start=reproduce["start"],
                                              order=reproduce["order"], row=(layer, stream, head, step, r, w)),

@@ -109,7 +109,10 @@ def test_sample_row_exports_and_its_python_rebuilds_the_row(env):
     at = open_page("samples", p_sample_layer=1, p_sample_stream="query", p_sample_head=2)
     keys = downloads(at)
     stem = "sample_L1_query_H2_step64"
-    assert {f"dl_{stem}_csv", f"dl_{stem}_safetensors", f"dl_{stem}_npz"} <= set(keys)
+    assert {f"dl_{stem}_csv", f"dl_{stem}_safetensors", f"dl_{stem}_npz", f"dl_{stem}_page"} <= set(keys)
+    grid = next(e.proto.body for e in at.get("html") if "attention over the text" in e.proto.body)
+    page = app_data.html_page(grid, stem).decode()
+    assert page.startswith("<!doctype html>") and grid in page and f"<title>{stem}</title>" in page
     code = next(c.value for c in at.code if "attention_row" in c.value)
     scope: dict = {}
     exec(compile(code, "<snippet>", "exec"), scope)  # noqa: S102

@@ -5,6 +5,7 @@ through this API. Every function returns bytes (or text) and writes nothing."""
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import io
 import os
@@ -16,7 +17,7 @@ import pandas as pd
 
 from workbench.app_data.common import REPO, AppInputError
 
-__all__ = ["FRAME_FORMATS", "ARRAY_FORMATS", "frame_bytes", "array_bytes", "FIGURE_FORMATS", "VECTOR_FORMATS", "vector_export_problem", "figure_bytes", "heads_snippet", "sample_snippet"]
+__all__ = ["FRAME_FORMATS", "ARRAY_FORMATS", "frame_bytes", "array_bytes", "FIGURE_FORMATS", "VECTOR_FORMATS", "vector_export_problem", "figure_bytes", "html_page", "heads_snippet", "sample_snippet"]
 
 FRAME_FORMATS = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 ARRAY_FORMATS = {"safetensors": "application/octet-stream", "npz": "application/octet-stream"}
@@ -72,6 +73,12 @@ def vector_export_problem() -> str | None:
                 "Debian's with `sudo apt-get install chromium` (`bash scripts/setup_env.sh` does it when run as root), "
                 "or set BROWSER_PATH to a Chrome or Chromium binary.")
     return None
+
+
+def html_page(fragment: str, title: str) -> bytes:
+    """An HTML fragment (the sample browser's text grid) as a standalone page that opens offline."""
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>'
+            f'<body style="margin:24px">{fragment}</body></html>').encode("utf-8")
 
 
 def figure_bytes(fig, fmt: str) -> bytes:
