@@ -32,13 +32,13 @@ POINTERS = dict(Q="*{dt}", K="*{dt}", KPOS="*i32", NULL_BLK="*i32", REF="*i32", 
                 LSE="*fp32", ROWS_OUT="*fp32", HIST_OUT="*fp32", JOINT_OUT="*fp32")
 
 
-def compile_stats(block_m, block_n, d_head, dtype, n_sem, r, has_own, num_warps, num_stages, maxnreg):
+def compile_stats(block_m, block_n, d_head, dtype, n_sem, r, has_own, num_warps, num_stages, maxnreg, chance=False):
     fn = pk._probe_stats_kernel
     names = fn.arg_names
     s_mode, r_idx = pk._s_mode(r, n_sem, max_distance=2 * pk.EDGES[n_sem - 1] - 1)  # positions needing n_sem edges
     consts = dict(HEAD_DIM=d_head, D_PAD=d_head, BLOCK_M=block_m, BLOCK_N=block_n, N_SEM=n_sem, HAS_OWN=has_own,
                   S_MODE=s_mode, R_IDX=r_idx, MAX_REC_EDGES=pk._max_rec_edges(block_m, block_n), NBP=pk.NBP,
-                  JS=pk.JS, CHANCE=False, NULL_ROWS=False, DOT_PRECISION="tf32x3" if dtype == "fp32" else "tf32")
+                  JS=pk.JS, CHANCE=chance, NULL_ROWS=False, DOT_PRECISION="tf32x3" if dtype == "fp32" else "tf32")
     sig = {n: POINTERS[n].format(dt=dtype) if n in POINTERS else "constexpr" if n in consts
            else "fp32" if n == "qk_scale" else "i32" for n in names}
     # what the launcher specialises on at run time: 16-byte aligned pointers, strides divisible by 16
@@ -119,20 +119,21 @@ def main() -> None:
     ap.add_argument("--r", type=int, default=4, help="semantic radius (4: one of the edges)")
     ap.add_argument("--own", action="store_true", help="with own distances (single stream)")
     ap.add_argument("--maxnreg", type=int, default=None)
+    ap.add_argument("--chance", action="store_true", help="the chance pass (CHANCE: p = 1 on visible keys, no q k^T)")
     ap.add_argument("--sass", default=None, help="also write the SASS here")
     ap.add_argument("--kernel", default="v2", choices=("v2", "v3-slot", "v3-band"),
                     help="v2's statistics pass, or one of the two v3 kernels (--maxnreg does not apply)")
     args = ap.parse_args()
     bm, bn, nw, ns = (int(x) for x in args.tile.split("x"))
     if args.kernel == "v2":
-        kernel = compile_stats(bm, bn, args.d_head, args.dtype, args.edges, args.r, args.own, nw, ns, args.maxnreg)
+        kernel = compile_stats(bm, bn, args.d_head, args.dtype, args.edges, args.r, args.own, nw, ns, args.maxnreg, args.chance)
     else:
-        kernel = compile_v3(args.kernel[3:], bm, bn, args.d_head, args.dtype, args.edges, nw, ns, has_own=args.own)
+        kernel = compile_v3(args.kernel[3:], bm, bn, args.d_head, args.dtype, args.edges, nw, ns, chance=args.chance, has_own=args.own)
     usage, sass = disassemble(kernel)
     if args.sass:
         Path(args.sass).write_text(sass)
     regs = re.search(r"REG:\d+", usage).group(0)
-    own = " + own" if args.own else ""
+    own = (" + own" if args.own else "") + (", chance pass" if args.chance else "")
     print(f"{args.kernel}: triton {triton.__version__}, sm_90a, tile {args.tile}, {args.dtype} d_head {args.d_head}, "
           f"r {args.r}, {args.edges} edges{own}: {regs}")
     total, blocks = first_loop_blocks(sass)
