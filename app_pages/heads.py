@@ -133,7 +133,7 @@ for name, f in frames.items():
     summary, line = summary_and_takeaway(name, sources[name], r, w, f)
     st.markdown(f"**{line}**")
     st.dataframe(summary, hide_index=True, key=f"heads_summary_{name}",
-                 column_config={name: st.column_config.NumberColumn(format="%+.2f") for name in app_data.MEDIANS})
+                 column_config={column: st.column_config.NumberColumn(format="%+.2f") for column in app_data.MEDIANS})
     st.caption(describe(results[name]))
     export_menu(f"summary_{name}", frame=summary, code=app_data.heads_snippet([name], metric, r=r, w=w, committed=first,
                                                                              root=results_root()), label="Export summary")

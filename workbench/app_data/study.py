@@ -159,8 +159,9 @@ def study_emergence(root: Path | None = None) -> pd.DataFrame:
 def study_verdict(effect: Mapping) -> str:
     """One sentence on a variant's length effect (a row of `study_length_effect`): the change of its
     gap with its 95% interval over seeds, whether the interval excludes 0 (if not, which changes it
-    still allows), and whether it is narrow enough to tell a change of `RESOLUTION` from zero. With fewer than two seeds there is no
-    interval, and the sentence says so rather than read the mean as an effect."""
+    still allows), and whether it is narrow enough to tell a change of `RESOLUTION` from zero.
+    With fewer than two seeds there is no interval, and the sentence says so rather than read the
+    mean as an effect."""
     n, half = int(effect["n_seeds"]), float(effect["ci"])
     what = f"{effect['variant']} − {effect['baseline']} changes by {effect['change']:+.3f}"
     where = f"bits/token from {effect['from']} to {effect['to']}"
